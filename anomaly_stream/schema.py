@@ -1,0 +1,165 @@
+"""The input schema: one Ethereum transaction per Kafka message, as JSON.
+
+The object is the transaction exactly as a JSON-RPC node returns it
+(`eth_getBlockByNumber(n, true)`), plus the optional `blockTimestamp` and
+receipt fields. Quantities may be hex strings ("0x1a") or decimal numbers.
+`decode` turns raw bytes into a `Tx` or raises `InvalidTransaction` with a
+short reason code (a metric label and the dead-letter header); nothing in
+between is allowed to raise anything else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import orjson
+
+_HEX_QUANTITY = re.compile(r"0x[0-9a-fA-F]{1,64}")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
+_HEX_DATA = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
+
+WEI_PER_ETH = 10**18
+WEI_PER_GWEI = 10**9
+# Ranges past which a value is a producer bug, not a transaction: more ether
+# than exists, more gas than any block holds, timestamps before the genesis
+# block or after 2100.
+MAX_VALUE_WEI = 10**9 * WEI_PER_ETH
+MAX_GAS = 10**9
+MAX_GAS_PRICE_WEI = 10**7 * WEI_PER_GWEI
+MAX_NONCE = 2**64 - 1
+MAX_BLOCK_NUMBER = 2**63 - 1
+MIN_TIMESTAMP, MAX_TIMESTAMP = 1_438_269_973, 4_102_444_800
+MAX_INPUT_BYTES = 1 << 20
+
+REASONS = (
+    "malformed_json", "not_an_object", "missing_field", "bad_type",
+    "bad_hex", "bad_address", "out_of_range", "inconsistent",
+)
+
+
+class InvalidTransaction(ValueError):
+    """The message is not a transaction we can score; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Tx(NamedTuple):
+    """A validated transaction: plain data, addresses in lower case, amounts in wei."""
+
+    hash: str
+    sender: str
+    to: str | None
+    value_wei: int
+    gas: int
+    gas_price_wei: int
+    priority_fee_wei: int
+    nonce: int
+    input_bytes: int
+    selector: str | None
+    block_number: int | None
+    block_timestamp: int | None
+    gas_used: int | None
+    status: int | None
+
+
+def decode(raw: bytes) -> Tx:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidTransaction("malformed_json", str(exc)[:120]) from None
+    if not isinstance(obj, dict):
+        raise InvalidTransaction("not_an_object", type(obj).__name__)
+    return validate(obj)
+
+
+def validate(obj: dict) -> Tx:
+    sender = _address(obj, "from")
+    to = _address(obj, "to", optional=True)
+    value = _quantity(obj, "value", MAX_VALUE_WEI)
+    gas = _quantity(obj, "gas", MAX_GAS)
+    gas_price = _quantity(obj, "gasPrice", MAX_GAS_PRICE_WEI, optional=True)
+    max_fee = _quantity(obj, "maxFeePerGas", MAX_GAS_PRICE_WEI, optional=True)
+    tip = _quantity(obj, "maxPriorityFeePerGas", MAX_GAS_PRICE_WEI, optional=True)
+    if gas_price is None:
+        if max_fee is None:
+            raise InvalidTransaction("missing_field", "gasPrice or maxFeePerGas")
+        gas_price = max_fee
+    if tip is not None and max_fee is not None and tip > max_fee:
+        raise InvalidTransaction("inconsistent", "maxPriorityFeePerGas > maxFeePerGas")
+    data = obj.get("input", "0x")
+    if not isinstance(data, str):
+        raise InvalidTransaction("bad_type", "input")
+    if len(data) > 2 + 2 * MAX_INPUT_BYTES:
+        raise InvalidTransaction("out_of_range", "input")
+    if not _HEX_DATA.fullmatch(data):
+        raise InvalidTransaction("bad_hex", "input")
+    gas_used = _quantity(obj, "gasUsed", MAX_GAS, optional=True)
+    if gas_used is not None and gas_used > gas:
+        raise InvalidTransaction("inconsistent", "gasUsed > gas")
+    status = _quantity(obj, "status", 1, optional=True)
+    timestamp = _quantity(obj, "blockTimestamp", MAX_TIMESTAMP, optional=True)
+    if timestamp is not None and timestamp < MIN_TIMESTAMP:
+        raise InvalidTransaction("out_of_range", "blockTimestamp")
+    tx_hash = obj.get("hash")
+    if not isinstance(tx_hash, str):
+        raise InvalidTransaction("missing_field" if tx_hash is None else "bad_type", "hash")
+    if not _HASH.fullmatch(tx_hash):
+        raise InvalidTransaction("bad_hex", "hash")
+    return Tx(
+        hash=tx_hash.lower(),
+        sender=sender,
+        to=to,
+        value_wei=value,
+        gas=gas,
+        gas_price_wei=gas_price,
+        priority_fee_wei=tip or 0,
+        nonce=_quantity(obj, "nonce", MAX_NONCE),
+        input_bytes=(len(data) - 2) // 2,
+        selector=data[:10].lower() if len(data) >= 10 else None,
+        block_number=_quantity(obj, "blockNumber", MAX_BLOCK_NUMBER, optional=True),
+        block_timestamp=timestamp,
+        gas_used=gas_used,
+        status=status,
+    )
+
+
+def _quantity(obj: dict, field: str, maximum: int, optional: bool = False) -> int | None:
+    raw = obj.get(field)
+    if raw is None:
+        if optional:
+            return None
+        raise InvalidTransaction("missing_field", field)
+    if isinstance(raw, str):
+        if raw[:2] == "0x":
+            if not _HEX_QUANTITY.fullmatch(raw):
+                raise InvalidTransaction("bad_hex", field)
+            value = int(raw, 16)
+        elif raw.isascii() and raw.isdigit() and len(raw) <= 80:
+            value = int(raw)
+        else:
+            raise InvalidTransaction("bad_hex", field)
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        raise InvalidTransaction("bad_type", field)
+    if value < 0 or value > maximum:
+        raise InvalidTransaction("out_of_range", field)
+    return value
+
+
+def _address(obj: dict, field: str, optional: bool = False) -> str | None:
+    raw = obj.get(field)
+    if raw is None:
+        if optional:
+            return None
+        raise InvalidTransaction("missing_field", field)
+    if not isinstance(raw, str):
+        raise InvalidTransaction("bad_type", field)
+    if not _ADDRESS.fullmatch(raw):
+        raise InvalidTransaction("bad_address", field)
+    return raw.lower()

@@ -1,0 +1,137 @@
+"""The one typed settings object, and the only reader of the environment.
+
+Every field is read from an environment variable of the same name in upper
+case; these are also the keys of the Kubernetes ConfigMap. `Settings.from_env`
+validates every value at start-up and names the variable in its error, so a
+bad deployment fails at once instead of misbehaving later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+
+class SettingsError(ValueError):
+    """A setting has a value the worker cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Kafka
+    kafka_bootstrap_servers: str = "127.0.0.1:19092"
+    kafka_input_topic: str = "transactions"
+    kafka_input_partitions: int = 8
+    kafka_anomalies_topic: str = "anomalies"
+    kafka_dlq_topic: str = ""  # empty: "<input>-dlq"
+    kafka_topic_replication_factor: int = 1
+    kafka_session_timeout_seconds: float = 30.0
+    kafka_heartbeat_interval_seconds: float = 3.0
+    kafka_max_poll_records: int = 5000
+    kafka_producer_linger_ms: int = 20
+    app_id: str = "anomaly-stream"
+    processing_guarantee: str = "at_least_once"
+    commit_interval_seconds: float = 2.0
+    # State
+    table_store: str = "memory://"
+    data_dir: str = "/tmp/anomaly-stream-data"
+    anomaly_buffer_ttl_seconds: float = 3600.0
+    anomaly_buffer_max_size: int = 10_000
+    address_state_ttl_seconds: float = 7 * 24 * 3600.0
+    address_state_max_size: int = 1_000_000
+    state_sweep_interval_seconds: float = 5.0
+    # Model
+    model_n_trees: int = 10
+    model_height: int = 8
+    model_window_size: int = 250
+    model_seed: int = 42
+    model_warmup_events: int = 1000
+    model_checkpoint_interval_seconds: float = 30.0
+    target_flag_rate: float = 0.005
+    score_floor: float = 0.0
+    # Serving and logs
+    web_host: str = "0.0.0.0"
+    web_port: int = 6066
+    log_level: str = "info"
+    log_format: str = "json"
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.kafka_dlq_topic or f"{self.kafka_input_topic}-dlq"
+
+    @property
+    def address_state_max_per_partition(self) -> int:
+        """The size bound is global; each partition holds its share, so the
+        bound survives any assignment of partitions to workers."""
+        return math.ceil(self.address_state_max_size / self.kafka_input_partitions)
+
+    @property
+    def anomaly_buffer_max_per_partition(self) -> int:
+        return math.ceil(self.anomaly_buffer_max_size / self.kafka_input_partitions)
+
+    @classmethod
+    def env_names(cls) -> list[str]:
+        return [f.name.upper() for f in fields(cls)]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f, raw)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes) -> Settings:
+        settings = dataclasses.replace(self, **changes)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = [
+            "kafka_input_partitions", "kafka_topic_replication_factor",
+            "kafka_session_timeout_seconds", "kafka_heartbeat_interval_seconds",
+            "kafka_max_poll_records", "commit_interval_seconds",
+            "anomaly_buffer_ttl_seconds", "anomaly_buffer_max_size",
+            "address_state_ttl_seconds", "address_state_max_size",
+            "state_sweep_interval_seconds", "model_n_trees", "model_height",
+            "model_window_size", "model_checkpoint_interval_seconds", "web_port",
+        ]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()} must be > 0, got {getattr(self, name)!r}")
+        if self.kafka_producer_linger_ms < 0 or self.model_warmup_events < 0:
+            raise SettingsError("KAFKA_PRODUCER_LINGER_MS and MODEL_WARMUP_EVENTS must be >= 0")
+        if self.model_height > 16:
+            raise SettingsError("MODEL_HEIGHT above 16 makes checkpoints too big for a Kafka message")
+        if not 0.0 < self.target_flag_rate < 0.5:
+            raise SettingsError(f"TARGET_FLAG_RATE must be in (0, 0.5), got {self.target_flag_rate}")
+        if not 0.0 <= self.score_floor <= 1.0:
+            raise SettingsError(f"SCORE_FLOOR must be in [0, 1], got {self.score_floor}")
+        if self.kafka_heartbeat_interval_seconds >= self.kafka_session_timeout_seconds:
+            raise SettingsError("KAFKA_HEARTBEAT_INTERVAL_SECONDS must be below KAFKA_SESSION_TIMEOUT_SECONDS")
+        choices = {
+            "processing_guarantee": ("at_least_once", "exactly_once"),
+            "log_level": ("debug", "info", "warning", "error"),
+            "log_format": ("json", "console"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SettingsError(f"{name.upper()} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.table_store.startswith(("memory://", "rocksdb://")):
+            raise SettingsError(f"TABLE_STORE must be memory:// or rocksdb://, got {self.table_store!r}")
+
+
+def _parse(f: dataclasses.Field, raw: str):
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+    try:
+        return kind(raw.strip()) if kind is not str else raw
+    except ValueError:
+        raise SettingsError(f"{f.name.upper()} must be a {kind.__name__}, got {raw!r}") from None

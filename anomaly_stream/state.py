@@ -1,0 +1,83 @@
+"""Size and TTL bounds for changelogged tables that keep working after restarts.
+
+Faust expires windows with a wall-clock sweep that never sees windows
+restored from a changelog, and deletes expired windows without writing a
+tombstone, so they come back at the next recovery (../shared/FIELD-NOTES.md).
+`TableBound` replaces that: it keeps, per partition, the table's keys in the
+order of their last write, rebuilds that order from the table itself after
+every recovery, and deletes what is too old or over the size bound with a
+tombstone in the changelog, so the bound holds in memory, in Kafka and after
+any number of restarts and rebalances.
+
+Every value of a bounded table says which partition it belongs to and when it
+was last written (`locate`), so a rebuild needs nothing but the table.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable
+
+Locate = Callable[[Any, Any], tuple[int, float]]
+
+
+class TableBound:
+    def __init__(self, table: Any, ttl_seconds: float, max_per_partition: int, locate: Locate):
+        self.table = table
+        self.ttl = ttl_seconds
+        self.max_per_partition = max_per_partition
+        self.locate = locate
+        self.index: dict[int, OrderedDict[Any, float]] = {}
+
+    def newest(self, partition: int) -> float:
+        keys = self.index.get(partition)
+        return next(reversed(keys.values())) if keys else 0.0
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self.index.values())
+
+    def touch(self, partition: int, key: Any, t: float) -> None:
+        keys = self.index.get(partition)
+        if keys is None:
+            keys = self.index[partition] = OrderedDict()
+        keys[key] = t
+        keys.move_to_end(key)
+
+    def rebuild(self, partitions: set[int]) -> None:
+        """Re-read the order of keys from the table, for the partitions we now own.
+
+        Keys of other partitions are dropped from memory without a tombstone:
+        they are not ours to delete any more (the memory store keeps keys
+        written live after their partition has moved away).
+        """
+        found: dict[int, list[tuple[float, Any]]] = {p: [] for p in partitions}
+        stale = []
+        # One synchronous pass (about 2 s for a million keys): a write landing
+        # halfway through a pass that yields would be missing from the index.
+        for key, value in list(self.table.data.items()):
+            partition, t = self.locate(key, value)
+            if partition in found:
+                found[partition].append((t, key))
+            else:
+                stale.append(key)
+        for key in stale:
+            self.table.data.pop(key, None)
+        self.index = {}
+        for partition, entries in found.items():
+            entries.sort(key=lambda e: e[0])
+            self.index[partition] = OrderedDict((key, t) for t, key in entries)
+
+    def sweep(self, now: Callable[[int], float]) -> int:
+        """Delete keys past the TTL or over the size bound, oldest first."""
+        deleted = 0
+        for partition, keys in self.index.items():
+            cutoff = now(partition) - self.ttl
+            while keys:
+                key, t = next(iter(keys.items()))
+                if t >= cutoff and len(keys) <= self.max_per_partition:
+                    break
+                del keys[key]
+                self.table.data.pop(key, None)
+                self.table.send_changelog(partition, key, None, value_serializer="raw")
+                deleted += 1
+        return deleted
