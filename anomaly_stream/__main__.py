@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(settings, rest)
     if command == "generate":
         return run_generate(settings, rest)
+    if command == "ingest":
+        from .ingest import main as ingest_main
+
+        return ingest_main(settings, rest)
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
     return 2
 
@@ -70,6 +74,9 @@ async def produce(settings: Settings, txs, rate: float) -> int:
     """Send transactions keyed by sender, as every producer to the input topic should."""
     from aiokafka import AIOKafkaProducer
 
+    from .topics import ensure_topics
+
+    await ensure_topics(settings)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=20, max_batch_size=256 * 1024,
     )

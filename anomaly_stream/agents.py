@@ -32,6 +32,7 @@ class PartitionModels:
         self.interval = interval_seconds
         self.models: dict[int, PartitionModel] = {}
         self.saved_at: dict[int, float] = {}
+        self.saved_seen: dict[int, int] = {}
 
     def get(self, partition: int) -> PartitionModel:
         model = self.models.get(partition)
@@ -45,10 +46,12 @@ class PartitionModels:
                 log.info("model_restored", partition=partition, seen=model.seen, threshold=model.threshold)
             self.models[partition] = model
             self.saved_at[partition] = time.time()
+            self.saved_seen[partition] = model.seen
         return model
 
     def checkpoint_due(self, partition: int, now: float) -> bool:
-        return now - self.saved_at.get(partition, now) >= self.interval
+        return (now - self.saved_at.get(partition, now) >= self.interval
+                and self.models[partition].seen != self.saved_seen.get(partition))
 
     def checkpoint(self, partition: int, now: float) -> None:
         """Write the model to its changelog partition; callable outside an agent."""
@@ -56,6 +59,7 @@ class PartitionModels:
         self.checkpoints.data[key] = value
         self.checkpoints.send_changelog(partition, key, value)
         self.saved_at[partition] = now
+        self.saved_seen[partition] = self.models[partition].seen
 
     def release(self, partitions: set[int]) -> None:
         """Checkpoint and drop the models of partitions this worker no longer owns."""
@@ -64,6 +68,7 @@ class PartitionModels:
             self.checkpoint(partition, now)
             del self.models[partition]
             self.saved_at.pop(partition, None)
+            self.saved_seen.pop(partition, None)
 
 
 def register(app, settings, topics, tables) -> None:
@@ -81,12 +86,6 @@ def register(app, settings, topics, tables) -> None:
         raw = tables.profiles.get(sender.encode())
         return None if raw is None else AddressProfile.from_bytes(raw)
 
-    @app.task
-    async def declare_output_topics() -> None:
-        # Nothing consumes these topics in this app, so Faust would not create them.
-        for topic in (topics.anomalies, topics.dlq):
-            await topic.maybe_declare()
-
     @app.agent(topics.transactions, name="detect")
     async def detect(batches):
         async for batch in batches:
@@ -96,8 +95,10 @@ def register(app, settings, topics, tables) -> None:
             result = process_batch(model, batch.records, lookup, partition)
 
             for dead in result.dead_letters:
+                # Explicit partitions: the source's, so that with exactly_once every
+                # send joins the transaction of the partition being processed.
                 await topics.dlq.send(
-                    key=dead.record.key, value=dead.record.value,
+                    key=dead.record.key, value=dead.record.value, partition=partition,
                     headers={
                         "dlq-reason": dead.reason.encode(),
                         "dlq-detail": dead.detail.encode(),
@@ -123,7 +124,8 @@ def register(app, settings, topics, tables) -> None:
                     key = (document["tx_hash"], window)
                     tables.anomaly_buffer[key] = value
                     tables.buffer_bound.touch(partition, key, document["detected_at"])
-                    await topics.anomalies.send(key=document["address"].encode(), value=value)
+                    await topics.anomalies.send(
+                        key=document["address"].encode(), value=value, partition=partition)
                     log.info("anomaly_flagged", tx=document["tx_hash"], address=document["address"],
                              score=document["score"], threshold=document["threshold"])
 
@@ -140,6 +142,7 @@ def register(app, settings, topics, tables) -> None:
             metrics.BATCH_SIZE.observe(n)
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
             metrics.MODEL_THRESHOLD.labels(partition).set(model.threshold)
+            metrics.MODEL_EVENTS_SEEN.labels(partition).set(model.seen)
             for score in result.scores[::16]:
                 metrics.ANOMALY_SCORE.observe(score)
 
@@ -160,6 +163,7 @@ def register(app, settings, topics, tables) -> None:
             for partition in owned:
                 watermarks[partition] = max(watermarks.get(partition, 0.0), tables.profiles_bound.newest(partition))
             indexed["partitions"] = owned
+            metrics.STATE_REBUILDS.inc()
             log.info("state_bounds_rebuilt", partitions=sorted(owned),
                      profiles=len(tables.profiles_bound), anomalies=len(tables.buffer_bound))
         now = time.time()
@@ -169,5 +173,8 @@ def register(app, settings, topics, tables) -> None:
         metrics.STATE_EXPIRED.labels("anomaly_buffer").inc(expired)
         metrics.ADDRESS_PROFILES.set(len(tables.profiles_bound))
         metrics.ANOMALY_BUFFER_SIZE.set(len(tables.buffer_bound))
-        for partition, saved_at in models.saved_at.items():
-            metrics.MODEL_CHECKPOINT_AGE.labels(partition).set(now - saved_at)
+        # A partition whose traffic stopped still gets its last batches checkpointed.
+        for partition in list(models.models):
+            if models.checkpoint_due(partition, now):
+                models.checkpoint(partition, now)
+            metrics.MODEL_CHECKPOINT_AGE.labels(partition).set(now - models.saved_at[partition])

@@ -18,13 +18,21 @@ from .consumer import BatchingTransport
 from .features import AddressProfile
 from .settings import Settings
 from .state import TableBound
+from .topics import ensure_topics
 
 
 class App(faust.App):
     """A Faust App whose consumer hands the input topic to agents in batches."""
 
+    settings: Settings
+
     def _new_transport(self):
         return BatchingTransport(self.conf.broker_consumer, self)
+
+    async def on_first_start(self) -> None:
+        # Before the consumer subscribes: see topics.py.
+        await ensure_topics(self.settings)
+        await super().on_first_start()
 
 
 @dataclass
@@ -70,9 +78,7 @@ def create_app(settings: Settings) -> App:
     )
     app.settings = settings
     partitions = settings.kafka_input_partitions
-    # internal=True: the worker declares its topics with the configured
-    # partition count at start-up rather than relying on broker auto-creation.
-    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": partitions, "internal": True}
+    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": partitions}
     topics = Topics(
         transactions=app.topic(settings.kafka_input_topic, **raw),
         anomalies=app.topic(settings.kafka_anomalies_topic, **raw),

@@ -69,14 +69,17 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             raise
 
     async def _deliver_batch(self, tp: TP, tp_records: list[Any], callback) -> None:
+        # `_read_offset` is the seek position (the next offset to read) after an
+        # assignment, and the last delivered offset after that: `>=` as in
+        # Faust's own loop, or the first record after every rebalance is lost.
         last_read = self._read_offset[tp]
-        fresh = [r for r in tp_records if last_read is None or r.offset > last_read]
+        fresh = [r for r in tp_records if last_read is None or r.offset >= last_read]
         if not fresh:
             return
         first, last = fresh[0], fresh[-1]
-        # Everything from the last read offset up to (not including) the last
-        # record is acknowledged together with the last record.
-        gap_from = first.offset if last_read is None else last_read + 1
+        # Everything from just after the last read offset (transaction markers
+        # leave holes) up to the last record is acknowledged with the last record.
+        gap_from = first.offset if last_read is None else min(first.offset, last_read + 1)
         if last.offset > gap_from:
             await self._add_gap(tp, gap_from, last.offset - 1)
         batch = RecordBatch(tp.partition, [

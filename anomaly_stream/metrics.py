@@ -34,6 +34,11 @@ STATE_EXPIRED = Counter(
     "state_entries_expired_total", "Table entries deleted by the TTL or size bound.", ["table"])
 MODEL_THRESHOLD = Gauge(
     "model_threshold", "Score threshold in force, per partition.", ["partition"])
+MODEL_EVENTS_SEEN = Gauge(
+    "model_events_seen", "Transactions the partition's model has learned, across restarts.",
+    ["partition"])
+STATE_REBUILDS = Counter(
+    "state_bounds_rebuilds_total", "Times the bounded tables were re-indexed after a recovery.")
 MODEL_CHECKPOINT_AGE = Gauge(
     "model_checkpoint_age_seconds", "Seconds since the partition's model was last checkpointed.",
     ["partition"])

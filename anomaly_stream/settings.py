@@ -57,6 +57,16 @@ class Settings:
     web_port: int = 6066
     log_level: str = "info"
     log_format: str = "json"
+    # Ethereum ingestion (`anomaly-stream ingest`)
+    eth_rpc_url: str = "http://127.0.0.1:18545"
+    eth_rpc_timeout_seconds: float = 10.0
+    eth_rpc_max_attempts: int = 8
+    ingest_confirmations: int = 12
+    ingest_batch_blocks: int = 10
+    ingest_poll_interval_seconds: float = 2.0
+    ingest_rpc_concurrency: int = 4
+    ingest_checkpoint_topic: str = ""  # empty: "<input>-ingest-checkpoint"
+    ingest_metrics_port: int = 9108  # 0: no metrics endpoint
 
     @property
     def dlq_topic(self) -> str:
@@ -107,6 +117,14 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0, got {getattr(self, name)!r}")
+        for name in ("eth_rpc_timeout_seconds", "eth_rpc_max_attempts", "ingest_batch_blocks",
+                     "ingest_poll_interval_seconds", "ingest_rpc_concurrency"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()} must be > 0, got {getattr(self, name)!r}")
+        if self.ingest_confirmations < 0 or not 0 <= self.ingest_metrics_port <= 65535:
+            raise SettingsError("INGEST_CONFIRMATIONS must be >= 0 and INGEST_METRICS_PORT in 0..65535")
+        if not self.eth_rpc_url.startswith(("http://", "https://")):
+            raise SettingsError(f"ETH_RPC_URL must be an http(s):// URL, got {self.eth_rpc_url!r}")
         if self.kafka_producer_linger_ms < 0 or self.model_warmup_events < 0:
             raise SettingsError("KAFKA_PRODUCER_LINGER_MS and MODEL_WARMUP_EVENTS must be >= 0")
         if self.model_height > 16:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from .support import REPO, WorkerProcess, test_env
+from .support import REPO, WorkerProcess, deployment_env
 
 STACK = [sys.executable, str(REPO / "deploy" / "local" / "stack.py")]
 
@@ -46,4 +46,4 @@ def workers(stack, tmp_path):
 
 @pytest.fixture
 def env():
-    return test_env()
+    return deployment_env()

@@ -32,7 +32,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def test_env(**overrides) -> dict[str, str]:
+def deployment_env(**overrides) -> dict[str, str]:
     """Settings for one isolated deployment: its own topics, group and state dir."""
     name = unique("as")
     env = {
@@ -114,7 +114,11 @@ class WorkerProcess:
             if value >= at_least:
                 return value
             time.sleep(0.2)
-        raise TimeoutError(f"{name} = {value} < {at_least} after {timeout}s; see {self.log_path}")
+        try:
+            counts = {k: v for k, v in self.metrics().items() if k.startswith(("transactions_", "model_events"))}
+        except OSError:
+            counts = {}
+        raise TimeoutError(f"{name} = {value} < {at_least} after {timeout}s; {counts}; see {self.log_path}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:

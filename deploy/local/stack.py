@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Local service stack for anomaly_stream: one Apache Kafka broker (KRaft) and Redis.
+"""Local service stack for anomaly_stream: one Apache Kafka broker (KRaft), Redis and an
+Ethereum JSON-RPC node (ganache, in memory: a fresh chain on every start).
 
 Stdlib only, because it runs before any virtualenv exists.
 
     python3 deploy/local/stack.py up             # start what is not running, wait, print endpoints
-    python3 deploy/local/stack.py down           # stop both and check nothing listens any more
-    python3 deploy/local/stack.py status         # exit 0 if both answer, else 1
+    python3 deploy/local/stack.py down           # stop all three and check nothing listens any more
+    python3 deploy/local/stack.py status         # exit 0 if all answer, else 1
     python3 deploy/local/stack.py restart-kafka  # stop and start only the broker, keeping its data
 
 Environment variables (defaults in brackets):
@@ -15,6 +16,10 @@ Environment variables (defaults in brackets):
     STACK_KAFKA_PORT             [19092]  broker listener on 127.0.0.1
     STACK_KAFKA_CONTROLLER_PORT  [19093]  KRaft controller listener on 127.0.0.1
     STACK_REDIS_PORT             [16379]  Redis on 127.0.0.1
+    STACK_ETH_PORT               [18545]  ganache JSON-RPC (HTTP and WebSocket) on 127.0.0.1
+    GANACHE_VERSION              [7.9.2]  ganache release from the npm registry
+    GANACHE_CACHE                [${XDG_CACHE_HOME:-~/.cache}/anomaly-stream/ganache-<version>]
+                                          installed once with npm into <cache>/node_modules
     STACK_DIR                    [<repo>/.stack]  data dirs, logs, pid files, generated config
     KAFKA_JARS_CACHE             [${XDG_CACHE_HOME:-~/.cache}/anomaly-stream/kafka-<version>]
                                           broker jars live in <cache>/libs, resolved once by Maven
@@ -29,6 +34,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -38,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +54,7 @@ REPO = HERE.parents[1]
 HOST = "127.0.0.1"
 KAFKA_STOP_TIMEOUT = 30.0  # a controlled shutdown of a single node takes a few seconds
 REDIS_STOP_TIMEOUT = 10.0
+GANACHE_STOP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,9 @@ class Config:
     stack_dir: Path
     jars_cache: Path
     ready_timeout: float
+    eth_port: int = 18545
+    ganache_version: str = "7.9.2"
+    ganache_cache: Path = Path("ganache")
 
     @classmethod
     def from_env(cls) -> Config:
@@ -67,6 +78,8 @@ class Config:
         version = env.get("KAFKA_VERSION", "3.9.1")
         xdg_cache = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         default_cache = xdg_cache / "anomaly-stream" / f"kafka-{version}"
+        ganache_version = env.get("GANACHE_VERSION", "7.9.2")
+        default_ganache_cache = xdg_cache / "anomaly-stream" / f"ganache-{ganache_version}"
         return cls(
             kafka_version=version,
             kafka_port=int(env.get("STACK_KAFKA_PORT", "19092")),
@@ -75,6 +88,9 @@ class Config:
             stack_dir=Path(env.get("STACK_DIR") or REPO / ".stack").resolve(),
             jars_cache=Path(env.get("KAFKA_JARS_CACHE") or default_cache).resolve(),
             ready_timeout=float(env.get("STACK_READY_TIMEOUT", "90")),
+            eth_port=int(env.get("STACK_ETH_PORT", "18545")),
+            ganache_version=ganache_version,
+            ganache_cache=Path(env.get("GANACHE_CACHE") or default_ganache_cache).resolve(),
         )
 
     @property
@@ -108,6 +124,22 @@ class Config:
     @property
     def redis_pidfile(self) -> Path:
         return self.redis_dir / "redis.pid"
+
+    @property
+    def ganache_dir(self) -> Path:
+        return self.stack_dir / "ganache"
+
+    @property
+    def ganache_pidfile(self) -> Path:
+        return self.ganache_dir / "ganache.pid"
+
+    @property
+    def ganache_bin(self) -> Path:
+        return self.ganache_cache / "node_modules" / ".bin" / "ganache"
+
+    @property
+    def eth_url(self) -> str:
+        return f"http://{HOST}:{self.eth_port}"
 
 
 class StackError(Exception):
@@ -194,6 +226,24 @@ def redis_ready(cfg: Config) -> bool:
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
+        return False
+
+
+def eth_block_number(port: int, timeout: float = 2.0) -> int:
+    """eth_blockNumber over HTTP JSON-RPC: an answer means the node serves requests."""
+    request = urllib.request.Request(
+        f"http://{HOST}:{port}", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}).encode(),
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return int(json.loads(resp.read())["result"], 16)
+
+
+def eth_ready(cfg: Config) -> bool:
+    try:
+        eth_block_number(cfg.eth_port)
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
@@ -395,6 +445,9 @@ def write_kafka_config(cfg: Config, data_dir: Path, server_log: Path) -> tuple[P
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(data_dir),
         "num.partitions": "1",
+        # Kafka's default. Faust reads a changelog topic's metadata right after
+        # creating it; with auto-creation off that read can miss the new topic
+        # and crash the agent. The worker creates its own topics (topics.py).
         "auto.create.topics.enable": "true",
         # Single node: internal topics cannot have more replicas than brokers,
         # and transactions (exactly-once) need min.isr satisfiable by one node.
@@ -566,13 +619,79 @@ def stop_redis(cfg: Config) -> None:
     stop_service("redis", cfg.redis_pidfile, "redis-server", [cfg.redis_port], REDIS_STOP_TIMEOUT)
 
 
+# --------------------------------------------------------------------------- ganache (Ethereum JSON-RPC)
+
+
+def ensure_ganache(cfg: Config) -> float:
+    """Install the pinned ganache from the npm registry into the cache once; seconds spent (0 if cached).
+
+    Like the jars: npm installs into a temp dir next to the cache, renamed into place,
+    so an interrupted install never looks complete.
+    """
+    if cfg.ganache_bin.exists():
+        return 0.0
+    if not shutil.which("node") or not shutil.which("npm"):
+        raise StackError("Node.js and npm are needed once to install ganache; they are not on PATH")
+    cfg.ganache_cache.parent.mkdir(parents=True, exist_ok=True)
+    log(f"installing ganache {cfg.ganache_version} from the npm registry ...")
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=cfg.ganache_cache.parent, prefix=".ganache-") as tmp:
+        out = Path(tmp) / "ganache"
+        cmd = ["npm", "install", "--prefix", str(out), "--no-audit", "--no-fund", "--loglevel=error",
+               f"ganache@{cfg.ganache_version}"]  # fmt: skip
+        npm = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if npm.returncode != 0 or not (out / "node_modules" / ".bin" / "ganache").exists():
+            raise StackError(f"npm could not install ganache {cfg.ganache_version}: {' '.join(cmd)}\n"
+                             f"{npm.stdout[-4000:]}{npm.stderr[-4000:]}")  # fmt: skip
+        if cfg.ganache_cache.exists() and not any(cfg.ganache_cache.iterdir()):
+            cfg.ganache_cache.rmdir()  # an empty leftover counts as missing
+        try:
+            out.rename(cfg.ganache_cache)
+        except OSError:
+            if not cfg.ganache_bin.exists():  # lost a race only if the winner left a complete install
+                raise
+    elapsed = time.monotonic() - start
+    log(f"installed ganache {cfg.ganache_version} into {cfg.ganache_cache} in {elapsed:.1f} s")
+    return elapsed
+
+
+def start_ganache(cfg: Config) -> None:
+    """Start ganache (deterministic wallet, chain id 1337, in-memory chain) and wait for eth_blockNumber."""
+    ensure_ports_free("ganache", [cfg.eth_port])
+    install_seconds = ensure_ganache(cfg)
+    cfg.ganache_dir.mkdir(parents=True, exist_ok=True)
+    out_log = cfg.logs_dir / "ganache.log"
+    start = time.monotonic()
+    with open(out_log, "w") as out:
+        proc = subprocess.Popen(
+            ["node", str(cfg.ganache_bin), "--server.host", HOST, "--server.port", str(cfg.eth_port),
+             "--wallet.deterministic", "--wallet.totalAccounts", "20", "--chain.chainId", "1337",
+             "--logging.quiet"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    cfg.ganache_pidfile.write_text(f"{proc.pid}\n")
+    try:
+        wait_until(lambda: eth_ready(cfg), proc.pid, cfg.ready_timeout, "ganache", [out_log])
+    except StackError:
+        terminate({proc.pid}, 5.0)
+        cfg.ganache_pidfile.unlink(missing_ok=True)
+        raise
+    log(f"ganache {cfg.ganache_version} ready in {time.monotonic() - start:.1f} s"
+        + (f" (installed in {install_seconds:.1f} s before that)" if install_seconds else ""))  # fmt: skip
+
+
+def stop_ganache(cfg: Config) -> None:
+    stop_service("ganache", cfg.ganache_pidfile, "ganache", [cfg.eth_port], GANACHE_STOP_TIMEOUT)
+
+
 # --------------------------------------------------------------------------- commands
 
 
 @contextlib.contextmanager
 def stack_lock(cfg: Config):
     """Serialise up/down/restart so two test sessions starting at once do not race."""
-    for d in (cfg.kafka_dir, cfg.redis_dir, cfg.logs_dir):
+    for d in (cfg.kafka_dir, cfg.redis_dir, cfg.ganache_dir, cfg.logs_dir):
         d.mkdir(parents=True, exist_ok=True)
     with open(cfg.stack_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -596,6 +715,7 @@ def print_endpoints(cfg: Config) -> None:
     version = running_kafka_version(cfg) or cfg.kafka_version
     print(f"KAFKA_BOOTSTRAP={HOST}:{cfg.kafka_port}  # Apache Kafka {version}")
     print(f"REDIS_URL=redis://{HOST}:{cfg.redis_port}/0")
+    print(f"ETH_RPC_URL={cfg.eth_url}  # ganache {cfg.ganache_version}, chain id 1337")
 
 
 def cmd_up(cfg: Config) -> int:
@@ -615,6 +735,11 @@ def cmd_up(cfg: Config) -> int:
         else:
             stop_unresponsive("Redis", cfg.redis_pidfile, "redis-server", REDIS_STOP_TIMEOUT)
             start_redis(cfg)
+        if eth_ready(cfg):
+            log("ganache already running")
+        else:
+            stop_unresponsive("ganache", cfg.ganache_pidfile, "ganache", GANACHE_STOP_TIMEOUT)
+            start_ganache(cfg)
         log(f"up in {time.monotonic() - start:.1f} s")
     print_endpoints(cfg)
     return 0
@@ -625,8 +750,9 @@ def cmd_down(cfg: Config) -> int:
         start = time.monotonic()
         stop_kafka(cfg)
         stop_redis(cfg)
+        stop_ganache(cfg)
         log(f"down in {time.monotonic() - start:.1f} s; nothing listens on ports "
-            f"{cfg.kafka_port}, {cfg.controller_port}, {cfg.redis_port}")  # fmt: skip
+            f"{cfg.kafka_port}, {cfg.controller_port}, {cfg.redis_port}, {cfg.eth_port}")  # fmt: skip
     return 0
 
 
@@ -634,8 +760,10 @@ def cmd_status(cfg: Config) -> int:
     kafka, redis = kafka_ready(cfg), redis_ready(cfg)
     version = running_kafka_version(cfg) or "?"
     print(f"kafka {HOST}:{cfg.kafka_port} ({version}): {'ready' if kafka else 'DOWN'}")
+    eth = eth_ready(cfg)
     print(f"redis {HOST}:{cfg.redis_port}: {'ready' if redis else 'DOWN'}")
-    return 0 if kafka and redis else 1
+    print(f"ganache {cfg.eth_url}: {'ready' if eth else 'DOWN'}")
+    return 0 if kafka and redis and eth else 1
 
 
 def cmd_restart_kafka(cfg: Config) -> int:

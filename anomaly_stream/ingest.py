@@ -1,0 +1,505 @@
+"""`anomaly-stream ingest`: follow an Ethereum node, publish confirmed transactions.
+
+    anomaly-stream ingest [--from-block N] [--to-block M]
+
+Reads blocks with full transactions (`eth_getBlockByNumber(n, true)`) and their
+receipts over JSON-RPC (web3's AsyncHTTPProvider, raw requests so the objects
+stay in wire form: hex quantities, lower-case addresses) and produces one
+message per transaction to the input topic, keyed by the sender, in the schema
+of `schema.py`: the node's transaction object plus `blockTimestamp` from the
+block and `gasUsed`, `status`, `contractAddress` from the receipt.
+
+Confirmation depth. Only blocks at or below `head - INGEST_CONFIRMATIONS` are
+published, so a reorg shallower than the depth is never seen downstream: the
+orphaned blocks were never published, the canonical ones are.
+
+Exactly once, resumable. Each batch of blocks is one Kafka transaction that
+holds the batch's transactions and, last, a checkpoint record (the last block's
+number and hash and the hashes of the last KEEP_HASHES published blocks) in a
+compacted topic keyed by chain id. A crash anywhere leaves either all of the
+batch or none of it visible to read_committed consumers; on start the
+transactional producer fences and aborts the dead process's open transaction,
+then the checkpoint is read back, and ingestion continues at the next block:
+no gap and no duplicate.
+
+Reorgs deeper than the depth. Before publishing block n its parentHash is
+compared with the hash we published for n-1. On a mismatch the ingester stops
+publishing forward (the batch is not produced), counts the reorg
+(`ingest_reorgs_total`), logs the orphaned blocks, and walks back through the
+kept hashes to the newest block still on the canonical chain (the fork point).
+What was published from the orphaned blocks stays in the topic (Kafka is
+append-only; nothing from them is ever published again); the canonical
+replacement blocks after the fork point are then published in full, each of
+their messages with an `eth-reorg-replaces` header naming the orphaned block
+hash at that height, so a consumer can tell replacements apart. A transaction
+that was in an orphaned block and is re-included in the canonical chain is
+therefore published twice (same hash, different block). A fork point older
+than the kept hashes stops the ingester with an error (exit code 3): that
+needs an operator, and `--from-block` to restart from a chosen block.
+
+Without a checkpoint and without `--from-block` ingestion starts at the current
+confirmed head. `--from-block` overrides the checkpoint (a backfill republishes
+what was published before); `--to-block` stops after that block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+import structlog
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from .settings import Settings
+
+log = structlog.get_logger("anomaly_stream.ingest")
+
+KEEP_HASHES = 256  # published block hashes kept (and checkpointed) to find a fork point
+RECEIPT_CHUNK = 100  # receipts per JSON-RPC batch when the node has no eth_getBlockReceipts
+RETRY_BASE_SECONDS = 0.2
+RETRY_MAX_SECONDS = 10.0
+EXIT_DEEP_REORG = 3
+
+# Metrics (to be moved into metrics.py by its owner).
+ETH_BLOCKS_BEHIND_HEAD = Gauge(
+    "eth_blocks_behind_head",
+    "Blocks between the chain head and the last published block (includes the confirmation depth).")
+ETH_RPC_LATENCY = Histogram(
+    "eth_rpc_latency_seconds", "Duration of one JSON-RPC request or batch, by method.", ["method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+ETH_RPC_ERRORS = Counter(
+    "eth_rpc_errors_total", "Failed JSON-RPC attempts, by method and kind (each retry counts).",
+    ["method", "kind"])
+INGEST_BLOCKS_PUBLISHED = Counter(
+    "ingest_blocks_published_total", "Blocks whose transactions were committed to the input topic.")
+INGEST_TRANSACTIONS_PUBLISHED = Counter(
+    "ingest_transactions_published_total", "Transactions committed to the input topic.")
+INGEST_REORGS = Counter(
+    "ingest_reorgs_total", "Reorgs deeper than the confirmation depth (published blocks orphaned).")
+INGEST_ORPHANED_BLOCKS = Counter(
+    "ingest_orphaned_blocks_total", "Published blocks that a reorg later orphaned.")
+
+
+class RpcError(Exception):
+    """A JSON-RPC error object, or an unusable answer."""
+
+    def __init__(self, method: str, error: dict | str):
+        message = error.get("message", str(error)) if isinstance(error, dict) else error
+        super().__init__(f"{method}: {message}")
+        self.method = method
+        self.code = error.get("code") if isinstance(error, dict) else None
+        self.message = str(message)
+
+    @property
+    def method_missing(self) -> bool:
+        text = self.message.lower()
+        return self.code == -32601 or any(
+            s in text for s in ("does not exist", "not available", "not supported", "method not found"))
+
+
+class DeepReorg(Exception):
+    """The fork point is older than every kept hash."""
+
+
+class RpcClient:
+    """Raw JSON-RPC through web3's async HTTP provider, with bounded retries.
+
+    Retries (exponential backoff, full jitter, `Retry-After` honoured) cover
+    timeouts, connection errors, HTTP 429/5xx and JSON-RPC error objects, except
+    "method not found", which is permanent.
+    """
+
+    def __init__(self, url: str, timeout: float, max_attempts: int):
+        from web3 import AsyncHTTPProvider, AsyncWeb3
+
+        provider = AsyncHTTPProvider(
+            url, request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)},
+            exception_retry_configuration=None,  # ours below: bounded, jittered, counted
+        )
+        self.w3 = AsyncWeb3(provider)
+        self.provider = provider
+        self.max_attempts = max_attempts
+
+    async def close(self) -> None:
+        await self.provider.disconnect()
+
+    async def call(self, method: str, params: list):
+        async def once():
+            response = await self.provider.make_request(method, params)
+            if response.get("error"):
+                raise RpcError(method, response["error"])
+            return response.get("result")
+
+        return await self._retrying(method, once)
+
+    async def batch(self, method: str, params_list: list[list]) -> list:
+        """One JSON-RPC batch of the same method; results in request order."""
+        if not params_list:
+            return []
+
+        async def once():
+            responses = await self.provider.make_batch_request([(method, p) for p in params_list])
+            if not isinstance(responses, list):  # the node rejected the whole batch
+                raise RpcError(method, responses.get("error") or "bad batch response")
+            if len(responses) != len(params_list):
+                raise RpcError(method, f"{len(responses)} answers to {len(params_list)} requests")
+            for response in responses:
+                if response.get("error"):
+                    raise RpcError(method, response["error"])
+            return [response.get("result") for response in responses]
+
+        return await self._retrying(f"batch:{method}", once)
+
+    async def _retrying(self, label: str, once):
+        for attempt in range(1, self.max_attempts + 1):
+            started = time.perf_counter()
+            delay = None
+            try:
+                result = await once()
+                ETH_RPC_LATENCY.labels(label).observe(time.perf_counter() - started)
+                return result
+            except RpcError as exc:
+                ETH_RPC_ERRORS.labels(label, "rpc_error").inc()
+                if exc.method_missing or attempt == self.max_attempts:
+                    raise
+                error = exc
+            except aiohttp.ClientResponseError as exc:
+                kind = "rate_limited" if exc.status == 429 else f"http_{exc.status // 100}xx"
+                ETH_RPC_ERRORS.labels(label, kind).inc()
+                if attempt == self.max_attempts or (400 <= exc.status < 500 and exc.status not in (408, 429)):
+                    raise
+                retry_after = (exc.headers or {}).get("Retry-After")
+                if retry_after and retry_after.isdigit():
+                    delay = min(float(retry_after), RETRY_MAX_SECONDS)
+                error = exc
+            except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+                kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection"
+                ETH_RPC_ERRORS.labels(label, kind).inc()
+                if attempt == self.max_attempts:
+                    raise
+                error = exc
+            if delay is None:
+                delay = random.uniform(0, min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1)))
+            log.warning("rpc %s failed (attempt %d/%d): %r; retrying in %.2fs",
+                        label, attempt, self.max_attempts, error, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+@dataclass
+class Position:
+    """Where ingestion stands: the next block to publish and the hashes already published."""
+
+    next_block: int
+    recent: list[tuple[int, str]] = field(default_factory=list)  # (number, hash), oldest first
+    replaces: dict[int, str] = field(default_factory=dict)  # height -> orphaned hash, after a reorg
+
+    def checkpoint(self, chain_id: int) -> bytes:
+        number, block_hash = self.recent[-1]
+        return orjson.dumps({
+            "chain_id": chain_id, "number": number, "hash": block_hash,
+            "recent": self.recent, "written_at": time.time(),
+        })
+
+    @classmethod
+    def from_checkpoint(cls, raw: bytes) -> Position:
+        value = orjson.loads(raw)
+        recent = [(int(n), str(h)) for n, h in value["recent"]]
+        return cls(next_block=int(value["number"]) + 1, recent=recent)
+
+
+def to_message(tx: dict, block: dict, receipt: dict) -> dict:
+    """The documented input schema: the node's transaction plus block time and receipt fields."""
+    msg = dict(tx)
+    msg["from"] = tx["from"].lower()
+    if tx.get("to"):
+        msg["to"] = tx["to"].lower()
+    msg["blockTimestamp"] = block["timestamp"]
+    msg["gasUsed"] = receipt["gasUsed"]
+    if receipt.get("status") is not None:  # pre-Byzantium receipts have a root instead
+        msg["status"] = receipt["status"]
+    contract = receipt.get("contractAddress")
+    msg["contractAddress"] = contract.lower() if contract else None
+    return msg
+
+
+class Ingester:
+    def __init__(self, settings: Settings, rpc: RpcClient):
+        self.settings = settings
+        self.rpc = rpc
+        self.depth = settings.ingest_confirmations
+        self.topic = settings.kafka_input_topic
+        self.checkpoint_topic = settings.ingest_checkpoint_topic or f"{self.topic}-ingest-checkpoint"
+        self.block_receipts: bool | None = None  # None: not probed yet
+        self.receipt_slots = asyncio.Semaphore(settings.ingest_rpc_concurrency)
+        self.stopping = asyncio.Event()
+        self.producer = None
+        self.chain_id = 0
+
+    # ----------------------------------------------------------------- Kafka
+
+    async def start_kafka(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        await self._create_topics()
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            # Stable per deployment and chain: a restarted ingester fences its dead
+            # predecessor and aborts the transaction it left open.
+            transactional_id=f"{self.settings.app_id}-ingest-{self.topic}-{self.chain_id}",
+            enable_idempotence=True, acks="all",
+            linger_ms=self.settings.kafka_producer_linger_ms, max_batch_size=256 * 1024,
+        )
+        await self.producer.start()
+
+    async def _create_topics(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.errors import TopicAlreadyExistsError
+
+        from .topics import ensure_topics
+
+        await ensure_topics(self.settings)  # the input topic, with the configured partition count
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(
+                self.checkpoint_topic, 1, self.settings.kafka_topic_replication_factor,
+                topic_configs={"cleanup.policy": "compact"},
+            )])
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            await admin.close()
+
+    async def read_checkpoint(self) -> Position | None:
+        """The last committed checkpoint for this chain (read_committed, to the stable end)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        tp = TopicPartition(self.checkpoint_topic, 0)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            enable_auto_commit=False, isolation_level="read_committed",
+        )
+        await consumer.start()
+        last = None
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            key = str(self.chain_id).encode()
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                for record in batch.get(tp, []):
+                    if record.key == key:
+                        last = record.value
+        finally:
+            await consumer.stop()
+        return Position.from_checkpoint(last) if last else None
+
+    async def publish(self, pos: Position, blocks: list[dict], receipts: list[list[dict]]) -> None:
+        """One Kafka transaction: every transaction of the blocks, then the checkpoint."""
+        sent = 0
+        async with self.producer.transaction():
+            for block, block_receipts in zip(blocks, receipts):
+                number = int(block["number"], 16)
+                orphan = pos.replaces.get(number)
+                headers = [("eth-reorg-replaces", orphan.encode())] if orphan else None
+                for tx, receipt in zip(block["transactions"], block_receipts):
+                    msg = to_message(tx, block, receipt)
+                    await self.producer.send(self.topic, orjson.dumps(msg), key=msg["from"].encode(),
+                                             headers=headers)  # fmt: skip
+                    sent += 1
+                pos.recent.append((number, block["hash"]))
+            del pos.recent[:-KEEP_HASHES]
+            await self.producer.send(self.checkpoint_topic, pos.checkpoint(self.chain_id),
+                                     key=str(self.chain_id).encode())  # fmt: skip
+        pos.next_block = pos.recent[-1][0] + 1
+        for number, _ in pos.recent[-len(blocks):]:
+            pos.replaces.pop(number, None)
+        INGEST_BLOCKS_PUBLISHED.inc(len(blocks))
+        INGEST_TRANSACTIONS_PUBLISHED.inc(sent)
+
+    # ----------------------------------------------------------------- chain
+
+    async def head(self) -> int:
+        return int(await self.rpc.call("eth_blockNumber", []), 16)
+
+    async def fetch_blocks(self, first: int, last: int) -> list[dict]:
+        numbers = list(range(first, last + 1))
+        blocks = await self.rpc.batch("eth_getBlockByNumber", [[hex(n), True] for n in numbers])
+        # A node behind a load balancer (or a chain that just shrank) may not have them all yet.
+        linked = []
+        for n, block in zip(numbers, blocks):
+            if block is None or int(block["number"], 16) != n:
+                break
+            if linked and block["parentHash"] != linked[-1]["hash"]:
+                break  # the head moved under the batch: the rest comes next round
+            linked.append(block)
+        return linked
+
+    async def fetch_receipts(self, blocks: list[dict]) -> list[list[dict]] | None:
+        """Receipts per block, in transaction order; None if they do not match the blocks (reorg)."""
+        with_txs = [b for b in blocks if b["transactions"]]
+        by_hash: dict[str, list[dict]] = {}
+        if with_txs and self.block_receipts is not False:
+            try:
+                results = await self.rpc.batch("eth_getBlockReceipts", [[b["hash"]] for b in with_txs])
+                self.block_receipts = True
+                for block, receipts in zip(with_txs, results):
+                    by_hash[block["hash"]] = receipts or []
+            except RpcError as exc:
+                if not exc.method_missing:
+                    raise
+                self.block_receipts = False
+                log.info("node has no eth_getBlockReceipts; fetching receipts per transaction")
+        if with_txs and self.block_receipts is False:
+            hashes = [tx["hash"] for b in with_txs for tx in b["transactions"]]
+            chunks = [hashes[i:i + RECEIPT_CHUNK] for i in range(0, len(hashes), RECEIPT_CHUNK)]
+
+            async def chunk_receipts(chunk):
+                async with self.receipt_slots:
+                    return await self.rpc.batch("eth_getTransactionReceipt", [[h] for h in chunk])
+
+            results = [r for part in await asyncio.gather(*map(chunk_receipts, chunks)) for r in part]
+            flat = iter(results)
+            for block in with_txs:
+                by_hash[block["hash"]] = [next(flat) for _ in block["transactions"]]
+        out = []
+        for block in blocks:
+            receipts = by_hash.get(block["hash"], [])
+            if len(receipts) != len(block["transactions"]) or any(
+                r is None or r["blockHash"] != block["hash"] or r["transactionHash"] != tx["hash"]
+                for r, tx in zip(receipts, block["transactions"])
+            ):
+                return None
+            out.append(receipts)
+        return out
+
+    async def find_fork_point(self, pos: Position) -> int:
+        """Newest kept block still canonical; drops the orphaned ones from `pos`."""
+        numbers = [n for n, _ in pos.recent]
+        canonical = await self.rpc.batch("eth_getBlockByNumber", [[hex(n), False] for n in numbers])
+        for i in range(len(numbers) - 1, -1, -1):
+            block = canonical[i]
+            if block is not None and block["hash"] == pos.recent[i][1]:
+                orphaned = pos.recent[i + 1:]
+                pos.recent = pos.recent[:i + 1]
+                pos.replaces.update(orphaned)
+                pos.next_block = numbers[i] + 1
+                INGEST_ORPHANED_BLOCKS.inc(len(orphaned))
+                log.error("reorg deeper than the confirmation depth %d: fork point %d; orphaned published "
+                          "blocks %s; republishing the canonical blocks from %d",
+                          self.depth, numbers[i], orphaned, pos.next_block)  # fmt: skip
+                return numbers[i]
+        raise DeepReorg(f"no kept block hash (blocks {numbers[0]}..{numbers[-1]}) is canonical any more")
+
+    # ----------------------------------------------------------------- loop
+
+    async def start_position(self, from_block: int | None) -> Position:
+        if from_block is not None:
+            log.info("starting at --from-block %d (the checkpoint is ignored)", from_block)
+            return await self.fresh_position(from_block)
+        pos = await self.read_checkpoint()
+        if pos:
+            log.info("resuming after checkpointed block %d %s", pos.recent[-1][0], pos.recent[-1][1])
+            return pos
+        start = max(await self.head() - self.depth, 0)
+        log.info("no checkpoint for chain %d: starting at the confirmed head %d", self.chain_id, start)
+        return await self.fresh_position(start)
+
+    async def fresh_position(self, start: int) -> Position:
+        """Start at `start`, knowing its parent's hash so a reorg back to the parent has a fork point."""
+        pos = Position(next_block=start)
+        if start > 0:
+            parent = await self.rpc.call("eth_getBlockByNumber", [hex(start - 1), False])
+            if parent:
+                pos.recent.append((start - 1, parent["hash"]))
+        return pos
+
+    async def run(self, from_block: int | None = None, to_block: int | None = None) -> int:
+        self.chain_id = int(await self.rpc.call("eth_chainId", []), 16)
+        await self.start_kafka()
+        try:
+            pos = await self.start_position(from_block)
+            log.info("ingesting chain %d into %s (checkpoints in %s), confirmations %d",
+                     self.chain_id, self.topic, self.checkpoint_topic, self.depth)  # fmt: skip
+            while not self.stopping.is_set():
+                if to_block is not None and pos.next_block > to_block:
+                    log.info("reached --to-block %d", to_block)
+                    break
+                if not await self.step(pos, to_block):
+                    await self._sleep(self.settings.ingest_poll_interval_seconds)
+        except DeepReorg as exc:
+            log.error("stopping: %s; restart with --from-block after checking the chain", exc)
+            return EXIT_DEEP_REORG
+        finally:
+            await self.producer.stop()
+        return 0
+
+    async def step(self, pos: Position, to_block: int | None) -> bool:
+        """Publish the next batch if one is confirmed; False when there was nothing to do."""
+        head = await self.head()
+        ETH_BLOCKS_BEHIND_HEAD.set(max(head - (pos.next_block - 1), 0))
+        target = head - self.depth
+        if to_block is not None:
+            target = min(target, to_block)
+        if pos.next_block > target:
+            return False
+        last = min(target, pos.next_block + self.settings.ingest_batch_blocks - 1)
+        blocks = await self.fetch_blocks(pos.next_block, last)
+        if not blocks:
+            return False
+        parent = pos.recent[-1] if pos.recent else None
+        if parent and parent[0] == pos.next_block - 1 and blocks[0]["parentHash"] != parent[1]:
+            INGEST_REORGS.inc()
+            await self.find_fork_point(pos)
+            return True  # nothing of this batch is published; the next step starts at the fork
+        receipts = await self.fetch_receipts(blocks)
+        if receipts is None:
+            log.warning("receipts do not match blocks %d..%d (chain moving); refetching",
+                        pos.next_block, last)  # fmt: skip
+            return False
+        await self.publish(pos, blocks, receipts)
+        ETH_BLOCKS_BEHIND_HEAD.set(max(head - (pos.next_block - 1), 0))
+        log.debug("published blocks %d..%d", int(blocks[0]["number"], 16), pos.next_block - 1)
+        return True
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def run_ingest(settings: Settings, from_block: int | None, to_block: int | None) -> int:
+    rpc = RpcClient(settings.eth_rpc_url, settings.eth_rpc_timeout_seconds, settings.eth_rpc_max_attempts)
+    ingester = Ingester(settings, rpc)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, ingester.stopping.set)
+    try:
+        return await ingester.run(from_block, to_block)
+    finally:
+        await rpc.close()
+
+
+def main(settings: Settings, args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="anomaly-stream ingest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--from-block", type=int, default=None,
+                        help="start here, ignoring the checkpoint (backfill)")
+    parser.add_argument("--to-block", type=int, default=None, help="stop after publishing this block")
+    opts = parser.parse_args(args)
+    if opts.from_block is not None and opts.from_block < 0:
+        parser.error("--from-block must be >= 0")
+    if not logging.getLogger().handlers:  # the worker gets its handler from Faust; we have none
+        logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    if settings.ingest_metrics_port:
+        start_http_server(settings.ingest_metrics_port, addr=settings.web_host)
+    return asyncio.run(run_ingest(settings, opts.from_block, opts.to_block))

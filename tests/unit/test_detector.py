@@ -1,0 +1,176 @@
+"""Tests for the batch hot path (anomaly_stream.detector)."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+
+from anomaly_stream.detector import (
+    ANOMALY_SCHEMA,
+    DeadLetter,
+    Record,
+    anomaly_document,
+    encode,
+    process_batch,
+)
+from anomaly_stream.features import AddressProfile
+from anomaly_stream.generate import GeneratorConfig, TrafficGenerator
+from anomaly_stream.model import ModelConfig, PartitionModel
+
+DOCUMENT_KEYS = {
+    "schema", "tx_hash", "address", "to", "value_wei", "value_eth", "gas_price_gwei",
+    "block_number", "event_time", "detected_at", "score", "threshold", "explanation", "source",
+}
+
+
+@pytest.fixture(scope="module")
+def txs() -> list[dict]:
+    return TrafficGenerator(GeneratorConfig(seed=21)).take(200)
+
+
+def keyed(tx: dict, offset: int, ts: float = 1.0) -> Record:
+    return Record(offset, tx["from"].encode(), orjson.dumps(tx), ts)
+
+
+def no_profiles(sender):
+    return None
+
+
+def test_counts_add_up_for_a_mixed_batch(txs):
+    good = [keyed(tx, i) for i, tx in enumerate(txs[:20])]
+    bad = [
+        Record(100, b"k", b"{not json", 1.0),
+        Record(101, None, b"[]", 1.0),
+        Record(102, txs[20]["from"].encode(), orjson.dumps({k: v for k, v in txs[20].items() if k != "hash"}), 1.0),
+    ]
+    other = txs[22]["from"]
+    miskeyed = [
+        Record(200, None, orjson.dumps(txs[21]), 1.0),
+        Record(201, other.encode(), orjson.dumps(dict(txs[23], **{"from": txs[24]["from"]})), 1.0),
+        Record(202, txs[25]["from"].upper().encode(), orjson.dumps(txs[25]), 1.0),
+        Record(203, b"\xff\xfe", orjson.dumps(txs[26]), 1.0),
+    ]
+    records = good[:10] + bad[:2] + miskeyed[:2] + good[10:] + bad[2:] + miskeyed[2:]
+    model = PartitionModel(ModelConfig())
+    result = process_batch(model, records, no_profiles, partition=3)
+
+    assert result.processed + len(result.dead_letters) + len(result.rekeyed) == len(records)
+    assert result.processed == 20 == len(result.scores) == model.seen
+    assert [(d.record.offset, d.reason) for d in result.dead_letters] == [
+        (100, "malformed_json"), (101, "not_an_object"), (102, "missing_field")]
+    assert all(isinstance(d, DeadLetter) for d in result.dead_letters)
+    assert [(s, r.offset) for s, r in result.rekeyed] == [
+        (txs[21]["from"], 200), (txs[24]["from"], 201), (txs[25]["from"], 202), (txs[26]["from"], 203)]
+    assert set(result.profiles) == {tx["from"] for tx in txs[:20]}
+    assert all(p.partition == 3 for p in result.profiles.values())
+    assert result.latest_event_time == max(int(tx["blockTimestamp"], 16) for tx in txs[:20])
+    assert result.anomalies == []  # still warming up
+
+
+def test_require_key_false_scores_unkeyed_records(txs):
+    records = [Record(i, None, orjson.dumps(tx), 1.0) for i, tx in enumerate(txs[:30])]
+    records.append(Record(30, b"someone-else", orjson.dumps(txs[30]), 1.0))
+    result = process_batch(PartitionModel(ModelConfig()), records, no_profiles, 0, require_key=False)
+    assert result.processed == 31
+    assert result.rekeyed == [] and result.dead_letters == []
+
+
+def test_every_record_rekeyed_when_none_are_keyed(txs):
+    records = [Record(i, None, orjson.dumps(tx), 1.0) for i, tx in enumerate(txs[:10])]
+    model = PartitionModel(ModelConfig())
+    result = process_batch(model, records, no_profiles, 0)
+    assert result.processed == 0 and len(result.rekeyed) == 10
+    assert model.seen == 0 and result.profiles == {} and result.latest_event_time == 0.0
+
+
+def test_empty_batch():
+    result = process_batch(PartitionModel(ModelConfig()), [], no_profiles, 0)
+    assert (result.processed, result.anomalies, result.dead_letters, result.rekeyed) == (0, [], [], [])
+
+
+def test_lookup_once_per_sender_and_profile_reused(txs):
+    sender = txs[0]["from"]
+    same_sender = [dict(txs[i], **{"from": sender}) for i in range(5)]
+    known = AddressProfile(first_seen=1.0, last_seen=1.0, n_tx=7, tx_per_hour=0.5)
+    calls = []
+
+    def lookup(s):
+        calls.append(s)
+        return known if s == sender else None
+
+    records = [keyed(tx, i) for i, tx in enumerate(same_sender + txs[5:8])]
+    result = process_batch(PartitionModel(ModelConfig()), records, lookup, 2)
+    assert sorted(calls) == sorted({tx["from"] for tx in same_sender + txs[5:8]})
+    assert result.profiles[sender] is known
+    assert known.n_tx == 12 and known.partition == 2
+
+
+def test_event_time_falls_back_to_record_timestamp(txs):
+    tx = {k: v for k, v in txs[0].items() if k != "blockTimestamp"}
+    model = PartitionModel(ModelConfig())
+    model.threshold = -1.0  # flag everything
+    result = process_batch(model, [keyed(tx, 5, ts=1_750_000_000.5)], no_profiles, 0, clock=lambda: 42.0)
+    assert result.latest_event_time == 1_750_000_000.5
+    assert result.profiles[tx["from"]].last_seen == 1_750_000_000.5
+    assert result.anomalies[0]["event_time"] == 1_750_000_000.5
+
+
+def test_anomaly_documents_have_the_documented_keys(txs):
+    model = PartitionModel(ModelConfig())
+    model.threshold = -1.0  # flag everything in this batch
+    records = [keyed(tx, 1000 + i, ts=5.0) for i, tx in enumerate(txs[:40])]
+    result = process_batch(model, records, no_profiles, 6, clock=lambda: 123.5)
+    assert len(result.anomalies) == result.processed == 40
+    for tx, record, doc, score in zip(txs, records, result.anomalies, result.scores):
+        assert set(doc) == DOCUMENT_KEYS
+        assert doc["schema"] == ANOMALY_SCHEMA
+        assert doc["tx_hash"] == tx["hash"]
+        assert doc["address"] == tx["from"]
+        assert doc["to"] == tx["to"]
+        assert doc["value_wei"] == str(int(tx["value"], 16))
+        assert doc["value_eth"] == pytest.approx(int(tx["value"], 16) / 10**18)
+        assert doc["gas_price_gwei"] == pytest.approx(int(tx["gasPrice"], 16) / 10**9)
+        assert doc["block_number"] == int(tx["blockNumber"], 16)
+        assert doc["event_time"] == int(tx["blockTimestamp"], 16)
+        assert doc["detected_at"] == 123.5
+        assert doc["score"] == round(score, 6)
+        assert doc["threshold"] == -1.0
+        assert doc["source"] == {"partition": 6, "offset": record.offset, "timestamp": 5.0}
+        assert isinstance(doc["explanation"], list)
+        for row in doc["explanation"]:
+            assert set(row) == {"feature", "value", "typical", "deviation"}
+        assert json.loads(encode(doc)) == doc
+    assert any(doc["explanation"] for doc in result.anomalies)  # once the sample fills
+    counts = {}
+    for tx in txs[:40]:
+        counts[tx["from"]] = counts.get(tx["from"], 0) + 1
+    assert {s: p.anomalies for s, p in result.profiles.items()} == counts
+
+
+def test_threshold_is_fixed_for_the_batch_and_updated_after(txs):
+    model = PartitionModel(ModelConfig(warmup_events=250, window_size=250))
+    stream = TrafficGenerator(GeneratorConfig(seed=22)).take(600)
+    records = [keyed(tx, i) for i, tx in enumerate(stream)]
+    first = process_batch(model, records[:300], no_profiles, 0)
+    assert first.anomalies == []  # the batch ran with the warm-up threshold 1.0
+    assert model.threshold < 1.0  # end_batch ran after warm-up
+    threshold = model.threshold
+    second = process_batch(model, records[300:], no_profiles, 0)
+    assert len(second.anomalies) == sum(s > threshold for s in second.scores)
+    assert all(doc["threshold"] == round(threshold, 6) for doc in second.anomalies)
+
+
+def test_anomaly_document_direct():
+    from anomaly_stream.schema import Tx
+
+    tx = Tx("0x" + "aa" * 32, "0x" + "bb" * 20, None, 3 * 10**18, 21000, 25 * 10**9, 10**9, 1, 0,
+            None, None, None, None, None)
+    doc = anomaly_document(tx, Record(9, None, b"", 77.0), 1, 0.98765432, 0.9, [], 78.0)
+    assert set(doc) == DOCUMENT_KEYS
+    assert doc["to"] is None and doc["block_number"] is None
+    assert doc["event_time"] == 77.0
+    assert doc["value_eth"] == 3.0 and doc["value_wei"] == "3000000000000000000"
+    assert doc["gas_price_gwei"] == 25.0
+    assert doc["score"] == 0.987654
