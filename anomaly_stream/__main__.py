@@ -44,7 +44,8 @@ def run_worker(settings: Settings, faust_args: list[str]) -> int:
     mode.loop.use("uvloop")  # measured: Faust's per-batch overhead drops by about a third
     from .app import app
 
-    sys.argv = ["anomaly-stream", "worker", "-l", settings.log_level, *faust_args]
+    faust_level = {"warning": "warn"}.get(settings.log_level, settings.log_level)
+    sys.argv = ["anomaly-stream", "worker", "-l", faust_level, *faust_args]
     app.main()
     return 0
 

@@ -8,8 +8,11 @@ import orjson
 import pytest
 
 from anomaly_stream.features import (
+    BURST_TAU_SECONDS,
     FEATURE_NAMES,
     FEATURES,
+    NEVER_SEEN_SECONDS,
+    RATE_TAU_SECONDS,
     RECENT_COUNTERPARTIES,
     AddressProfile,
     extract,
@@ -71,21 +74,30 @@ def test_extreme_inputs_are_clipped_into_unit_range():
             x, _ = extract(tx, AddressProfile(first_seen=T0, last_seen=T0, n_tx=3), t)
             assert all(0.0 <= v <= 1.0 for v in x.values()), x
     x, _ = extract(big, None, T0)
-    assert x["value_gwei"] == x["gas_price_gwei"] == x["priority_fee_gwei"] == x["input_bytes"] == 1.0
+    assert x["value_eth"] == x["gas_price_gwei"] == x["priority_fee_gwei"] == x["input_bytes"] == 1.0
+    assert x["contract_creation"] == 1.0 and x["dust_transfer"] == 0.0
     x, _ = extract(small, None, T0)
-    assert x["value_gwei"] == x["gas_price_gwei"] == x["priority_fee_gwei"] == x["input_bytes"] == 0.0
-    assert x["dust_transfer"] == 1.0
+    assert x["value_eth"] == x["gas_price_gwei"] == x["priority_fee_gwei"] == x["input_bytes"] == 0.0
+    assert x["dust_transfer"] == 1.0 and x["contract_creation"] == 0.0
+    # A sender quiet for over three years sits at the top of seconds_since_last, not above it.
+    x, _ = extract(small, AddressProfile(first_seen=T0 - 10**9, last_seen=T0 - 10**9, n_tx=3), T0)
+    assert x["seconds_since_last"] == 1.0
 
 
 def test_first_transaction_of_a_new_sender():
     x, profile = extract(make_tx(), None, T0)
-    assert x["seconds_since_last"] == pytest.approx(1.0)
+    # A first-seen sender looks like one last active a day ago, not like the extreme of the range.
+    assert x["seconds_since_last"] == pytest.approx(math.log10(1 + NEVER_SEEN_SECONDS) / 8)
+    assert 0.5 < x["seconds_since_last"] < 0.7
+    assert x["burst"] == 0.0  # no history to burst against
     assert x["value_zscore"] == pytest.approx(0.5)  # z = 0 in the middle of [-6, 6]
+    assert x["contract_creation"] == 0.0 and x["dust_transfer"] == 0.0
     assert profile.fan_out == 1.0  # its counterparty was new
     assert profile.recent == (make_tx().to[:10],)
     assert profile.n_tx == 1
     assert profile.first_seen == profile.last_seen == T0
     assert profile.tx_per_hour == 1.0
+    assert profile.burst == 1.0
     assert profile.value_mean == pytest.approx(math.log10(1 + 10**17 / WEI_PER_GWEI))
     assert profile.value_var == 0.0
 
@@ -146,12 +158,54 @@ def test_burst_raises_tx_per_hour():
 
 
 def test_activity_rate_decays_after_a_quiet_period():
-    _, profile = run([(make_tx(), T0 + i) for i in range(50)])
-    busy = profile.tx_per_hour
+    xs, profile = run([(make_tx(), T0 + i) for i in range(50)])
+    busy, busy_count = profile.tx_per_hour, profile.burst
+    assert xs[-1]["burst"] > 0.5  # fifty in fifty seconds from a new sender is a burst
     x, profile = extract(make_tx(), profile, T0 + 10 * 3600)
+    # Both the hourly rate and the last-minute count have decayed to (almost) nothing,
+    # then counted this one transaction.
     assert profile.tx_per_hour < 1.01 < busy
-    assert profile.burst < 1.01
-    assert x["burst"] == pytest.approx(math.log10(2) / 2, abs=0.01)
+    assert profile.burst == pytest.approx(1.0) and busy_count > 30
+    assert x["burst"] == 0.0  # one transaction after ten quiet hours is no burst
+    assert x["seconds_since_last"] == pytest.approx(math.log10(1 + 10 * 3600 - 49) / 8)
+
+
+def test_burst_rises_for_a_quiet_sender_sending_rapidly():
+    # A sender that sends about once a day, then ten transactions two seconds apart.
+    history = [(make_tx(), T0 + 86_400 * i) for i in range(5)]
+    xs, profile = run(history)
+    assert all(x["burst"] == 0.0 for x in xs)
+    start = T0 + 86_400 * 5
+    burst, _ = run([(make_tx(), start + 2 * i) for i in range(10)], profile)
+    scores = [x["burst"] for x in burst]
+    assert scores[0] == 0.0  # the first of them still looks like the daily habit
+    assert all(b > a for a, b in zip(scores, scores[1:]))
+    # Nine earlier sends (decayed: ~7.8) in the last minute against ~0.15 expected: z ~ 7, log10(8) / 1.5.
+    assert scores[-1] > 0.55
+
+
+def test_burst_stays_low_for_a_steadily_busy_sender():
+    # One transaction every ten seconds for four hours. The hourly rate takes a few hours
+    # (its time constant is one) to learn the habit; after that the last-minute count is
+    # what the hourly rate predicts, so it is no burst however busy the sender is.
+    xs, profile = run([(make_tx(), T0 + 10 * i) for i in range(4 * 360)])
+    assert profile.tx_per_hour > 350
+    assert all(x["burst"] == 0.0 for x in xs[-360:])
+    assert all(x["burst"] < 0.05 for x in xs[-720:])
+    # The same sender speeding up tenfold is a burst.
+    fast, _ = run([(make_tx(), T0 + 10 * 4 * 360 + i) for i in range(30)], profile)
+    assert fast[-1]["burst"] > 0.3
+
+
+def test_burst_value_matches_the_poisson_z_score():
+    profile = AddressProfile(first_seen=T0 - 86_400, last_seen=T0 - 30, n_tx=40, tx_per_hour=12.0, burst=6.0)
+    x, profile = extract(make_tx(), profile, T0)
+    recent = 6.0 * math.exp(-30 / BURST_TAU_SECONDS)
+    expected = 12.0 * math.exp(-30 / RATE_TAU_SECONDS) * BURST_TAU_SECONDS / RATE_TAU_SECONDS
+    z = (recent - expected) / math.sqrt(expected + 1)
+    assert x["burst"] == pytest.approx(math.log10(1 + z) / 1.5)
+    assert profile.burst == pytest.approx(recent + 1)
+    assert profile.tx_per_hour == pytest.approx(12.0 * math.exp(-30 / RATE_TAU_SECONDS) + 1)
 
 
 def test_value_far_above_history_gives_high_zscore():
@@ -189,11 +243,15 @@ def test_scaled_values_of_known_inputs():
     def scaled(name, v):
         return (v - lim[name].lo) / (lim[name].hi - lim[name].lo)
 
-    assert x["value_gwei"] == pytest.approx(scaled("value_gwei", math.log10(1 + 10**9)))
+    assert x["value_eth"] == pytest.approx(scaled("value_eth", math.log10(2)))  # 1 ETH
     assert x["gas_price_gwei"] == pytest.approx(scaled("gas_price_gwei", 2))
     assert x["priority_fee_gwei"] == pytest.approx(scaled("priority_fee_gwei", 1))
     assert x["input_bytes"] == pytest.approx(scaled("input_bytes", 2))
     assert x["dust_transfer"] == 0.0
+    assert x["contract_creation"] == 0.0
+    assert x["seconds_since_last"] == pytest.approx(scaled("seconds_since_last", math.log10(1 + NEVER_SEEN_SECONDS)))
+    assert x["burst"] == 0.0
+    assert x["value_zscore"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(
@@ -231,11 +289,11 @@ def test_profile_as_dict():
 @pytest.mark.parametrize(
     "name, tx, human",
     [
-        ("value_gwei", make_tx(value_wei=5 * WEI_PER_ETH), 5e9),
+        ("value_eth", make_tx(value_wei=5 * WEI_PER_ETH), 5),
         ("gas_price_gwei", make_tx(gas_price_wei=37 * WEI_PER_GWEI), 37),
         ("priority_fee_gwei", make_tx(priority_fee_wei=3 * WEI_PER_GWEI), 3),
         ("input_bytes", make_tx(input_bytes=1234), 1234),
-        ("seconds_since_last", make_tx(), 10**8 - 1),
+        ("seconds_since_last", make_tx(), NEVER_SEEN_SECONDS),
     ],
 )
 def test_unscale_inverts_scaling(name, tx, human):
@@ -244,9 +302,14 @@ def test_unscale_inverts_scaling(name, tx, human):
 
 
 def test_unscale_of_history_features():
-    x, profile = extract(make_tx(), AddressProfile(first_seen=T0 - 86_400, last_seen=T0 - 30, n_tx=4), T0)
+    profile = AddressProfile(first_seen=T0 - 86_400, last_seen=T0 - 30, n_tx=4, tx_per_hour=3.0, burst=4.0)
+    x, profile = extract(make_tx(), profile, T0)
     assert unscale("seconds_since_last", x["seconds_since_last"]) == pytest.approx(30)
-    assert unscale("burst", x["burst"]) == pytest.approx(profile.burst)
+    # `burst` unscales to the Poisson z-score, not to the decayed count kept in the profile.
+    recent = 4.0 * math.exp(-30 / BURST_TAU_SECONDS)
+    expected = 3.0 * math.exp(-30 / RATE_TAU_SECONDS) / 60
+    assert unscale("burst", x["burst"]) == pytest.approx((recent - expected) / math.sqrt(expected + 1))
+    assert profile.burst == pytest.approx(recent + 1)
 
 
 @pytest.mark.parametrize("scaled, human", [(0.0, -6.0), (0.5, 0.0), (0.75, 3.0), (1.0, 6.0)])

@@ -145,7 +145,7 @@ def test_explain_without_sample_is_empty():
     assert model.explain({name: 0.5 for name in FEATURE_NAMES}) == []
 
 
-@pytest.mark.parametrize("feature, extreme", [("value_gwei", 1.0), ("gas_price_gwei", 0.0), ("value_zscore", 1.0)])
+@pytest.mark.parametrize("feature, extreme", [("value_eth", 1.0), ("gas_price_gwei", 0.0), ("value_zscore", 1.0)])
 def test_explain_puts_the_most_deviant_feature_first(feature, extreme):
     model = PartitionModel(ModelConfig(warmup_events=300))
     feed(model, stationary(13, 2_000))
