@@ -19,6 +19,7 @@ from . import metrics
 from .detector import process_batch, encode
 from .features import AddressProfile
 from .model import ModelConfig, PartitionModel
+from .state import write_through
 
 log = structlog.get_logger(__name__)
 
@@ -111,11 +112,13 @@ def register(app, settings, topics, tables) -> None:
             for sender, record in result.rekeyed:
                 await topics.transactions.send(key=sender.encode(), value=record.value)
 
-            profiles, profiles_bound = tables.profiles, tables.profiles_bound
+            touch = tables.profiles_bound.touch
+            written = []
             for sender, profile in result.profiles.items():
                 key = sender.encode()
-                profiles[key] = profile.to_bytes()
-                profiles_bound.touch(partition, key, profile.last_seen)
+                written.append((key, profile.to_bytes()))
+                touch(partition, key, profile.last_seen)
+            await write_through(app, tables.profiles, partition, written)
 
             if result.anomalies:
                 window = tables.anomaly_buffer.window.ranges(time.time())[-1]

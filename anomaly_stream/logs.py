@@ -8,6 +8,9 @@ import structlog
 
 
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
+    stdlib_level = logging.getLevelName(level.upper())
+    for noisy in ("faust", "mode", "aiokafka", "web3", "urllib3"):
+        logging.getLogger(noisy).setLevel(stdlib_level)
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
@@ -18,6 +21,6 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
         ],
         # Through the standard library, so events share Faust's handlers and levels.
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(stdlib_level),
         cache_logger_on_first_use=True,
     )

@@ -16,7 +16,7 @@ was last written (`locate`), so a rebuild needs nothing but the table.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 Locate = Callable[[Any, Any], tuple[int, float]]
 
@@ -81,3 +81,20 @@ class TableBound:
                 self.table.send_changelog(partition, key, None, value_serializer="raw")
                 deleted += 1
         return deleted
+
+
+async def write_through(app: Any, table: Any, partition: int, items: Iterable[tuple[bytes, bytes]]) -> None:
+    """Set keys of a bytes-valued table and write them to its changelog.
+
+    The same records `table[key] = value` would write, for a tenth of the
+    cost: Faust's path builds a FutureMessage per key and hands it through a
+    100-slot buffer that stalls the stream when full (../shared/FIELD-NOTES.md
+    measures ~70 us against ~7 us for a direct send). Under exactly_once the
+    app's producer puts each record in the transaction of `partition`.
+    """
+    topic = table.changelog_topic.get_topic_name()
+    data = table.data
+    send = app.producer.send
+    for key, value in items:
+        data[key] = value
+        await send(topic, key, value, partition, None, None)
