@@ -20,6 +20,8 @@ from .model import PartitionModel
 from .schema import WEI_PER_ETH, WEI_PER_GWEI, InvalidTransaction, Tx, decode
 
 ANOMALY_SCHEMA = "anomaly_stream.anomaly/v1"
+# The dead-letter reason for a valid transaction the features or model failed on.
+PROCESSING_ERROR = "processing_error"
 
 
 class Record(NamedTuple):
@@ -81,10 +83,14 @@ def process_batch(
         if profile is None:
             profile = lookup(sender)
         now = tx.block_timestamp or record.timestamp
-        x, profile = extract(tx, profile, now)
+        try:
+            x, profile = extract(tx, profile, now)
+            score = score_learn(x)
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one message, not the worker
+            result.dead_letters.append(DeadLetter(record, PROCESSING_ERROR, repr(exc)[:200]))
+            continue
         profile.partition = partition
         profiles[sender] = profile
-        score = score_learn(x)
         scores.append(score)
         if now > result.latest_event_time:
             result.latest_event_time = now

@@ -105,6 +105,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingsError(f"{f.name.upper()} must be a finite number, got {value!r}")
         positive = [
             "kafka_input_partitions", "kafka_topic_replication_factor",
             "kafka_session_timeout_seconds", "kafka_heartbeat_interval_seconds",

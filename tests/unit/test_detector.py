@@ -174,3 +174,23 @@ def test_anomaly_document_direct():
     assert doc["value_eth"] == 3.0 and doc["value_wei"] == "3000000000000000000"
     assert doc["gas_price_gwei"] == 25.0
     assert doc["score"] == 0.987654
+
+
+def test_a_failure_inside_scoring_dead_letters_that_message_only(txs):
+    model = PartitionModel(ModelConfig())
+    real = model.score_learn
+    poisoned = txs[1]["hash"]
+    calls = []
+
+    def flaky(x):
+        calls.append(x)
+        if len(calls) == 2:
+            raise ZeroDivisionError("boom")
+        return real(x)
+
+    model.score_learn = flaky
+    result = process_batch(model, [keyed(tx, i) for i, tx in enumerate(txs[:5])], no_profiles, 0)
+    assert result.processed == 4
+    [dead] = result.dead_letters
+    assert dead.reason == "processing_error" and "boom" in dead.detail
+    assert orjson.loads(dead.record.value)["hash"] == poisoned

@@ -113,11 +113,6 @@ def test_value_above_64_bits_as_decimal_string_is_accepted():
     assert tx.value_wei == 20 * 10**18
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: orjson parses JSON integers above 2**64-1 as floats, so schema._quantity "
-    "rejects a 20 ETH value given as a JSON number as bad_type",
-)
 def test_value_above_64_bits_as_json_number_is_accepted():
     tx = decode(raw(base_tx(value=20 * 10**18)))
     assert tx.value_wei == 20 * 10**18

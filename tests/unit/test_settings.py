@@ -80,11 +80,6 @@ def test_bad_value_names_the_variable(name, value):
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: float settings accept 'nan': `nan <= 0` is False, so the positivity check "
-    "in Settings.validate passes and a NaN interval/timeout/TTL reaches the worker",
-)
 @pytest.mark.parametrize(
     "name",
     ["COMMIT_INTERVAL_SECONDS", "KAFKA_SESSION_TIMEOUT_SECONDS", "ADDRESS_STATE_TTL_SECONDS",
