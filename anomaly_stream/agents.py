@@ -72,7 +72,7 @@ class PartitionModels:
             self.saved_seen.pop(partition, None)
 
 
-def register(app, settings, topics, tables) -> None:
+def register(app, settings, topics, tables, cache) -> None:
     models = PartitionModels(
         ModelConfig.from_settings(settings), tables.checkpoints,
         settings.model_checkpoint_interval_seconds,
@@ -131,6 +131,9 @@ def register(app, settings, topics, tables) -> None:
                         key=document["address"].encode(), value=value, partition=partition)
                     log.info("anomaly_flagged", tx=document["tx_hash"], address=document["address"],
                              score=document["score"], threshold=document["threshold"])
+                # Cached address views would hide the new anomalies until their TTL ran
+                # out. Bounded by REDIS_TIMEOUT_SECONDS, and skipped while Redis is down.
+                await cache.invalidate("address", [d["address"] for d in result.anomalies])
 
             now = time.time()
             watermarks[partition] = max(watermarks.get(partition, 0.0), result.latest_event_time)

@@ -14,6 +14,7 @@ import faust
 import orjson
 
 from . import agents, views
+from .cache import Cache
 from .consumer import BatchingTransport
 from .features import AddressProfile
 from .settings import Settings
@@ -107,8 +108,9 @@ def create_app(settings: Settings) -> App:
             anomaly_buffer, ttl, settings.anomaly_buffer_max_per_partition, _locate_anomaly,
         ),
     )
-    agents.register(app, settings, topics, tables)
-    views.register(app, settings, tables)
+    cache = Cache(settings)
+    agents.register(app, settings, topics, tables, cache)
+    views.register(app, settings, tables, cache)
     return app
 
 

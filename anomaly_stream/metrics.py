@@ -42,3 +42,21 @@ STATE_REBUILDS = Counter(
 MODEL_CHECKPOINT_AGE = Gauge(
     "model_checkpoint_age_seconds", "Seconds since the partition's model was last checkpointed.",
     ["partition"])
+
+# Serving
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "HTTP requests answered, by route template.", ["method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds", "Time to answer an HTTP request.", ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+REDIS_CACHE_REQUESTS = Counter(
+    "redis_cache_requests_total", "Cache look-ups of the query views.", ["result"])
+REDIS_CACHE_ERRORS = Counter(
+    "redis_cache_errors_total", "Redis calls that failed or timed out (the view answered from tables).",
+    ["operation"])
+REDIS_CACHE_HIT_RATE = Gauge(
+    "redis_cache_hit_rate", "Share of cache look-ups that hit, since start (this replica).")
+KAFKA_CONSUMER_LAG = Gauge(
+    "kafka_consumer_lag", "Messages between the partition's end and this replica's position.",
+    ["topic", "partition"])
+

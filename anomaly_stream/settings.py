@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Mapping
 
 
@@ -21,6 +21,8 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of the worker and its commands; see the README's table."""
+
     # Kafka
     kafka_bootstrap_servers: str = "127.0.0.1:19092"
     kafka_input_topic: str = "transactions"
@@ -52,6 +54,14 @@ class Settings:
     model_checkpoint_interval_seconds: float = 30.0
     target_flag_rate: float = 0.005
     score_floor: float = 0.0
+    # Redis read-through cache (optional at run time)
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_password: str = field(default="", repr=False)  # from the Secret; never logged
+    redis_ssl: int = 0  # 1: TLS
+    redis_max_connections: int = 50
+    redis_timeout_seconds: float = 0.1
+    redis_cache_ttl_seconds: float = 10.0
+    redis_key_prefix: str = "anomaly-stream:v1"
     # Serving and logs
     web_host: str = "0.0.0.0"
     web_port: int = 6066
@@ -117,6 +127,7 @@ class Settings:
             "address_state_ttl_seconds", "address_state_max_size",
             "state_sweep_interval_seconds", "model_n_trees", "model_height",
             "model_window_size", "model_checkpoint_interval_seconds", "web_port",
+            "redis_max_connections", "redis_timeout_seconds", "redis_cache_ttl_seconds",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -147,6 +158,10 @@ class Settings:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{name.upper()} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        if self.redis_ssl not in (0, 1):
+            raise SettingsError(f"REDIS_SSL must be 0 or 1, got {self.redis_ssl!r}")
         if not self.table_store.startswith(("memory://", "rocksdb://")):
             raise SettingsError(f"TABLE_STORE must be memory:// or rocksdb://, got {self.table_store!r}")
 

@@ -1,0 +1,94 @@
+"""The Redis read-through cache in front of the query views.
+
+Redis is optional at run time. Every call is bounded by `REDIS_TIMEOUT_SECONDS`;
+any failure counts in `redis_cache_errors_total`, the caller gets the value
+from its loader (the tables), and Redis is left alone for a short cool-down
+so an outage costs requests no timeouts. After the cool-down the next request
+tries again: the cache comes back by itself.
+
+Keys are `<REDIS_KEY_PREFIX>:<kind>:<id>`, where `id` is always an address or
+a hash already validated by the view (never raw user input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Awaitable, Callable
+
+import redis.asyncio as redis
+import structlog
+
+from . import metrics
+from .settings import Settings
+
+log = structlog.get_logger(__name__)
+COOL_DOWN_SECONDS = 2.0
+
+Loader = Callable[[], Awaitable[bytes | None]]
+
+
+class Cache:
+    def __init__(self, settings: Settings):
+        self.prefix = settings.redis_key_prefix
+        self.ttl = settings.redis_cache_ttl_seconds
+        self.timeout = settings.redis_timeout_seconds
+        self._down_until = 0.0
+        self.hits = self.misses = self.errors = 0
+        self.client = self._connect(settings)
+
+    @staticmethod
+    def _connect(s: Settings) -> redis.Redis:
+        """The client connects on first use, so a missing Redis is no start-up error."""
+        url = s.redis_url
+        if s.redis_ssl and url.startswith("redis://"):
+            url = "rediss://" + url[len("redis://"):]
+        return redis.Redis.from_url(
+            url, password=s.redis_password or None, max_connections=s.redis_max_connections,
+            socket_timeout=s.redis_timeout_seconds, socket_connect_timeout=s.redis_timeout_seconds,
+        )
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def key(self, kind: str, ident: str) -> str:
+        return f"{self.prefix}:{kind}:{ident}"
+
+    async def get_or_load(self, kind: str, ident: str, loader: Loader) -> bytes | None:
+        key = self.key(kind, ident)
+        cached = await self._call("get", self.client.get(key)) if self.available else None
+        self._count(cached is not None)
+        if cached is not None:
+            return cached
+        value = await loader()
+        if value is not None and self.available:
+            await self._call("set", self.client.set(key, value, px=int(self.ttl * 1000)))
+        return value
+
+    def _count(self, hit: bool) -> None:
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+        metrics.REDIS_CACHE_REQUESTS.labels("hit" if hit else "miss").inc()
+        metrics.REDIS_CACHE_HIT_RATE.set(self.hits / (self.hits + self.misses))
+
+    async def invalidate(self, kind: str, idents: list[str]) -> None:
+        if idents and self.available:
+            await self._call("delete", self.client.delete(*(self.key(kind, i) for i in idents)))
+
+    async def ping(self) -> bool:
+        return bool(await self._call("ping", self.client.ping()))
+
+    async def _call(self, operation: str, awaitable):
+        try:
+            return await asyncio.wait_for(awaitable, self.timeout)
+        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            self.errors += 1
+            metrics.REDIS_CACHE_ERRORS.labels(operation).inc()
+            if time.monotonic() >= self._down_until:
+                log.warning("redis_unavailable", operation=operation, error=type(exc).__name__,
+                            retry_in_seconds=COOL_DOWN_SECONDS)
+            self._down_until = time.monotonic() + COOL_DOWN_SECONDS
+            return None

@@ -1,0 +1,70 @@
+"""The OpenAPI 3 document of the query API, served at /api/v1/openapi.json.
+
+The suite fuzzes the running API against it (schemathesis), so it must stay
+true to views.py: every route, parameter and status code here is real.
+"""
+
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_ADDRESS = {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}
+_HASH = {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"}
+
+
+def _json(schema: dict, description: str = "OK") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+OPENAPI = {
+    "openapi": "3.0.3",
+    "info": {"title": "anomaly_stream query API", "version": "1"},
+    "paths": {
+        "/api/v1/anomalies": {"get": {
+            "summary": "Recent anomalies from the buffer, newest first",
+            "parameters": [
+                {"name": "address", "in": "query", "required": False, "schema": _ADDRESS},
+                {"name": "min_score", "in": "query", "required": False,
+                 "schema": {"type": "number", "minimum": 0, "maximum": 1}},
+                {"name": "since", "in": "query", "required": False,
+                 "schema": {"type": "number", "minimum": 0, "maximum": 1e12},
+                 "description": "unix seconds: only anomalies detected at or after"},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
+                {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "next_cursor of the previous page"},
+            ],
+            "responses": {
+                "200": _json({"type": "object", "required": ["items", "next_cursor"], "properties": {
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Anomaly"}},
+                    "next_cursor": {"type": "string", "nullable": True}}}),
+                "400": _ERROR, "503": _ERROR,
+            },
+        }},
+        "/api/v1/anomalies/{tx_hash}": {"get": {
+            "summary": "One anomaly with its explanation",
+            "parameters": [{"name": "tx_hash", "in": "path", "required": True, "schema": _HASH}],
+            "responses": {"200": _json({"$ref": "#/components/schemas/Anomaly"}),
+                          "400": _ERROR, "404": _ERROR, "503": _ERROR},
+        }},
+        "/api/v1/addresses/{address}": {"get": {
+            "summary": "A sender's behavioural profile and recent anomalies",
+            "parameters": [{"name": "address", "in": "path", "required": True, "schema": _ADDRESS}],
+            "responses": {"200": _json({"type": "object", "required": ["address", "profile", "anomalies"]}),
+                          "400": _ERROR, "404": _ERROR, "503": _ERROR},
+        }},
+        "/api/v1/stats": {"get": {
+            "summary": "Throughput, flag rate, thresholds and partitions served, over all replicas",
+            "responses": {"200": _json({"type": "object", "required": [
+                "throughput_tx_per_s", "flag_rate", "partitions_served", "replicas"]}), "503": _ERROR},
+        }},
+    },
+    "components": {"schemas": {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "Anomaly": {"type": "object", "required": [
+            "schema", "tx_hash", "address", "score", "threshold", "explanation", "detected_at"],
+            "properties": {
+                "schema": {"type": "string"}, "tx_hash": {"type": "string"}, "address": {"type": "string"},
+                "score": {"type": "number"}, "threshold": {"type": "number"},
+                "detected_at": {"type": "number"},
+                "explanation": {"type": "array", "items": {"type": "object"}},
+            }},
+    }},
+}

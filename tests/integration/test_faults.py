@@ -1,0 +1,393 @@
+"""Faults under load, against the real broker: nothing is lost.
+
+Every test feeds a stream at a steady rate from a background thread while the
+fault happens, then checks the books: the consumer group's committed offsets
+reach the end of the input topic, every consumed message was scored (none of
+this traffic is invalid, so nothing is dead-lettered or re-keyed), injected
+outliers that any warm model flags are on the anomalies topic, and
+duplicates stay inside the at-least-once window.
+
+Not covered here: Redis down and back (issue 6) - the Redis cache does not
+exist yet, so there is nothing to fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+import pytest
+
+from anomaly_stream.generate import GeneratorConfig, TrafficGenerator
+
+from ..support import KAFKA, REPO, consume_all, deployment_env, keyed, run
+from .test_detector import stream_with_outliers
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+class SteadyProducer(threading.Thread):
+    """Sends (key, value) pairs at a fixed rate from its own event loop, riding out broker outages.
+
+    A send that fails is sent again, so the topic may hold a message twice after
+    a broker restart: the tests count what is on the topic (end offsets), not
+    what was sent.
+    """
+
+    def __init__(self, topic: str, messages: list[tuple[bytes, bytes]], rate: float):
+        super().__init__(daemon=True)
+        self.topic, self.messages, self.rate = topic, messages, rate
+        self.sent = 0
+        self.retries = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # noqa: BLE001 - reported by finish()
+            self.error = exc
+
+    async def _send(self, producer, key: bytes, value: bytes):
+        while True:
+            try:
+                return await producer.send(self.topic, value, key=key)
+            except Exception:  # noqa: BLE001 - broker away: wait and retry
+                self.retries += 1
+                await asyncio.sleep(0.5)
+
+    async def _run(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=KAFKA, linger_ms=5, request_timeout_ms=15_000)
+        await producer.start()
+        pending = []
+        try:
+            started = time.monotonic()
+            for i, (key, value) in enumerate(self.messages):
+                pending.append((await self._send(producer, key, value), key, value))
+                self.sent = i + 1
+                if i % 50 == 0:
+                    ahead = i / self.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                    pending = await self._settle(producer, pending, block=False)
+            while pending:
+                pending = await self._settle(producer, pending, block=True)
+        finally:
+            await producer.stop()
+
+    async def _settle(self, producer, pending, block: bool):
+        left = []
+        for fut, key, value in pending:
+            if not block and not fut.done():
+                left.append((fut, key, value))
+                continue
+            try:
+                await fut
+            except Exception:  # noqa: BLE001 - delivery failed: send it again
+                self.retries += 1
+                left.append((await self._send(producer, key, value), key, value))
+        return left
+
+    def finish(self, timeout: float = 180) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), f"producer still running after {timeout}s ({self.sent} sent)"
+        assert self.error is None, f"producer failed: {self.error!r}"
+
+
+async def _end_offsets(topic: str) -> dict[int, int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+async def _committed(group: str, topic: str) -> dict[int, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    found = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+    return {p: max(found.get(p, 0), 0) for p in range(PARTITIONS)}
+
+
+def prepare(env: dict[str, str]) -> dict[str, str]:
+    """Create the deployment's topics before any worker starts, the way the worker would.
+
+    Retried: right after CreateTopics the broker's metadata can still list the new
+    topic with 0 partitions, and ensure_topics then raises TopicMismatch (seen here
+    on a loaded machine; reported to the owner of topics.py).
+    """
+    from anomaly_stream.settings import Settings
+    from anomaly_stream.topics import TopicMismatch, ensure_topics
+
+    for attempt in range(20):
+        try:
+            run(ensure_topics(Settings.from_env(env)))
+            return env
+        except TopicMismatch:
+            time.sleep(0.25)
+    raise AssertionError("topics never showed their partitions")
+
+
+def end_offsets(topic: str) -> dict[int, int]:
+    return run(_end_offsets(topic))
+
+
+def committed(env: dict[str, str]) -> dict[int, int]:
+    return run(_committed(env["APP_ID"], env["KAFKA_INPUT_TOPIC"]))
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_all_committed(env: dict[str, str], timeout: float = 90) -> dict[int, int]:
+    ends = end_offsets(env["KAFKA_INPUT_TOPIC"])
+    wait_until(lambda: committed(env) == ends, timeout, f"committed offsets to reach {ends}")
+    return ends
+
+
+def counter(worker, name: str) -> float:
+    return worker.metrics().get(name, 0.0)
+
+
+def per_partition(worker, name: str) -> dict[int, float]:
+    prefix = f"{name}{{partition="
+    return {int(k[len(prefix):-1]): v for k, v in worker.metrics().items() if k.startswith(prefix)}
+
+
+def dead_lettered(worker) -> float:
+    return sum(v for k, v in worker.metrics().items() if k.startswith("transactions_dead_lettered_total"))
+
+
+def assert_books_balance(worker) -> dict[str, float]:
+    """This traffic is all valid and keyed by sender: consumed = scored, nothing else."""
+    m = worker.metrics()
+    consumed, processed = m["transactions_consumed_total"], m["transactions_processed_total"]
+    assert processed == consumed, m
+    assert dead_lettered(worker) == 0
+    assert m.get("transactions_rekeyed_total", 0) == 0
+    return m
+
+
+def anomalies(env: dict[str, str]) -> list[dict]:
+    return [orjson.loads(r.value) for r in run(consume_all(env["KAFKA_ANOMALIES_TOPIC"], timeout=90))]
+
+
+class Prober(threading.Thread):
+    """Polls every live worker's views throughout a test: liveness, readiness, metrics."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.workers: list = []
+        self.live: collections.Counter = collections.Counter()
+        self.ready: collections.Counter = collections.Counter()
+        self.buffer_sizes: list[float] = []
+        self.failures: list[str] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            for worker in list(self.workers):
+                try:
+                    status, _ = worker.get("/health/live", timeout=3)
+                    self.live[status] += 1
+                    if status != 200:
+                        self.failures.append(f"{worker.port} live {status}")
+                    self.ready[worker.get("/health/ready", timeout=3)[0]] += 1
+                    self.buffer_sizes.append(worker.metrics().get("anomaly_buffer_size", 0.0))
+                except OSError as exc:
+                    if worker in self.workers:
+                        self.failures.append(f"{worker.port} {exc!r}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(10)
+
+
+# -- SIGKILL ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_sigkill_mid_stream_loses_nothing(workers, guarantee):
+    env = prepare(deployment_env(processing_guarantee=guarantee, model_checkpoint_interval_seconds=1))
+    topic = env["KAFKA_INPUT_TOPIC"]
+    txs, outliers = stream_with_outliers(16_000, 16)
+    first = workers(env, "first")
+    first.wait_ready()
+    producer = SteadyProducer(topic, keyed(txs), rate=2_000)
+    producer.start()
+    first.wait_metric("transactions_processed_total", 6_000, timeout=60)
+    first.kill()  # SIGKILL: no revocation, no final commit, no final checkpoint
+    at_restart = committed(env)
+    assert sum(at_restart.values()) > 0, "the first worker committed nothing before the kill"
+
+    second = workers(env, "second")
+    second.wait_ready()
+    producer.finish()
+    ends = wait_all_committed(env)
+    assert sum(ends.values()) == len(txs)  # no broker fault: the producer never re-sent
+    # The restarted worker reads exactly from the committed offsets to the end:
+    # together with the first worker's work up to those offsets, every offset once.
+    expected = sum(ends.values()) - sum(at_restart.values())
+    second.wait_metric("transactions_consumed_total", expected, timeout=30)
+    time.sleep(1.5)
+    m = assert_books_balance(second)
+    assert m["transactions_consumed_total"] == expected
+
+    docs = anomalies(env)
+    flagged = collections.Counter(d["tx_hash"] for d in docs)
+    missing = outliers - flagged.keys()
+    assert not missing, f"{len(missing)} of {len(outliers)} injected outliers never reached the anomalies topic"
+    duplicated = {h for h, n in flagged.items() if n > 1}
+    outside_window = [
+        (d["tx_hash"], d["source"]) for d in docs if d["tx_hash"] in duplicated
+        and d["source"]["offset"] < at_restart[d["source"]["partition"]]
+        and flagged[d["tx_hash"]] > 1 and d["detected_at"] > 0
+    ]
+    # A duplicate is allowed only for a message of a batch after the last commit:
+    # then both copies come from offsets at or above the committed position.
+    dup_offsets_ok = all(
+        all(d["source"]["offset"] >= at_restart[d["source"]["partition"]] for d in docs if d["tx_hash"] == h)
+        for h in duplicated
+    )
+    print(f"{guarantee}: {len(txs)} in, committed at restart {sum(at_restart.values())}, "
+          f"re-read by the restarted worker {expected}, anomalies {len(docs)}, "
+          f"distinct {len(flagged)}, duplicated {len(duplicated)}")
+    assert dup_offsets_ok, f"duplicates outside the at-least-once window: {outside_window[:5]}"
+    if guarantee == "exactly_once":
+        assert not duplicated, f"{len(duplicated)} duplicated anomalies under exactly_once (read_committed)"
+
+
+# -- broker restart -------------------------------------------------------------
+
+
+def test_broker_restart_under_load(workers):
+    # NOTE: this restarts the shared local broker for ~10-20 s: any other test or
+    # benchmark using the stack at the same time sees the outage too.
+    env = prepare(deployment_env())
+    topic = env["KAFKA_INPUT_TOPIC"]
+    txs, outliers = stream_with_outliers(16_000, 16)
+    worker = workers(env)
+    worker.wait_ready()
+    pid = worker.proc.pid
+    producer = SteadyProducer(topic, keyed(txs), rate=1_000)
+    producer.start()
+    worker.wait_metric("transactions_consumed_total", 3_000, timeout=60)
+    before = counter(worker, "transactions_consumed_total")
+    started = time.monotonic()
+    subprocess.run([sys.executable, str(REPO / "deploy" / "local" / "stack.py"), "restart-kafka"],
+                   check=True, timeout=180, capture_output=True)
+    outage = time.monotonic() - started
+
+    producer.finish(timeout=240)
+    ends = wait_all_committed(env, timeout=120)
+    assert worker.proc.poll() is None and worker.proc.pid == pid, "the worker died; see its log"
+    total = sum(ends.values())
+    assert total >= len(txs)
+    worker.wait_metric("transactions_consumed_total", total, timeout=30)
+    m = assert_books_balance(worker)
+    assert m["transactions_consumed_total"] > before
+
+    docs = anomalies(env)
+    flagged = collections.Counter(d["tx_hash"] for d in docs)
+    assert not outliers - flagged.keys(), f"outliers lost: {len(outliers - flagged.keys())}"
+    print(f"broker restart took {outage:.1f}s; {total} on the topic ({total - len(txs)} re-sent by the "
+          f"producer, {producer.retries} retries), consumed {m['transactions_consumed_total']:.0f}, "
+          f"anomalies {len(docs)}, duplicated {sum(1 for n in flagged.values() if n > 1)}")
+
+
+# -- scale 1 -> 2 -> 1 -------------------------------------------------------------
+
+
+def test_scale_out_and_in_under_load(workers):
+    ttl, max_size = 20, 8  # 4 partitions: at most 2 buffered anomalies per partition
+    env = prepare(deployment_env(
+        anomaly_buffer_ttl_seconds=ttl, anomaly_buffer_max_size=max_size, target_flag_rate=0.02,
+        model_warmup_events=300, model_checkpoint_interval_seconds=1,
+    ))
+    topic = env["KAFKA_INPUT_TOPIC"]
+    txs = TrafficGenerator(GeneratorConfig(seed=31)).take(20_000)
+    prober = Prober()
+    first = workers(env, "first")
+    first.wait_ready()
+    prober.workers.append(first)
+    prober.start()
+    producer = SteadyProducer(topic, keyed(txs), rate=1_000)
+    producer.start()
+    try:
+        first.wait_metric("transactions_consumed_total", 4_000, timeout=60)
+
+        # Scale out: the partitions split and their models and buffers move.
+        second = workers(env, "second")
+        prober.workers.append(second)
+        second.wait_ready()
+        wait_until(lambda: counter(second, "transactions_consumed_total") > 0
+                   and counter(second, "state_bounds_rebuilds_total") >= 1
+                   and counter(first, "state_bounds_rebuilds_total") >= 2, 60, "both workers own partitions")
+        wait_until(lambda: producer.sent >= 12_000, 60, "more traffic while scaled out")
+        moved = per_partition(second, "model_events_seen")
+        left_behind = per_partition(first, "model_events_seen")  # frozen at revocation for moved partitions
+        assert moved, "no partition moved to the second worker"
+        assert set(moved) != set(range(PARTITIONS)), "the first worker kept nothing"
+        for p, seen in moved.items():
+            assert seen > left_behind.get(p, 0), f"partition {p}: model restarted cold ({seen} <= {left_behind[p]})"
+        second_consumed = counter(second, "transactions_consumed_total")
+
+        # Scale in: a clean stop hands everything back to the first worker.
+        prober.workers.remove(second)
+        second.stop()
+        assert second.proc.returncode == 0, f"second worker exit {second.proc.returncode}"
+        producer.finish()
+        ends = wait_all_committed(env)
+        assert sum(ends.values()) == len(txs)
+        wait_until(lambda: counter(first, "transactions_consumed_total") + second_consumed >= len(txs),
+                   30, "counts to add up")
+        m = assert_books_balance(first)
+        final_seen = per_partition(first, "model_events_seen")
+        for p in range(PARTITIONS):
+            # The model moved out and back without losing what it learned.
+            assert final_seen[p] >= ends[p], f"partition {p}: model saw {final_seen[p]} of {ends[p]}"
+
+        # TTL expiry keeps working after two rebalances (detection time).
+        wait_until(lambda: counter(first, "anomaly_buffer_size") == 0, ttl + 20, "TTL expiry of the buffer")
+    finally:
+        prober.stop()
+    assert m["anomalies_published_total"] > 4 * max_size, "the test needs far more anomalies than the bound"
+    assert not prober.failures, prober.failures[:5]
+    assert set(prober.live) == {200}, prober.live
+    assert set(prober.ready) <= {200, 503}, prober.ready
+    assert first.get("/health/ready")[0] == 200
+    assert max(prober.buffer_sizes) <= max_size, max(prober.buffer_sizes)
+    print(f"scale 1-2-1: consumed first {m['transactions_consumed_total']:.0f} + second {second_consumed:.0f} "
+          f"for {len(txs)}; moved partitions {sorted(moved)}; probes live {dict(prober.live)}, "
+          f"ready {dict(prober.ready)}; max buffer {max(prober.buffer_sizes):.0f} <= {max_size}")
