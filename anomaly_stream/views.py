@@ -34,7 +34,7 @@ log = structlog.get_logger(__name__)
 
 ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
-CURSOR = re.compile(r"(\d{1,12}(?:\.\d{1,9})?)_(0x[0-9a-f]{64})")
+CURSOR = re.compile(r"(\d{1,12}(?:\.\d{1,17})?)_(0x[0-9a-f]{64})")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_LIMIT = 500
 HOP_HEADER = "X-Anomaly-Stream-Hop"  # set on requests one replica makes to another
@@ -93,7 +93,8 @@ def parse_cursor(raw: str | None) -> tuple[float, str] | None:
 
 
 def cursor_of(document: dict) -> str:
-    return f"{document['detected_at']:.6f}_{document['tx_hash']}"
+    # repr() round-trips a float exactly, so no item is skipped or repeated at a page edge.
+    return f"{document['detected_at']!r}_{document['tx_hash']}"
 
 
 # -- the routes -----------------------------------------------------------------
@@ -224,7 +225,7 @@ def register(app, settings, tables, cache) -> None:
                 if address:
                     params["address"] = address
                 if cursor:
-                    params["cursor"] = f"{cursor[0]:.6f}_{cursor[1]}"
+                    params["cursor"] = f"{cursor[0]!r}_{cursor[1]}"
                 qs = "&".join(f"{k}={v}" for k, v in params.items())
                 for url in await peers():
                     status, body = await ask(f"{url}/api/v1/anomalies?{qs}")
