@@ -34,7 +34,9 @@ demo: install
 
 bench: install
 	$(STACK) up
-	$(BIN)/python benchmarks/throughput.py --short; status=$$?; $(STACK) down; exit $$status
+	status=0; for bench in throughput scaling recovery memory serving; do \
+		$(BIN)/python benchmarks/$$bench.py --short || status=1; \
+	done; $(STACK) down; exit $$status
 
 clean: down
 	rm -rf $(VENV) .stack

@@ -72,7 +72,7 @@ class PartitionModels:
             self.saved_seen.pop(partition, None)
 
 
-def register(app, settings, topics, tables, cache) -> None:
+def register(app, settings, topics, tables, cache, enricher) -> None:
     models = PartitionModels(
         ModelConfig.from_settings(settings), tables.checkpoints,
         settings.model_checkpoint_interval_seconds,
@@ -121,6 +121,7 @@ def register(app, settings, topics, tables, cache) -> None:
             await write_through(app, tables.profiles, partition, written)
 
             if result.anomalies:
+                await enricher.enrich(result.anomalies)
                 window = tables.anomaly_buffer.window.ranges(time.time())[-1]
                 for document in result.anomalies:
                     value = encode(document)

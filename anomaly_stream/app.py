@@ -16,6 +16,7 @@ import orjson
 from . import agents, views
 from .cache import Cache
 from .consumer import BatchingTransport
+from .enrich import Enricher
 from .features import AddressProfile
 from .settings import Settings
 from .state import TableBound
@@ -109,7 +110,7 @@ def create_app(settings: Settings) -> App:
         ),
     )
     cache = Cache(settings)
-    agents.register(app, settings, topics, tables, cache)
+    agents.register(app, settings, topics, tables, cache, Enricher(settings, cache))
     views.register(app, settings, tables, cache)
     return app
 

@@ -34,6 +34,7 @@ class Cache:
         self.ttl = settings.redis_cache_ttl_seconds
         self.timeout = settings.redis_timeout_seconds
         self._down_until = 0.0
+        self._failing = False
         self.hits = self.misses = self.errors = 0
         self.client = self._connect(settings)
 
@@ -48,22 +49,27 @@ class Cache:
             socket_timeout=s.redis_timeout_seconds, socket_connect_timeout=s.redis_timeout_seconds,
         )
 
-    @property
-    def available(self) -> bool:
-        return time.monotonic() >= self._down_until
+    def _may_call(self) -> bool:
+        """Closed: yes. Cooling down: no. Cool-down over: one call probes for the others."""
+        now = time.monotonic()
+        if now < self._down_until:
+            return False
+        if self._failing:
+            self._down_until = now + COOL_DOWN_SECONDS
+        return True
 
     def key(self, kind: str, ident: str) -> str:
         return f"{self.prefix}:{kind}:{ident}"
 
-    async def get_or_load(self, kind: str, ident: str, loader: Loader) -> bytes | None:
+    async def get_or_load(self, kind: str, ident: str, loader: Loader, ttl: float | None = None) -> bytes | None:
         key = self.key(kind, ident)
-        cached = await self._call("get", self.client.get(key)) if self.available else None
+        cached = await self._call("get", self.client.get(key)) if self._may_call() else None
         self._count(cached is not None)
         if cached is not None:
             return cached
         value = await loader()
-        if value is not None and self.available:
-            await self._call("set", self.client.set(key, value, px=int(self.ttl * 1000)))
+        if value is not None and self._may_call():
+            await self._call("set", self.client.set(key, value, px=int((ttl or self.ttl) * 1000)))
         return value
 
     def _count(self, hit: bool) -> None:
@@ -75,7 +81,7 @@ class Cache:
         metrics.REDIS_CACHE_HIT_RATE.set(self.hits / (self.hits + self.misses))
 
     async def invalidate(self, kind: str, idents: list[str]) -> None:
-        if idents and self.available:
+        if idents and self._may_call():
             await self._call("delete", self.client.delete(*(self.key(kind, i) for i in idents)))
 
     async def ping(self) -> bool:
@@ -83,7 +89,7 @@ class Cache:
 
     async def _call(self, operation: str, awaitable):
         try:
-            return await asyncio.wait_for(awaitable, self.timeout)
+            result = await asyncio.wait_for(awaitable, self.timeout)
         except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
             self.errors += 1
             metrics.REDIS_CACHE_ERRORS.labels(operation).inc()
@@ -91,4 +97,8 @@ class Cache:
                 log.warning("redis_unavailable", operation=operation, error=type(exc).__name__,
                             retry_in_seconds=COOL_DOWN_SECONDS)
             self._down_until = time.monotonic() + COOL_DOWN_SECONDS
+            self._failing = True
             return None
+        self._failing = False
+        self._down_until = 0.0
+        return result

@@ -47,150 +47,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import random
 import signal
 import time
 from dataclasses import dataclass, field
 
-import aiohttp
 import orjson
 import structlog
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import start_http_server
 
+from .metrics import (
+    ETH_BLOCKS_BEHIND_HEAD,
+    INGEST_BLOCKS_PUBLISHED,
+    INGEST_ORPHANED_BLOCKS,
+    INGEST_REORGS,
+    INGEST_TRANSACTIONS_PUBLISHED,
+)
+from .rpc import RpcClient, RpcError
 from .settings import Settings
 
 log = structlog.get_logger("anomaly_stream.ingest")
 
 KEEP_HASHES = 256  # published block hashes kept (and checkpointed) to find a fork point
 RECEIPT_CHUNK = 100  # receipts per JSON-RPC batch when the node has no eth_getBlockReceipts
-RETRY_BASE_SECONDS = 0.2
-RETRY_MAX_SECONDS = 10.0
 EXIT_DEEP_REORG = 3
 
-# Metrics (to be moved into metrics.py by its owner).
-ETH_BLOCKS_BEHIND_HEAD = Gauge(
-    "eth_blocks_behind_head",
-    "Blocks between the chain head and the last published block (includes the confirmation depth).")
-ETH_RPC_LATENCY = Histogram(
-    "eth_rpc_latency_seconds", "Duration of one JSON-RPC request or batch, by method.", ["method"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-ETH_RPC_ERRORS = Counter(
-    "eth_rpc_errors_total", "Failed JSON-RPC attempts, by method and kind (each retry counts).",
-    ["method", "kind"])
-INGEST_BLOCKS_PUBLISHED = Counter(
-    "ingest_blocks_published_total", "Blocks whose transactions were committed to the input topic.")
-INGEST_TRANSACTIONS_PUBLISHED = Counter(
-    "ingest_transactions_published_total", "Transactions committed to the input topic.")
-INGEST_REORGS = Counter(
-    "ingest_reorgs_total", "Reorgs deeper than the confirmation depth (published blocks orphaned).")
-INGEST_ORPHANED_BLOCKS = Counter(
-    "ingest_orphaned_blocks_total", "Published blocks that a reorg later orphaned.")
-
-
-class RpcError(Exception):
-    """A JSON-RPC error object, or an unusable answer."""
-
-    def __init__(self, method: str, error: dict | str):
-        message = error.get("message", str(error)) if isinstance(error, dict) else error
-        super().__init__(f"{method}: {message}")
-        self.method = method
-        self.code = error.get("code") if isinstance(error, dict) else None
-        self.message = str(message)
-
-    @property
-    def method_missing(self) -> bool:
-        text = self.message.lower()
-        return self.code == -32601 or any(
-            s in text for s in ("does not exist", "not available", "not supported", "method not found"))
 
 
 class DeepReorg(Exception):
     """The fork point is older than every kept hash."""
-
-
-class RpcClient:
-    """Raw JSON-RPC through web3's async HTTP provider, with bounded retries.
-
-    Retries (exponential backoff, full jitter, `Retry-After` honoured) cover
-    timeouts, connection errors, HTTP 429/5xx and JSON-RPC error objects, except
-    "method not found", which is permanent.
-    """
-
-    def __init__(self, url: str, timeout: float, max_attempts: int):
-        from web3 import AsyncHTTPProvider, AsyncWeb3
-
-        provider = AsyncHTTPProvider(
-            url, request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)},
-            exception_retry_configuration=None,  # ours below: bounded, jittered, counted
-        )
-        self.w3 = AsyncWeb3(provider)
-        self.provider = provider
-        self.max_attempts = max_attempts
-
-    async def close(self) -> None:
-        await self.provider.disconnect()
-
-    async def call(self, method: str, params: list):
-        async def once():
-            response = await self.provider.make_request(method, params)
-            if response.get("error"):
-                raise RpcError(method, response["error"])
-            return response.get("result")
-
-        return await self._retrying(method, once)
-
-    async def batch(self, method: str, params_list: list[list]) -> list:
-        """One JSON-RPC batch of the same method; results in request order."""
-        if not params_list:
-            return []
-
-        async def once():
-            responses = await self.provider.make_batch_request([(method, p) for p in params_list])
-            if not isinstance(responses, list):  # the node rejected the whole batch
-                raise RpcError(method, responses.get("error") or "bad batch response")
-            if len(responses) != len(params_list):
-                raise RpcError(method, f"{len(responses)} answers to {len(params_list)} requests")
-            for response in responses:
-                if response.get("error"):
-                    raise RpcError(method, response["error"])
-            return [response.get("result") for response in responses]
-
-        return await self._retrying(f"batch:{method}", once)
-
-    async def _retrying(self, label: str, once):
-        for attempt in range(1, self.max_attempts + 1):
-            started = time.perf_counter()
-            delay = None
-            try:
-                result = await once()
-                ETH_RPC_LATENCY.labels(label).observe(time.perf_counter() - started)
-                return result
-            except RpcError as exc:
-                ETH_RPC_ERRORS.labels(label, "rpc_error").inc()
-                if exc.method_missing or attempt == self.max_attempts:
-                    raise
-                error = exc
-            except aiohttp.ClientResponseError as exc:
-                kind = "rate_limited" if exc.status == 429 else f"http_{exc.status // 100}xx"
-                ETH_RPC_ERRORS.labels(label, kind).inc()
-                if attempt == self.max_attempts or (400 <= exc.status < 500 and exc.status not in (408, 429)):
-                    raise
-                retry_after = (exc.headers or {}).get("Retry-After")
-                if retry_after and retry_after.isdigit():
-                    delay = min(float(retry_after), RETRY_MAX_SECONDS)
-                error = exc
-            except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
-                kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection"
-                ETH_RPC_ERRORS.labels(label, kind).inc()
-                if attempt == self.max_attempts:
-                    raise
-                error = exc
-            if delay is None:
-                delay = random.uniform(0, min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1)))
-            log.warning("rpc %s failed (attempt %d/%d): %r; retrying in %.2fs",
-                        label, attempt, self.max_attempts, error, delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
 
 @dataclass

@@ -60,3 +60,26 @@ KAFKA_CONSUMER_LAG = Gauge(
     "kafka_consumer_lag", "Messages between the partition's end and this replica's position.",
     ["topic", "partition"])
 
+
+ENRICHMENT = Counter(
+    "enrichment_total", "Anomalies enriched with on-chain facts, by result (ok, error, skipped).",
+    ["result"])
+
+# Ethereum node and ingestion
+ETH_BLOCKS_BEHIND_HEAD = Gauge(
+    "eth_blocks_behind_head",
+    "Blocks between the chain head and the last published block (includes the confirmation depth).")
+ETH_RPC_LATENCY = Histogram(
+    "eth_rpc_latency_seconds", "Duration of one JSON-RPC request or batch, by method.", ["method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+ETH_RPC_ERRORS = Counter(
+    "eth_rpc_errors_total", "Failed JSON-RPC attempts, by method and kind (each retry counts).",
+    ["method", "kind"])
+INGEST_BLOCKS_PUBLISHED = Counter(
+    "ingest_blocks_published_total", "Blocks whose transactions were committed to the input topic.")
+INGEST_TRANSACTIONS_PUBLISHED = Counter(
+    "ingest_transactions_published_total", "Transactions committed to the input topic.")
+INGEST_REORGS = Counter(
+    "ingest_reorgs_total", "Reorgs deeper than the confirmation depth (published blocks orphaned).")
+INGEST_ORPHANED_BLOCKS = Counter(
+    "ingest_orphaned_blocks_total", "Published blocks that a reorg later orphaned.")

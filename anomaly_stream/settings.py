@@ -62,6 +62,10 @@ class Settings:
     redis_timeout_seconds: float = 0.1
     redis_cache_ttl_seconds: float = 10.0
     redis_key_prefix: str = "anomaly-stream:v1"
+    # On-chain enrichment of anomalies (over ETH_RPC_URL)
+    enrich_onchain: int = 0  # 1: on
+    enrich_timeout_seconds: float = 0.5
+    enrich_cache_ttl_seconds: float = 300.0
     # Serving and logs
     web_host: str = "0.0.0.0"
     web_port: int = 6066
@@ -128,6 +132,7 @@ class Settings:
             "state_sweep_interval_seconds", "model_n_trees", "model_height",
             "model_window_size", "model_checkpoint_interval_seconds", "web_port",
             "redis_max_connections", "redis_timeout_seconds", "redis_cache_ttl_seconds",
+            "enrich_timeout_seconds", "enrich_cache_ttl_seconds",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -160,8 +165,9 @@ class Settings:
                 raise SettingsError(f"{name.upper()} must be one of {allowed}, got {getattr(self, name)!r}")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
-        if self.redis_ssl not in (0, 1):
-            raise SettingsError(f"REDIS_SSL must be 0 or 1, got {self.redis_ssl!r}")
+        for flag in ("redis_ssl", "enrich_onchain"):
+            if getattr(self, flag) not in (0, 1):
+                raise SettingsError(f"{flag.upper()} must be 0 or 1, got {getattr(self, flag)!r}")
         if not self.table_store.startswith(("memory://", "rocksdb://")):
             raise SettingsError(f"TABLE_STORE must be memory:// or rocksdb://, got {self.table_store!r}")
 

@@ -312,7 +312,8 @@ async def test_rpc_retries_rate_limits_errors_and_timeouts(stack):
     import aiohttp
     from aiohttp import web
 
-    from anomaly_stream.ingest import ETH_RPC_ERRORS, RpcClient
+    from anomaly_stream.metrics import ETH_RPC_ERRORS
+    from anomaly_stream.rpc import RpcClient
 
     faults = ["429", "503", "stall", "rpc_error"]
 

@@ -1,0 +1,132 @@
+"""JSON-RPC to an Ethereum node, shared by the ingester and the enricher."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import aiohttp
+import structlog
+from web3 import AsyncHTTPProvider, AsyncWeb3  # imported up front: it takes a second or two
+
+from .metrics import ETH_RPC_ERRORS, ETH_RPC_LATENCY
+
+log = structlog.get_logger(__name__)
+
+RETRY_BASE_SECONDS = 0.2
+RETRY_MAX_SECONDS = 10.0
+
+
+class RpcError(Exception):
+    """A JSON-RPC error object, or an unusable answer."""
+
+    def __init__(self, method: str, error: dict | str):
+        message = error.get("message", str(error)) if isinstance(error, dict) else error
+        super().__init__(f"{method}: {message}")
+        self.method = method
+        self.code = error.get("code") if isinstance(error, dict) else None
+        self.message = str(message)
+
+    @property
+    def method_missing(self) -> bool:
+        text = self.message.lower()
+        return self.code == -32601 or any(
+            s in text for s in ("does not exist", "not available", "not supported", "method not found"))
+
+
+class RpcClient:
+    """Raw JSON-RPC through web3's async HTTP provider, with bounded retries.
+
+    Retries (exponential backoff, full jitter, `Retry-After` honoured) cover
+    timeouts, connection errors, HTTP 429/5xx and JSON-RPC error objects, except
+    "method not found", which is permanent.
+    """
+
+    def __init__(self, url: str, timeout: float, max_attempts: int):
+        provider = AsyncHTTPProvider(
+            url, request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)},
+            exception_retry_configuration=None,  # ours below: bounded, jittered, counted
+        )
+        self.w3 = AsyncWeb3(provider)
+        self.provider = provider
+        self.max_attempts = max_attempts
+
+    async def close(self) -> None:
+        await self.provider.disconnect()
+
+    async def call(self, method: str, params: list):
+        async def once():
+            response = await self.provider.make_request(method, params)
+            if response.get("error"):
+                raise RpcError(method, response["error"])
+            return response.get("result")
+
+        return await self._retrying(method, once)
+
+    async def batch(self, method: str, params_list: list[list]) -> list:
+        """One JSON-RPC batch of the same method; results in request order."""
+        if not params_list:
+            return []
+
+        async def once():
+            responses = await self.provider.make_batch_request([(method, p) for p in params_list])
+            if not isinstance(responses, list):  # the node rejected the whole batch
+                raise RpcError(method, responses.get("error") or "bad batch response")
+            if len(responses) != len(params_list):
+                raise RpcError(method, f"{len(responses)} answers to {len(params_list)} requests")
+            for response in responses:
+                if response.get("error"):
+                    raise RpcError(method, response["error"])
+            return [response.get("result") for response in responses]
+
+        return await self._retrying(f"batch:{method}", once)
+
+    async def batch_calls(self, calls: list[tuple[str, list]]) -> list:
+        """One JSON-RPC batch of different methods; results in request order."""
+
+        async def once():
+            responses = await self.provider.make_batch_request(calls)
+            if not isinstance(responses, list) or len(responses) != len(calls):
+                raise RpcError("batch", "bad batch response")
+            for response in responses:
+                if response.get("error"):
+                    raise RpcError("batch", response["error"])
+            return [response.get("result") for response in responses]
+
+        return await self._retrying("batch", once)
+
+    async def _retrying(self, label: str, once):
+        for attempt in range(1, self.max_attempts + 1):
+            started = time.perf_counter()
+            delay = None
+            try:
+                result = await once()
+                ETH_RPC_LATENCY.labels(label).observe(time.perf_counter() - started)
+                return result
+            except RpcError as exc:
+                ETH_RPC_ERRORS.labels(label, "rpc_error").inc()
+                if exc.method_missing or attempt == self.max_attempts:
+                    raise
+                error = exc
+            except aiohttp.ClientResponseError as exc:
+                kind = "rate_limited" if exc.status == 429 else f"http_{exc.status // 100}xx"
+                ETH_RPC_ERRORS.labels(label, kind).inc()
+                if attempt == self.max_attempts or (400 <= exc.status < 500 and exc.status not in (408, 429)):
+                    raise
+                retry_after = (exc.headers or {}).get("Retry-After")
+                if retry_after and retry_after.isdigit():
+                    delay = min(float(retry_after), RETRY_MAX_SECONDS)
+                error = exc
+            except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+                kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection"
+                ETH_RPC_ERRORS.labels(label, kind).inc()
+                if attempt == self.max_attempts:
+                    raise
+                error = exc
+            if delay is None:
+                delay = random.uniform(0, min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1)))
+            log.warning("rpc %s failed (attempt %d/%d): %r; retrying in %.2fs",
+                        label, attempt, self.max_attempts, error, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
