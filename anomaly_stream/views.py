@@ -140,6 +140,13 @@ def register(app, settings, tables, cache) -> None:
         except (ClientError, asyncio.TimeoutError) as exc:
             raise ApiError(503, f"a replica did not answer: {type(exc).__name__}") from None
 
+    async def cached(request: Request, kind: str, ident: str, load, not_found: str) -> web.Response:
+        """Through the cache, unless another replica asks: it looked in the cache already."""
+        body = await load() if HOP_HEADER in request.headers else await cache.get_or_load(kind, ident, load)
+        if body is None:
+            raise ApiError(404, not_found)
+        return json_bytes(body)
+
     # -- health --
 
     @app.page("/health/live")
@@ -254,13 +261,7 @@ def register(app, settings, tables, cache) -> None:
                         return body
                 return None
 
-            if HOP_HEADER in request.headers:
-                body = await load()
-            else:
-                body = await cache.get_or_load("anomaly", tx_hash, load)
-            if body is None:
-                raise ApiError(404, "no anomaly with this hash in the buffer")
-            return json_bytes(body)
+            return await cached(request, "anomaly", tx_hash, load, "no anomaly with this hash in the buffer")
 
     @app.page("/api/v1/addresses/{address}")
     class Address(View):
@@ -290,13 +291,7 @@ def register(app, settings, tables, cache) -> None:
                 return orjson.dumps({"address": address, "partition": profile.partition,
                                      "profile": profile.as_dict(), "anomalies": recent})
 
-            if HOP_HEADER in request.headers:
-                body = await load()
-            else:
-                body = await cache.get_or_load("address", address, load)
-            if body is None:
-                raise ApiError(404, "address not seen (or expired)")
-            return json_bytes(body)
+            return await cached(request, "address", address, load, "address not seen (or expired)")
 
     @app.page("/api/v1/stats")
     class Stats(View):
