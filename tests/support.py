@@ -37,6 +37,7 @@ def deployment_env(**overrides) -> dict[str, str]:
     name = unique("as")
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
+        "REDIS_URL": REDIS_URL,
         "APP_ID": name,
         "KAFKA_INPUT_TOPIC": f"{name}-transactions",
         "KAFKA_ANOMALIES_TOPIC": f"{name}-anomalies",
