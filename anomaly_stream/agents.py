@@ -43,7 +43,7 @@ class PartitionModels:
                 model = PartitionModel(self.config, partition)
                 log.info("model_created", partition=partition)
             else:
-                model = PartitionModel.from_bytes(raw)
+                model = PartitionModel.from_bytes(raw, self.config)
                 log.info("model_restored", partition=partition, seen=model.seen, threshold=model.threshold)
             self.models[partition] = model
             self.saved_at[partition] = time.time()

@@ -69,6 +69,7 @@ def process_batch(
     scores = result.scores
     threshold = model.threshold
     score_learn = model.score_learn
+    market = model.market
     for record in records:
         try:
             tx = decode(record.value)
@@ -84,7 +85,7 @@ def process_batch(
             profile = lookup(sender)
         now = tx.block_timestamp or record.timestamp
         try:
-            x, profile = extract(tx, profile, now)
+            x, profile = extract(tx, profile, now, market)
             score = score_learn(x)
         except Exception as exc:  # noqa: BLE001 - a bug must cost one message, not the worker
             result.dead_letters.append(DeadLetter(record, PROCESSING_ERROR, repr(exc)[:200]))

@@ -83,8 +83,12 @@ def decode(raw: bytes) -> Tx:
         return validate(obj)
     except _InexactNumber:
         # Rare: a quantity above 2**64-1 written as a JSON number. The standard
-        # library parses big integers exactly, at ten times orjson's cost.
-        return validate(json.loads(raw))
+        # library parses big integers exactly, at ten times orjson's cost; a
+        # number that is a float there too (1e20) is no quantity.
+        try:
+            return validate(json.loads(raw))
+        except _InexactNumber:
+            raise InvalidTransaction("bad_type", "a quantity written as a float") from None
 
 
 def validate(obj: dict) -> Tx:

@@ -46,13 +46,13 @@ class Settings:
     address_state_max_size: int = 1_000_000
     state_sweep_interval_seconds: float = 5.0
     # Model
-    model_n_trees: int = 10
-    model_height: int = 8
+    model_n_trees: int = 20
+    model_height: int = 6
     model_window_size: int = 250
     model_seed: int = 42
     model_warmup_events: int = 1000
     model_checkpoint_interval_seconds: float = 30.0
-    target_flag_rate: float = 0.005
+    target_flag_rate: float = 0.02
     score_floor: float = 0.0
     # Redis read-through cache (optional at run time)
     redis_url: str = "redis://127.0.0.1:16379/0"

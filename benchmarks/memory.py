@@ -35,10 +35,11 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anomaly_stream.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
 from anomaly_stream.settings import Settings  # noqa: E402
-from anomaly_stream.topics import ensure_topics  # noqa: E402
+from scaling import ensure_topics_settled  # noqa: E402
 from tests.support import KAFKA, WorkerProcess, deployment_env  # noqa: E402
 
 PARTITIONS = 4
@@ -148,7 +149,7 @@ def main() -> int:
 
     env = deployment_env(kafka_input_partitions=PARTITIONS, log_level="warning",
                          address_state_max_size=opts.bound)
-    asyncio.run(ensure_topics(Settings.from_env(env)))
+    asyncio.run(ensure_topics_settled(Settings.from_env(env)))
     log_dir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     worker = WorkerProcess(env, log_dir, "memory").start()
     try:

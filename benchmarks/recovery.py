@@ -31,11 +31,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anomaly_stream.backtest import kafka_partition  # noqa: E402
 from anomaly_stream.features import AddressProfile  # noqa: E402
 from anomaly_stream.settings import Settings  # noqa: E402
-from anomaly_stream.topics import ensure_topics  # noqa: E402
+from scaling import ensure_topics_settled  # noqa: E402
 from tests.support import KAFKA, WorkerProcess, deployment_env  # noqa: E402
 
 PARTITIONS = 4
@@ -122,7 +123,7 @@ def main() -> int:
         # A bound above n: nothing is evicted, recovery alone is measured.
         env = deployment_env(kafka_input_partitions=PARTITIONS, log_level="warning",
                              address_state_max_size=4 * n)
-        asyncio.run(ensure_topics(Settings.from_env(env)))
+        asyncio.run(ensure_topics_settled(Settings.from_env(env)))
         fill = asyncio.run(fill_changelog(f"{env['APP_ID']}-profiles-changelog", n))
         print(f"{n:,} profiles written to the changelog in {fill:.1f} s", flush=True)
         for store in stores:

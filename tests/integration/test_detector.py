@@ -53,8 +53,8 @@ def test_injected_outliers_reach_the_anomalies_topic(workers, env):
     documents = [orjson.loads(r.value) for r in records]
     flagged = {d["tx_hash"] for d in documents}
     assert len(expected & flagged) >= 18, f"only {len(expected & flagged)} of 20 outliers flagged"
-    # The flag rate stays near its target (0.5%) rather than flagging everything.
-    assert len(documents) < 0.02 * len(txs)
+    # The flag rate stays near its target (TARGET_FLAG_RATE 2%) rather than flagging everything.
+    assert len(documents) < 0.03 * len(txs)
     # Keyed by sender, no duplicates in normal operation, and explained.
     assert all(r.key.decode() == orjson.loads(r.value)["address"] for r in records)
     assert len(flagged) == len(documents)

@@ -194,3 +194,31 @@ def test_a_failure_inside_scoring_dead_letters_that_message_only(txs):
     [dead] = result.dead_letters
     assert dead.reason == "processing_error" and "boom" in dead.detail
     assert orjson.loads(dead.record.value)["hash"] == poisoned
+
+
+def test_the_fee_market_is_the_models_and_sees_only_scored_transactions(txs):
+    model = PartitionModel(ModelConfig())
+    good = [keyed(tx, i) for i, tx in enumerate(txs[:30])]
+    mis = [Record(100 + i, None, orjson.dumps(tx), 1.0) for i, tx in enumerate(txs[30:40])]
+    process_batch(model, good[:15] + mis + [Record(200, b"k", b"{not json", 1.0)], no_profiles, 0)
+    process_batch(model, good[15:], no_profiles, 0)  # the market carries over to the next batch
+    prices = [int(tx["gasPrice"], 16) / 1e9 for tx in txs[:30]]
+    assert model.market.ring == prices  # rekeyed and dead-lettered messages never enter it
+    assert model.market.median() == sorted(prices)[15]
+
+
+def test_a_legacy_overbid_is_priced_against_the_market(txs):
+    # A warm model on ordinary traffic, then a legacy (type 0) transaction without a
+    # priority fee paying 40 gwei over the going price: the premium feature sees it.
+    model = PartitionModel(ModelConfig(warmup_events=250, window_size=250))
+    stream = TrafficGenerator(GeneratorConfig(seed=8, scenario_rates={})).take(1_500)
+    process_batch(model, [keyed(tx, i) for i, tx in enumerate(stream)], no_profiles, 0, require_key=False)
+    going = model.market.median()
+    tx = dict(stream[-1], type="0x0", gasPrice=hex(int((going + 40) * 1e9)), hash="0x" + "ab" * 32)
+    for field in ("maxFeePerGas", "maxPriorityFeePerGas"):
+        tx.pop(field, None)
+    result = process_batch(model, [keyed(tx, 5_000)], no_profiles, 0)
+    assert result.processed == 1
+    ordinary = [s for s in process_batch(model, [keyed(t, 6_000 + i) for i, t in enumerate(stream[:200])],
+                                         no_profiles, 0, require_key=False).scores]
+    assert result.scores[0] > sorted(ordinary)[int(0.95 * len(ordinary))]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import pickle
+import statistics
 
 import orjson
 import pytest
@@ -11,10 +13,11 @@ from anomaly_stream.features import (
     BURST_TAU_SECONDS,
     FEATURE_NAMES,
     FEATURES,
-    NEVER_SEEN_SECONDS,
+    MARKET_WINDOW,
     RATE_TAU_SECONDS,
     RECENT_COUNTERPARTIES,
     AddressProfile,
+    FeeMarket,
     extract,
     unscale,
 )
@@ -55,9 +58,10 @@ def test_feature_table_is_consistent():
 
 def test_generated_stream_features_are_in_unit_range_and_ordered():
     profiles: dict[str, AddressProfile] = {}
+    market = FeeMarket()
     for obj in TrafficGenerator(GeneratorConfig(seed=5)).take(3_000):
         tx = decode(orjson.dumps(obj))
-        x, profile = extract(tx, profiles.get(tx.sender), tx.block_timestamp)
+        x, profile = extract(tx, profiles.get(tx.sender), tx.block_timestamp, market)
         profiles[tx.sender] = profile
         assert tuple(x) == FEATURE_NAMES
         for name, value in x.items():
@@ -73,24 +77,28 @@ def test_extreme_inputs_are_clipped_into_unit_range():
         for t in (T0, T0 - 10**9, T0 + 10**9):
             x, _ = extract(tx, AddressProfile(first_seen=T0, last_seen=T0, n_tx=3), t)
             assert all(0.0 <= v <= 1.0 for v in x.values()), x
-    x, _ = extract(big, None, T0)
-    assert x["value_eth"] == x["gas_price_gwei"] == x["priority_fee_gwei"] == x["input_bytes"] == 1.0
-    assert x["contract_creation"] == 1.0 and x["dust_transfer"] == 0.0
-    x, _ = extract(small, None, T0)
-    assert x["value_eth"] == x["gas_price_gwei"] == x["priority_fee_gwei"] == x["input_bytes"] == 0.0
-    assert x["dust_transfer"] == 1.0 and x["contract_creation"] == 0.0
-    # A sender quiet for over three years sits at the top of seconds_since_last, not above it.
-    x, _ = extract(small, AddressProfile(first_seen=T0 - 10**9, last_seen=T0 - 10**9, n_tx=3), T0)
-    assert x["seconds_since_last"] == 1.0
+    x, _ = extract(big, None, T0, FeeMarket())
+    assert x["value_eth"] == x["fee_premium_gwei"] == x["contract_creation"] == 1.0
+    assert x["dust_transfer"] == 0.0
+    x, _ = extract(small, None, T0, FeeMarket())
+    assert x["value_eth"] == x["fee_premium_gwei"] == x["contract_creation"] == 0.0
+    assert x["dust_transfer"] == 1.0
+    # A gas price far below the going price is no negative premium: it clips at 0.
+    market = FeeMarket()
+    market.add(10**6)
+    x, _ = extract(small, None, T0, market)
+    assert x["fee_premium_gwei"] == 0.0
+    # A sender quiet for over three years is no burst.
+    x, _ = extract(small, AddressProfile(first_seen=T0 - 10**9, last_seen=T0 - 10**9, n_tx=3, burst=50.0), T0)
+    assert x["burst"] == 0.0
 
 
 def test_first_transaction_of_a_new_sender():
     x, profile = extract(make_tx(), None, T0)
-    # A first-seen sender looks like one last active a day ago, not like the extreme of the range.
-    assert x["seconds_since_last"] == pytest.approx(math.log10(1 + NEVER_SEEN_SECONDS) / 8)
-    assert 0.5 < x["seconds_since_last"] < 0.7
+    # Being first seen is not itself a feature: 8% of ordinary traffic is.
     assert x["burst"] == 0.0  # no history to burst against
-    assert x["value_zscore"] == pytest.approx(0.5)  # z = 0 in the middle of [-6, 6]
+    assert x["value_eth"] == pytest.approx(math.log10(1.1) / 3)
+    assert x["fee_premium_gwei"] == 0.0  # a 1 gwei tip is ordinary
     assert x["contract_creation"] == 0.0 and x["dust_transfer"] == 0.0
     assert profile.fan_out == 1.0  # its counterparty was new
     assert profile.recent == (make_tx().to[:10],)
@@ -108,7 +116,8 @@ def test_existing_profile_is_updated_in_place():
     assert same is profile
     assert profile.n_tx == 2
     assert profile.last_seen == T0 + 60
-    assert x["seconds_since_last"] == pytest.approx(math.log10(61) / 8)
+    assert profile.tx_per_hour == pytest.approx(math.exp(-60 / RATE_TAU_SECONDS) + 1)
+    assert x["burst"] > 0.0  # two in a minute from a sender with no habit yet
 
 
 def test_repeated_counterparty_is_not_new():
@@ -167,7 +176,6 @@ def test_activity_rate_decays_after_a_quiet_period():
     assert profile.tx_per_hour < 1.01 < busy
     assert profile.burst == pytest.approx(1.0) and busy_count > 30
     assert x["burst"] == 0.0  # one transaction after ten quiet hours is no burst
-    assert x["seconds_since_last"] == pytest.approx(math.log10(1 + 10 * 3600 - 49) / 8)
 
 
 def test_burst_rises_for_a_quiet_sender_sending_rapidly():
@@ -208,50 +216,106 @@ def test_burst_value_matches_the_poisson_z_score():
     assert profile.tx_per_hour == pytest.approx(12.0 * math.exp(-30 / RATE_TAU_SECONDS) + 1)
 
 
-def test_value_far_above_history_gives_high_zscore():
+def test_profile_tracks_the_senders_value_statistics():
+    # Not a model input any more (a two-sided z-score flagged senders paying less than usual),
+    # but kept in the profile the API shows.
     history = [(make_tx(value_wei=int((0.1 + 0.01 * (i % 5)) * WEI_PER_ETH)), T0 + 60 * i) for i in range(30)]
-    xs, profile = run(history)
-    assert all(0.3 < x["value_zscore"] < 0.7 for x in xs)
-    x, _ = extract(make_tx(value_wei=5_000 * WEI_PER_ETH), profile, T0 + 3600)
-    assert x["value_zscore"] > 0.95
     _, profile = run(history)
-    x, _ = extract(make_tx(value_wei=0), profile, T0 + 3600)
-    assert x["value_zscore"] < 0.05
-
-
-def test_repeated_identical_value_uses_the_spread_floor():
-    xs, profile = run([(make_tx(value_wei=WEI_PER_ETH), T0 + i) for i in range(10)])
+    assert profile.value_mean == pytest.approx(math.log10(0.12 * WEI_PER_ETH / WEI_PER_GWEI), abs=0.02)
+    assert 0.0 < math.sqrt(profile.value_var) < 0.1
+    _, profile = run([(make_tx(value_wei=WEI_PER_ETH), T0 + i) for i in range(10)])
     assert profile.value_var == pytest.approx(0.0, abs=1e-12)
-    # Twice the value is log10(2) = 0.3 above the mean: z = 0.3 / 0.25, not infinite.
-    x, _ = extract(make_tx(value_wei=2 * WEI_PER_ETH), profile, T0 + 20)
-    assert x["value_zscore"] == pytest.approx((math.log10(2) / 0.25 + 6) / 12, abs=1e-3)
 
 
 def test_out_of_order_event_time_never_goes_backwards():
     _, profile = extract(make_tx(), None, T0)
     x, profile = extract(make_tx(), profile, T0 - 100)
-    assert x["seconds_since_last"] == 0.0
     assert profile.last_seen == T0
+    assert profile.burst == pytest.approx(2.0)  # nothing decayed: no time went by
+    assert x["burst"] > 0.0
 
 
 def test_scaled_values_of_known_inputs():
     tx = make_tx(value_wei=10**18, gas=100_000, gas_used=50_000, gas_price_wei=99 * WEI_PER_GWEI,
                  priority_fee_wei=9 * WEI_PER_GWEI, nonce=999, input_bytes=99, selector="0xffff0000")
     x, _ = extract(tx, None, T0)
+    assert tuple(x) == FEATURE_NAMES
     lim = {f.name: f for f in FEATURES}
 
     def scaled(name, v):
         return (v - lim[name].lo) / (lim[name].hi - lim[name].lo)
 
     assert x["value_eth"] == pytest.approx(scaled("value_eth", math.log10(2)))  # 1 ETH
-    assert x["gas_price_gwei"] == pytest.approx(scaled("gas_price_gwei", 2))
-    assert x["priority_fee_gwei"] == pytest.approx(scaled("priority_fee_gwei", 1))
-    assert x["input_bytes"] == pytest.approx(scaled("input_bytes", 2))
+    assert x["fee_premium_gwei"] == pytest.approx(scaled("fee_premium_gwei", 1))  # no market: the 9 gwei tip
     assert x["dust_transfer"] == 0.0
     assert x["contract_creation"] == 0.0
-    assert x["seconds_since_last"] == pytest.approx(scaled("seconds_since_last", math.log10(1 + NEVER_SEEN_SECONDS)))
     assert x["burst"] == 0.0
-    assert x["value_zscore"] == pytest.approx(0.5)
+
+
+def test_fee_market_median_follows_the_last_window():
+    market = FeeMarket(size=5)
+    assert market.median() is None
+    for price in (10.0, 50.0, 20.0):
+        market.add(price)
+    assert market.median() == 20.0
+    for price in (30.0, 40.0, 100.0, 100.0):  # 10 and 50 leave the window
+        market.add(price)
+    assert sorted(market.ring) == market.sorted == [20.0, 30.0, 40.0, 100.0, 100.0]
+    assert market.median() == 40.0
+    for _ in range(5):
+        market.add(7.0)
+    assert market.sorted == [7.0] * 5 and market.median() == 7.0
+
+
+def test_fee_market_matches_a_brute_force_median_and_pickles():
+    rng = __import__("random").Random(1)
+    market = FeeMarket()
+    prices = []
+    for _ in range(500):
+        p = round(rng.lognormvariate(3, 0.5), 1)  # rounding makes duplicates
+        market.add(p)
+        prices.append(p)
+        window = prices[-MARKET_WINDOW:]
+        assert market.median() == sorted(window)[len(window) // 2]
+    restored = pickle.loads(pickle.dumps(market))
+    assert (restored.ring, restored.sorted, restored.next) == (market.ring, market.sorted, market.next)
+    restored.add(1.0)
+    market.add(1.0)
+    assert restored.median() == market.median()
+
+
+def test_fee_premium_of_legacy_and_eip1559_transactions():
+    market = FeeMarket()
+    for _ in range(MARKET_WINDOW):
+        market.add(20.0)  # the going price: 20 gwei
+    # A legacy transaction has no priority fee: its premium is its price above the market.
+    legacy = make_tx(gas_price_wei=45 * WEI_PER_GWEI, priority_fee_wei=0)
+    x, _ = extract(legacy, None, T0, market)
+    assert unscale("fee_premium_gwei", x["fee_premium_gwei"]) == pytest.approx(25)
+    assert market.median() == 20.0  # one overbid does not move the median
+    assert market.sorted[-1] == 45.0  # but it joined the window, after being scored
+    # An EIP-1559 transaction: the larger of its tip and its price above the market.
+    x, _ = extract(make_tx(gas_price_wei=21 * WEI_PER_GWEI, priority_fee_wei=30 * WEI_PER_GWEI), None, T0, market)
+    assert unscale("fee_premium_gwei", x["fee_premium_gwei"]) == pytest.approx(30)
+    x, _ = extract(make_tx(gas_price_wei=60 * WEI_PER_GWEI, priority_fee_wei=2 * WEI_PER_GWEI), None, T0, market)
+    assert unscale("fee_premium_gwei", x["fee_premium_gwei"]) == pytest.approx(40)
+    # Ordinary: paying the going price plus a small tip.
+    x, _ = extract(make_tx(gas_price_wei=20 * WEI_PER_GWEI, priority_fee_wei=WEI_PER_GWEI // 2), None, T0, market)
+    assert x["fee_premium_gwei"] == 0.0
+
+
+def test_fee_premium_separates_generated_drains_and_spikes_from_normal_traffic():
+    market = FeeMarket()
+    premiums: dict[str, list[float]] = {}
+    for obj in TrafficGenerator(GeneratorConfig(seed=3)).take(30_000):
+        tx = decode(orjson.dumps(obj))
+        x, _ = extract(tx, None, tx.block_timestamp, market)
+        premiums.setdefault(obj["label"] or "normal", []).append(x["fee_premium_gwei"])
+    normal = sorted(premiums["normal"])
+    assert statistics.median(normal) == 0.0  # three quarters of traffic pay under 1 gwei above the market
+    assert normal[int(0.999 * len(normal))] < 0.25
+    assert min(premiums["wallet_drain"]) > normal[int(0.999 * len(normal))]
+    assert min(premiums["gas_price_spike"]) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -290,10 +354,10 @@ def test_profile_as_dict():
     "name, tx, human",
     [
         ("value_eth", make_tx(value_wei=5 * WEI_PER_ETH), 5),
-        ("gas_price_gwei", make_tx(gas_price_wei=37 * WEI_PER_GWEI), 37),
-        ("priority_fee_gwei", make_tx(priority_fee_wei=3 * WEI_PER_GWEI), 3),
-        ("input_bytes", make_tx(input_bytes=1234), 1234),
-        ("seconds_since_last", make_tx(), NEVER_SEEN_SECONDS),
+        ("value_eth", make_tx(value_wei=250 * WEI_PER_ETH), 250),
+        ("fee_premium_gwei", make_tx(priority_fee_wei=3 * WEI_PER_GWEI), 3),
+        ("fee_premium_gwei", make_tx(priority_fee_wei=37 * WEI_PER_GWEI), 37),
+        ("contract_creation", make_tx(to=None), 1),
     ],
 )
 def test_unscale_inverts_scaling(name, tx, human):
@@ -304,7 +368,6 @@ def test_unscale_inverts_scaling(name, tx, human):
 def test_unscale_of_history_features():
     profile = AddressProfile(first_seen=T0 - 86_400, last_seen=T0 - 30, n_tx=4, tx_per_hour=3.0, burst=4.0)
     x, profile = extract(make_tx(), profile, T0)
-    assert unscale("seconds_since_last", x["seconds_since_last"]) == pytest.approx(30)
     # `burst` unscales to the Poisson z-score, not to the decayed count kept in the profile.
     recent = 4.0 * math.exp(-30 / BURST_TAU_SECONDS)
     expected = 3.0 * math.exp(-30 / RATE_TAU_SECONDS) / 60
@@ -312,9 +375,9 @@ def test_unscale_of_history_features():
     assert profile.burst == pytest.approx(recent + 1)
 
 
-@pytest.mark.parametrize("scaled, human", [(0.0, -6.0), (0.5, 0.0), (0.75, 3.0), (1.0, 6.0)])
-def test_unscale_linear_zscore(scaled, human):
-    assert unscale("value_zscore", scaled) == pytest.approx(human)
+@pytest.mark.parametrize("scaled, human", [(0.0, 0.0), (1.0, 1.0)])
+def test_unscale_binary_features(scaled, human):
+    assert unscale("dust_transfer", scaled) == unscale("contract_creation", scaled) == human
 
 
 def test_unscale_limits():

@@ -134,6 +134,57 @@ def test_checkpoint_round_trip_gives_identical_scores():
     assert restored.explain(xs[0]) == model.explain(xs[0])
 
 
+def test_checkpoint_carries_the_fee_market():
+    model = PartitionModel(ModelConfig(warmup_events=300), partition=1)
+    for price in (10.0, 30.0, 20.0):
+        model.market.add(price)
+    restored = PartitionModel.from_bytes(model.to_bytes())
+    assert restored.market.median() == 20.0
+    assert restored.market.ring == [10.0, 30.0, 20.0]
+    assert restored.features == FEATURE_NAMES
+    assert restored.partition == 1
+
+
+def trained(config: ModelConfig, partition: int = 2) -> PartitionModel:
+    model = PartitionModel(config, partition)
+    feed(model, stationary(16, 1_200))
+    return model
+
+
+def test_checkpoint_of_another_feature_set_starts_over():
+    model = trained(ModelConfig(warmup_events=500))
+    model.features = ("value_eth", "gas_price_gwei")  # as if written by an older release
+    restored = PartitionModel.from_bytes(model.to_bytes())
+    assert restored.seen == 0 and not restored.warm and restored.threshold == 1.0
+    assert restored.features == FEATURE_NAMES
+    assert restored.hst.seed == model.hst.seed  # same partition, same trees to grow
+    assert restored.config == model.config
+
+
+def test_version_1_checkpoint_starts_over_with_its_partition():
+    model = trained(ModelConfig(warmup_events=500), partition=3)
+    state = dict(model.__dict__)
+    for key in ("market", "features", "partition"):
+        del state[key]
+    restored = PartitionModel.from_bytes(pickle.dumps((1, state)))
+    assert restored.seen == 0 and restored.threshold == 1.0
+    assert restored.partition == 3 and restored.hst.seed == model.config.seed + 3
+
+
+def test_restore_with_a_new_config():
+    model = trained(ModelConfig(warmup_events=500, target_flag_rate=0.01))
+    raw = model.to_bytes()
+    # Threshold settings apply to the restored trees as they are.
+    same_trees = PartitionModel.from_bytes(raw, ModelConfig(warmup_events=500, target_flag_rate=0.05))
+    assert same_trees.seen == model.seen and same_trees.config.target_flag_rate == 0.05
+    xs = stationary(17, 300)
+    assert [s for s, _ in feed(same_trees, xs)] == [s for s, _ in feed(model, xs)]
+    # Another tree shape cannot reuse the trained trees: it starts over.
+    more_trees = PartitionModel.from_bytes(raw, ModelConfig(warmup_events=500, n_trees=model.config.n_trees + 5))
+    assert more_trees.seen == 0 and len(more_trees.hst.trees) == 0
+    assert more_trees.config.n_trees == model.config.n_trees + 5
+
+
 def test_unknown_checkpoint_version_is_refused():
     raw = pickle.dumps((CHECKPOINT_VERSION + 1, {}))
     with pytest.raises(ValueError, match="version"):
@@ -145,18 +196,18 @@ def test_explain_without_sample_is_empty():
     assert model.explain({name: 0.5 for name in FEATURE_NAMES}) == []
 
 
-@pytest.mark.parametrize("feature, extreme", [("value_eth", 1.0), ("gas_price_gwei", 0.0), ("value_zscore", 1.0)])
+@pytest.mark.parametrize("feature, extreme", [("value_eth", 1.0), ("fee_premium_gwei", 0.0), ("burst", 1.0)])
 def test_explain_puts_the_most_deviant_feature_first(feature, extreme):
     model = PartitionModel(ModelConfig(warmup_events=300))
     feed(model, stationary(13, 2_000))
     x = {name: 0.5 for name in FEATURE_NAMES}
     x[feature] = extreme
-    x["input_bytes"] = 0.7  # a second, smaller deviation
+    x["contract_creation"] = 0.7  # a second, smaller deviation
     rows = model.explain(x, top=3)
     assert len(rows) == 3
     assert set(rows[0]) == {"feature", "value", "typical", "deviation"}
     assert rows[0]["feature"] == feature
-    assert rows[1]["feature"] == "input_bytes"
+    assert rows[1]["feature"] == "contract_creation"
     assert (rows[0]["deviation"] > 0) == (extreme > 0.5)
     assert abs(rows[0]["deviation"]) > abs(rows[1]["deviation"]) > abs(rows[2]["deviation"])
     assert rows[0]["value"] == pytest.approx(unscale(feature, extreme), rel=1e-3)
