@@ -9,6 +9,8 @@ count and refuses to start on a mismatch.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -40,11 +42,21 @@ async def ensure_topics(settings: Settings) -> None:
                 ])
             except TopicAlreadyExistsError:
                 pass  # another replica created it first
-        [described] = await admin.describe_topics([settings.kafka_input_topic])
-        found = len(described["partitions"])
+        found = await _partition_count(admin, settings.kafka_input_topic)
         if found != settings.kafka_input_partitions:
             raise TopicMismatch(
                 f"topic {settings.kafka_input_topic} has {found} partitions but "
                 f"KAFKA_INPUT_PARTITIONS is {settings.kafka_input_partitions}")
     finally:
         await admin.close()
+
+
+async def _partition_count(admin: AIOKafkaAdminClient, topic: str, timeout: float = 30.0) -> int:
+    """Partitions of a topic, waiting out the moment after creation when metadata shows none."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        [described] = await admin.describe_topics([topic])
+        found = len(described["partitions"])
+        if (found and not described["error_code"]) or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.2)

@@ -413,8 +413,8 @@ def test_scale_out_and_in_under_load(workers):
 
         # Scale out: the partitions split and their models and buffers move.
         second = workers(env, "second")
-        prober.workers.append(second)
         second.wait_ready()
+        prober.workers.append(second)  # probed from when it first answers
         # The first value of a moved partition's model on its new owner, taken as soon
         # as it appears (after one or two batches): a cold model would show a batch's worth.
         arrived: dict[int, float] = {}
