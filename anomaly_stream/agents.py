@@ -157,6 +157,14 @@ def register(app, settings, topics, tables, cache, enricher) -> None:
     async def on_revoked(sender, revoked, **kwargs) -> None:
         models.release({tp.partition for tp in revoked if tp.topic == input_topic})
         indexed["partitions"] = None
+        # The next owner recovers the checkpoint from the changelog: it must be there.
+        await app.producer.flush()
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(sender, **kwargs) -> None:
+        # Faust skips the revocation callbacks when the worker itself stops: checkpoint
+        # here, before its producer's final flush, so a clean scale-in loses no learning.
+        models.release(set(models.models))
 
     @app.timer(settings.state_sweep_interval_seconds)
     async def enforce_bounds() -> None:

@@ -16,6 +16,7 @@ the agent has finished the whole batch. A crash mid-batch re-delivers it.
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from typing import Any, NamedTuple
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -32,8 +33,58 @@ class RecordBatch(NamedTuple):
     records: list[Record]
 
 
+class ReadOffsets(defaultdict):
+    """Faust's per-partition read offsets, knowing which of its two meanings holds.
+
+    After a seek (Faust's own writes: assignment, revocation, perform_seek) an
+    entry is the next offset to read; after `delivered`, the last offset
+    delivered. `expected` turns either into the next offset to deliver.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(lambda: None)
+        self._delivered: set[TP] = set()
+
+    def delivered(self, tp: TP, offset: int) -> None:
+        super().__setitem__(tp, offset)
+        self._delivered.add(tp)
+
+    def expected(self, tp: TP) -> int | None:
+        read = self[tp]
+        if read is None:
+            return None
+        return read + 1 if tp in self._delivered else read
+
+    def __setitem__(self, tp: TP, offset: int | None) -> None:
+        self._delivered.discard(tp)
+        super().__setitem__(tp, offset)
+
+    def __delitem__(self, tp: TP) -> None:
+        self._delivered.discard(tp)
+        super().__delitem__(tp)
+
+    def pop(self, tp: TP, *default: Any) -> Any:
+        self._delivered.discard(tp)
+        return super().pop(tp, *default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for tp, offset in dict(*args, **kwargs).items():
+            self[tp] = offset
+
+
 class BatchingConsumer(faust_aiokafka.Consumer):
     batch_topics: frozenset[str] = frozenset()
+    # Offsets a batch may start past the expected one and still be acknowledged
+    # with it: a transaction marker under at_least_once (read_uncommitted);
+    # aborted transactions' records too under exactly_once (read_committed).
+    max_hole: int = 1
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_offset = ReadOffsets()
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Service) -> None:  # pragma: no cover - exercised through Kafka
         callback = self.callback
@@ -42,13 +93,15 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 records, active = await self._wait_next_records(1.0)
+                # Before any await: records fetched under an older assignment must
+                # never be delivered under a newer one.
+                generation = self.app.consumer_generation_id
                 await asyncio.sleep(0)
                 if not records or self.should_stop:
                     continue
                 if not self.flow_active:
                     await self.perform_seek()
                     continue
-                generation = self.app.consumer_generation_id
                 for tp, tp_records in records.items():
                     if self.app.consumer_generation_id != generation or not self.flow_active:
                         break  # a rebalance started: the next fetch starts from committed offsets
@@ -69,17 +122,22 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             raise
 
     async def _deliver_batch(self, tp: TP, tp_records: list[Any], callback) -> None:
-        # `_read_offset` is the seek position (the next offset to read) after an
-        # assignment, and the last delivered offset after that: `>=` as in
-        # Faust's own loop, or the first record after every rebalance is lost.
-        last_read = self._read_offset[tp]
-        fresh = [r for r in tp_records if last_read is None or r.offset >= last_read]
+        expected = self._read_offset.expected(tp)
+        fresh = [r for r in tp_records if expected is None or r.offset >= expected]
         if not fresh:
             return
         first, last = fresh[0], fresh[-1]
-        # Everything from just after the last read offset (transaction markers
-        # leave holes) up to the last record is acknowledged with the last record.
-        gap_from = first.offset if last_read is None else min(first.offset, last_read + 1)
+        hole = 0 if expected is None else first.offset - expected
+        if hole > self.max_hole:
+            # Not the records that follow what we delivered (a fetch from before a
+            # seek or a rebalance). Acknowledging the hole would commit offsets
+            # nobody scored: read again from where we are instead.
+            self.log.warning("Batch for %r starts at %r, expected %r: seeking back", tp, first.offset, expected)
+            await self.seek(tp, expected)
+            return
+        # The batch's earlier offsets (and a transaction marker's hole before it)
+        # are acknowledged together with its last record.
+        gap_from = first.offset - hole
         if last.offset > gap_from:
             await self._add_gap(tp, gap_from, last.offset - 1)
         batch = RecordBatch(tp.partition, [
@@ -89,7 +147,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         message.key = None
         message.value = batch
         await self.wait_first(callback(message), self.suspend_flow.wait())
-        self._read_offset[tp] = last.offset
+        self._read_offset.delivered(tp, last.offset)
 
     async def _deliver_each(self, tp: TP, tp_records: list[Any], callback) -> None:
         """Faust's own per-message path, for every topic that is not batched."""
@@ -106,6 +164,15 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 await self.commit()
             await self.wait_first(callback(self._to_message(tp, record)), self.suspend_flow.wait())
             self._read_offset[tp] = offset
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def _highwaters(self, partitions: list[TP]) -> dict[TP, int]:
+        # Faust asks `last_stable_offset` under exactly_once, which is None until
+        # the partition's first fetch: recovery then sees highwater -1, skips the
+        # changelogs and starts with empty tables (cold models). A ListOffsets
+        # request honours read_committed, so end_offsets is the stable offset.
+        return await self._ensure_consumer().end_offsets(partitions)
 
 
 class BatchingTransport(faust_aiokafka.Transport):

@@ -117,7 +117,7 @@ async def latency_run(messages, rate: float, seconds: float, log_dir: Path) -> l
 
     collector = asyncio.create_task(collect())
     try:
-        n = int(rate * seconds)
+        n = min(int(rate * seconds), len(messages))
         started = time.monotonic()
         for i, (key, value) in enumerate(messages[:n]):
             await producer.send(env["KAFKA_INPUT_TOPIC"], value, key=key)
