@@ -78,7 +78,6 @@ def register(app, settings, topics, tables, cache, enricher) -> None:
         settings.model_checkpoint_interval_seconds,
     )
     watermarks: dict[int, float] = {}  # latest event time seen per partition
-    bounds = {"profiles": tables.profiles_bound, "anomaly_buffer": tables.buffer_bound}
     indexed: dict[str, frozenset[int] | None] = {"partitions": None}
     input_topic = settings.kafka_input_topic
     app.models = models
@@ -173,7 +172,7 @@ def register(app, settings, topics, tables, cache, enricher) -> None:
             return
         owned = frozenset(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == input_topic)
         if indexed["partitions"] != owned:
-            for bound in bounds.values():
+            for bound in (tables.profiles_bound, tables.buffer_bound):
                 bound.rebuild(set(owned))
             for partition in owned:
                 watermarks[partition] = max(watermarks.get(partition, 0.0), tables.profiles_bound.newest(partition))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from throughput import write_result  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anomaly_stream.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
@@ -169,9 +170,7 @@ def main() -> int:
     out = {"machine": "2 cores, loopback Apache Kafka (make up)", "minutes": opts.minutes, "rate_tx_per_s": opts.rate,
            "addresses": opts.addresses, "bound": opts.bound, "idle_rss_mb": idle_rss, **result,
            "samples": samples, "log": str(worker.log_path)}
-    Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.json).write_text(json.dumps(out, indent=2))
-    print(f"wrote {opts.json}")
+    write_result(opts.json, out)
     return 0 if result.get("flattened") is not False else 1
 
 

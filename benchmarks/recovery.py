@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
 import tempfile
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from throughput import write_result  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anomaly_stream.backtest import kafka_partition  # noqa: E402
@@ -115,7 +116,7 @@ def main() -> int:
         try:
             import rocksdict  # noqa: F401
         except ImportError:
-            print("rocksdb: skipped, rocksdict is not installed (pip install rocksdict)")
+            print("rocksdb: skipped, rocksdict is not installed (pip install -e '.[rocksdb]')")
             stores.remove("rocksdb")
     log_dir = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     rows = []
@@ -141,9 +142,7 @@ def main() -> int:
             worker.stop()
     result = {"machine": "2 cores, loopback Apache Kafka (make up)", "partitions": PARTITIONS, "runs": rows,
               "logs": str(log_dir)}
-    Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.json).write_text(json.dumps(result, indent=2))
-    print(f"wrote {opts.json}")
+    write_result(opts.json, result)
     return 0
 
 

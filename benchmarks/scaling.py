@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 import tempfile
@@ -35,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import throughput  # noqa: E402
-from throughput import PARTITIONS, bare_loop, latency_run, percentile, worker_throughput  # noqa: E402
+from throughput import (  # noqa: E402
+    PARTITIONS, bare_loop, latency_run, percentile, worker_throughput, write_result,
+)
 
 from anomaly_stream.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
 from anomaly_stream.settings import Settings  # noqa: E402
@@ -160,9 +161,7 @@ def main() -> int:
                         "speedup": two / one, "scaling_efficiency": efficiency},
         "latency": latency,
     }
-    Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.json).write_text(json.dumps(result, indent=2))
-    print(f"wrote {opts.json}")
+    write_result(opts.json, result)
     return 0
 
 

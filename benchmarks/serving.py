@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import resource
@@ -42,6 +41,8 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from throughput import write_result  # noqa: E402
 
 from anomaly_stream.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
 from anomaly_stream.settings import Settings  # noqa: E402
@@ -286,9 +287,7 @@ def main() -> int:
                       "list": opts.list_share},
               "redis_cache_ttl_seconds": ttl,
               "load_average_1m_before": load_before, "runs": runs}
-    Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.json).write_text(json.dumps(result, indent=2))
-    print(f"wrote {opts.json}")
+    write_result(opts.json, result)
     return 0
 
 

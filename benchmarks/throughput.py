@@ -136,6 +136,12 @@ async def latency_run(messages, rate: float, seconds: float, log_dir: Path) -> l
     return latencies
 
 
+def write_result(path: str, result: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -176,9 +182,7 @@ def main() -> int:
           f"{median['worker_tx_per_s']:,.0f} tx/s, ratio {median['ratio']:.2f}")
     print(f"latency at {rate:,.0f} tx/s (50% of peak): {len(latencies)} anomalies, "
           f"p50 {result['latency']['p50_ms']:.0f} ms, p99 {result['latency']['p99_ms']:.0f} ms")
-    Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.json).write_text(json.dumps(result, indent=2))
-    print(f"wrote {opts.json}")
+    write_result(opts.json, result)
     return 0
 
 
