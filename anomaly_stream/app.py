@@ -87,8 +87,6 @@ def create_app(settings: Settings) -> App:
         dlq=app.topic(settings.dlq_topic, **raw),
     )
     app.transport.Consumer.batch_topics = frozenset({settings.kafka_input_topic})
-    if settings.processing_guarantee == "exactly_once":
-        app.transport.Consumer.max_hole = 1 << 62
 
     # bytes keys and values make Faust use its raw codec: table keys hash to the
     # same partitions as the input topic's keys, which table routing relies on.

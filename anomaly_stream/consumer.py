@@ -74,14 +74,14 @@ class ReadOffsets(defaultdict):
 
 class BatchingConsumer(faust_aiokafka.Consumer):
     batch_topics: frozenset[str] = frozenset()
-    # Offsets a batch may start past the expected one and still be acknowledged
-    # with it: a transaction marker under at_least_once (read_uncommitted);
-    # aborted transactions' records too under exactly_once (read_committed).
+    # Offsets a batch may start past the expected one and be acknowledged with it
+    # at once: a transaction marker. Larger holes must show up twice (see below).
     max_hole: int = 1
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_offset = ReadOffsets()
+        self._holes: dict[TP, tuple[int, int]] = {}
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -128,13 +128,16 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             return
         first, last = fresh[0], fresh[-1]
         hole = 0 if expected is None else first.offset - expected
-        if hole > self.max_hole:
-            # Not the records that follow what we delivered (a fetch from before a
-            # seek or a rebalance). Acknowledging the hole would commit offsets
-            # nobody scored: read again from where we are instead.
+        if hole > self.max_hole and self._holes.get(tp) != (expected, first.offset):
+            # Either a fetch from before a seek or a rebalance (acknowledging the hole
+            # would commit offsets nobody scored), or a real hole (an aborted
+            # transaction's records under read_committed). Read again from where we
+            # are: a real hole comes back the same and is acknowledged then.
             self.log.warning("Batch for %r starts at %r, expected %r: seeking back", tp, first.offset, expected)
+            self._holes[tp] = (expected, first.offset)
             await self.seek(tp, expected)
             return
+        self._holes.pop(tp, None)
         # The batch's earlier offsets (and a transaction marker's hole before it)
         # are acknowledged together with its last record.
         gap_from = first.offset - hole
