@@ -95,11 +95,9 @@ def register(app, settings, topics, tables, cache, enricher) -> None:
             result = process_batch(model, batch.records, lookup, partition)
 
             for dead in result.dead_letters:
-                # Explicit partitions: the source's, so that with exactly_once every
-                # send joins the transaction of the partition being processed.
-                await topics.dlq.send(
-                    key=dead.record.key, value=dead.record.value, partition=partition,
-                    headers={
+                await app.publish(
+                    topics.dlq, dead.record.key, dead.record.value,
+                    source_partition=partition, partition=partition, headers={
                         "dlq-reason": dead.reason.encode(),
                         "dlq-detail": dead.detail.encode(),
                         "dlq-source-topic": input_topic.encode(),
@@ -109,7 +107,7 @@ def register(app, settings, topics, tables, cache, enricher) -> None:
                 )
                 metrics.TRANSACTIONS_DEAD_LETTERED.labels(dead.reason).inc()
             for sender, record in result.rekeyed:
-                await topics.transactions.send(key=sender.encode(), value=record.value)
+                await app.publish(topics.transactions, sender.encode(), record.value, source_partition=partition)
 
             touch = tables.profiles_bound.touch
             written = []
@@ -127,8 +125,8 @@ def register(app, settings, topics, tables, cache, enricher) -> None:
                     key = (document["tx_hash"], window)
                     tables.anomaly_buffer[key] = value
                     tables.buffer_bound.touch(partition, key, document["detected_at"])
-                    await topics.anomalies.send(
-                        key=document["address"].encode(), value=value, partition=partition)
+                    await app.publish(topics.anomalies, document["address"].encode(), value,
+                                      source_partition=partition, partition=partition)
                     log.info("anomaly_flagged", tx=document["tx_hash"], address=document["address"],
                              score=document["score"], threshold=document["threshold"])
                 # Cached address views would hide the new anomalies until their TTL ran

@@ -38,7 +38,8 @@ class ReadOffsets(defaultdict):
 
     After a seek (Faust's own writes: assignment, revocation, perform_seek) an
     entry is the next offset to read; after `delivered`, the last offset
-    delivered. `expected` turns either into the next offset to deliver.
+    delivered. `expected` turns either into the next offset to deliver. A
+    partition without an entry has not been positioned since its assignment.
     """
 
     def __init__(self) -> None:
@@ -49,8 +50,13 @@ class ReadOffsets(defaultdict):
         super().__setitem__(tp, offset)
         self._delivered.add(tp)
 
+    def positioned(self, tp: TP) -> bool:
+        # perform_seek writes an entry (None when the group has no committed
+        # offset) for every assigned partition; revocation removes it.
+        return tp in self
+
     def expected(self, tp: TP) -> int | None:
-        read = self[tp]
+        read = self.get(tp)
         if read is None:
             return None
         return read + 1 if tp in self._delivered else read
@@ -122,6 +128,14 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             raise
 
     async def _deliver_batch(self, tp: TP, tp_records: list[Any], callback) -> None:
+        if not self._read_offset.positioned(tp):
+            # Faust resumes a newly assigned partition before it seeks it to the
+            # committed offset. A batch fetched in between would be scored now and
+            # again after the seek (under exactly_once the first pass's transaction
+            # may then abort, and the model has already learned what it flagged).
+            # Rewind the fetch position, not the read offset, and wait for the seek.
+            await self._seek(tp, tp_records[0].offset)
+            return
         expected = self._read_offset.expected(tp)
         fresh = [r for r in tp_records if expected is None or r.offset >= expected]
         if not fresh:
