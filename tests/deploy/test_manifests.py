@@ -32,6 +32,7 @@ KUBERNETES_VERSION = "1.30.0"
 CRDS = {
     ("kafka.strimzi.io/v1beta2", "KafkaTopic"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 # Helm values, not a Kubernetes manifest.
@@ -119,6 +120,14 @@ def test_custom_resources_are_well_formed():
         assert matched, f"ServiceMonitor {monitor['metadata']['name']} selects no Service"
         ports = {p["name"] for s in matched for p in s["spec"]["ports"]}
         for endpoint in monitor["spec"]["endpoints"]:
+            assert endpoint["port"] in ports
+    for monitor in find("PodMonitor"):
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        pods = [d["spec"]["template"] for d in find("Deployment")
+                if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert pods, f"PodMonitor {monitor['metadata']['name']} selects no pod"
+        ports = {p["name"] for pod in pods for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
             assert endpoint["port"] in ports
     (rule,) = find("PrometheusRule")
     for group in rule["spec"]["groups"]:
@@ -262,6 +271,25 @@ def test_worker_pod_is_locked_down():
     assert service["spec"]["selector"] == labels
 
 
+def test_ingester_runs_alone_and_locked_down():
+    deployment = one("Deployment", "anomaly-stream-ingest")
+    # One transactional writer per chain: a second replica would fence the first,
+    # and a rolling update would run two for a while.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert not [h for h in find("HorizontalPodAutoscaler")
+                if h["spec"]["scaleTargetRef"]["name"] == "anomaly-stream-ingest"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["ingest"]
+    assert {p["containerPort"] for p in container["ports"]} == {int(configmap()["INGEST_METRICS_PORT"])}
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
 def test_network_policies_default_deny_and_allow_what_is_needed():
     policies = {p["metadata"]["name"]: p for p in find("NetworkPolicy")}
     deny = policies["default-deny-all"]["spec"]
@@ -273,7 +301,10 @@ def test_network_policies_default_deny_and_allow_what_is_needed():
         return {p["port"] for r in rules for p in r.get("ports", [])}
 
     assert ports(policies["worker-ingress"]["spec"]["ingress"]) == {port}
-    assert ports(policies["worker-egress"]["spec"]["egress"]) == {9092, 6379, port}
+    eth = {8545, 443}  # in-cluster node or hosted provider (ETH_RPC_URL)
+    assert ports(policies["worker-egress"]["spec"]["egress"]) == {9092, 6379, port} | eth
+    assert ports(policies["ingest-ingress"]["spec"]["ingress"]) == {int(configmap()["INGEST_METRICS_PORT"])}
+    assert ports(policies["ingest-egress"]["spec"]["egress"]) == {9092} | eth
     assert ports(policies["redis-ingress"]["spec"]["ingress"]) == {6379, 9121}
     assert ports(policies["allow-dns-egress"]["spec"]["egress"]) == {53}
 
