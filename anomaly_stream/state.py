@@ -89,14 +89,13 @@ async def write_through(app: Any, table: Any, partition: int, items: Iterable[tu
     The same records `table[key] = value` would write, for a tenth of the
     cost: Faust's path builds a FutureMessage per key and hands it through a
     100-slot buffer that stalls the stream when full (../shared/FIELD-NOTES.md
-    measures ~70 us against ~7 us for a direct send). Under exactly_once the
-    app's producer puts each record in the transaction of `partition`.
+    measures ~70 us against ~7 us for a direct send). Under exactly_once each
+    record joins the transaction of `partition` (`App.publish`).
     """
     items = list(items)
     # Store everything before the first await: a TableBound rebuild running
     # between two sends must find every key its caller has just indexed.
     table.data.update(items)
-    topic = table.changelog_topic.get_topic_name()
-    send = app.producer.send
+    topic = table.changelog_topic
     for key, value in items:
-        await send(topic, key, value, partition, None, None)
+        await app.publish(topic, key, value, source_partition=partition, partition=partition)
