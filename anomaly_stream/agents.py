@@ -27,7 +27,8 @@ log = structlog.get_logger(__name__)
 class PartitionModels:
     """This worker's models, one per owned input partition, checkpointed to a table."""
 
-    def __init__(self, config: ModelConfig, checkpoints, interval_seconds: float):
+    def __init__(self, app, config: ModelConfig, checkpoints, interval_seconds: float):
+        self.app = app
         self.config = config
         self.checkpoints = checkpoints
         self.interval = interval_seconds
@@ -54,19 +55,29 @@ class PartitionModels:
         return (now - self.saved_at.get(partition, now) >= self.interval
                 and self.models[partition].seen != self.saved_seen.get(partition))
 
-    def checkpoint(self, partition: int, now: float) -> None:
-        """Write the model to its changelog partition; callable outside an agent."""
+    async def checkpoint(self, partition: int, now: float, in_transaction: bool = True) -> None:
+        """Write the model to the table and its changelog partition.
+
+        In the partition's transaction (exactly_once) unless Faust has already
+        committed everything the model learned from (`release`).
+        """
         key, value = b"%d" % partition, self.models[partition].to_bytes()
         self.checkpoints.data[key] = value
-        self.checkpoints.send_changelog(partition, key, value)
+        await self.app.publish(self.checkpoints.changelog_topic, key, value,
+                               source_partition=partition if in_transaction else None, partition=partition)
         self.saved_at[partition] = now
         self.saved_seen[partition] = self.models[partition].seen
 
-    def release(self, partitions: set[int]) -> None:
-        """Checkpoint and drop the models of partitions this worker no longer owns."""
+    async def release(self, partitions: set[int]) -> None:
+        """Checkpoint and drop the models of partitions this worker no longer owns.
+
+        Called after Faust has finished and committed every delivered batch
+        (and, with exactly_once, ended the transactions), so the checkpoint
+        goes out on its own, consistent with the committed offsets.
+        """
         now = time.time()
         for partition in partitions & self.models.keys():
-            self.checkpoint(partition, now)
+            await self.checkpoint(partition, now, in_transaction=False)
             del self.models[partition]
             self.saved_at.pop(partition, None)
             self.saved_seen.pop(partition, None)
@@ -74,7 +85,7 @@ class PartitionModels:
 
 def register(app, settings, topics, tables, cache, enricher) -> None:
     models = PartitionModels(
-        ModelConfig.from_settings(settings), tables.checkpoints,
+        app, ModelConfig.from_settings(settings), tables.checkpoints,
         settings.model_checkpoint_interval_seconds,
     )
     watermarks: dict[int, float] = {}  # latest event time seen per partition
@@ -136,7 +147,7 @@ def register(app, settings, topics, tables, cache, enricher) -> None:
             now = time.time()
             watermarks[partition] = max(watermarks.get(partition, 0.0), result.latest_event_time)
             if models.checkpoint_due(partition, now):
-                models.checkpoint(partition, now)
+                await models.checkpoint(partition, now)
 
             n = len(batch.records)
             metrics.TRANSACTIONS_CONSUMED.inc(n)
@@ -152,7 +163,7 @@ def register(app, settings, topics, tables, cache, enricher) -> None:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
-        models.release({tp.partition for tp in revoked if tp.topic == input_topic})
+        await models.release({tp.partition for tp in revoked if tp.topic == input_topic})
         indexed["partitions"] = None
         # The next owner recovers the checkpoint from the changelog: it must be there.
         await app.producer.flush()
@@ -161,7 +172,7 @@ def register(app, settings, topics, tables, cache, enricher) -> None:
     async def on_shutdown(sender, **kwargs) -> None:
         # Faust skips the revocation callbacks when the worker itself stops: checkpoint
         # here, before its producer's final flush, so a clean scale-in loses no learning.
-        models.release(set(models.models))
+        await models.release(set(models.models))
 
     @app.timer(settings.state_sweep_interval_seconds)
     async def enforce_bounds() -> None:
@@ -188,5 +199,5 @@ def register(app, settings, topics, tables, cache, enricher) -> None:
         # A partition whose traffic stopped still gets its last batches checkpointed.
         for partition in list(models.models):
             if models.checkpoint_due(partition, now):
-                models.checkpoint(partition, now)
+                await models.checkpoint(partition, now)
             metrics.MODEL_CHECKPOINT_AGE.labels(partition).set(now - models.saved_at[partition])

@@ -36,19 +36,22 @@ class App(faust.App):
         await ensure_topics(self.settings)
         await super().on_first_start()
 
-    async def publish(self, topic: Any, key: bytes | None, value: bytes, *, source_partition: int,
-                      partition: int | None = None, headers: dict[str, bytes] | None = None) -> None:
-        """Send a message produced while processing an input partition.
+    async def publish(self, topic: Any, key: bytes | None, value: bytes | None, *,
+                      source_partition: int | None, partition: int | None = None,
+                      headers: dict[str, bytes] | None = None) -> None:
+        """Send a message produced while processing `source_partition`.
 
         With exactly_once the send joins that partition's transaction, so it
         becomes visible to read_committed subscribers exactly when the input
         offsets it came from are committed. (Faust's own `topic.send` only
         finds a transaction for topics this worker consumes: anomalies and
-        dead letters would go out at once and repeat after a crash.) With
-        at_least_once Faust flushes the producer before every offset commit.
+        dead letters would go out at once and repeat after a crash.)
+        `source_partition=None` sends outside any transaction: for state that
+        matches offsets Faust has already committed (revocation, shutdown).
+        With at_least_once Faust flushes the producer before every commit.
         """
         transactional_id = None
-        if self.in_transaction:
+        if self.in_transaction and source_partition is not None:
             group = self.assignor.group_for_topic(self.settings.kafka_input_topic)
             transactional_id = f"{self.conf.id}-{group}-{source_partition}"
         await self.producer.send(topic.get_topic_name(), key, value, partition, None, headers,
