@@ -18,6 +18,7 @@ import orjson
 from .features import AddressProfile, extract
 from .model import PartitionModel
 from .schema import WEI_PER_ETH, WEI_PER_GWEI, InvalidTransaction, Tx, decode
+from .state import compact
 
 ANOMALY_SCHEMA = "anomaly_stream.anomaly/v1"
 # The dead-letter reason for a valid transaction the features or model failed on.
@@ -125,4 +126,4 @@ def anomaly_document(tx: Tx, record: Record, partition: int, score: float, thres
 
 
 def encode(document: dict) -> bytes:
-    return orjson.dumps(document)
+    return compact(orjson.dumps(document))  # kept in the anomaly buffer

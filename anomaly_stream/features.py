@@ -58,6 +58,7 @@ from typing import NamedTuple
 import orjson
 
 from .schema import WEI_PER_ETH, WEI_PER_GWEI, Tx
+from .state import compact
 
 RATE_TAU_SECONDS = 3600.0  # activity rate is an hourly rate, decayed over an hour
 VALUE_ALPHA_MIN = 0.05  # the running value mean/variance forgets slowly
@@ -154,11 +155,11 @@ class AddressProfile:
     burst: float = 0.0  # transactions in about the last minute, decayed (BURST_TAU_SECONDS)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps((
+        return compact(orjson.dumps((
             self.first_seen, self.last_seen, self.n_tx, self.tx_per_hour,
             self.value_mean, self.value_var, self.fan_out, self.recent, self.anomalies,
             self.partition, self.burst,
-        ))
+        )))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> AddressProfile:

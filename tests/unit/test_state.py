@@ -144,3 +144,21 @@ def test_bound_holds_after_sweep(n):
     assert all(len(keys) <= 5 for keys in b.index.values())
     assert len(b.table.data) == len(b) == min((n + 1) // 2, 5) + min(n // 2, 5)
     assert len(b.table.sent) == n - len(b)
+
+
+def test_values_kept_in_tables_hold_only_their_own_bytes():
+    import tracemalloc
+
+    from anomaly_stream.detector import encode
+    from anomaly_stream.features import AddressProfile
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [AddressProfile(first_seen=1.7e9, last_seen=1.7e9 + i, partition=i % 4).to_bytes()
+                for i in range(1000)]
+        kept += [encode({"tx_hash": "0x%064x" % i, "score": 0.9}) for i in range(1000)]
+        per_value = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_value < 300, f"{per_value:.0f} bytes per stored value"
