@@ -89,6 +89,15 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self._read_offset = ReadOffsets()
         self._holes: dict[TP, tuple[int, int]] = {}
 
+    async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        if self.in_transaction:
+            # Table writes wait in Faust's send buffer. At-least-once commits flush
+            # it first; exactly_once commits did not, so a batch's table writes could
+            # land in the next transaction (lost if that one aborts), or after the
+            # transaction a rebalance ends, which crashes the worker.
+            await self.app.producer.buffer.flush()
+        return await super()._commit_offsets(offsets, start_new_transaction)
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
