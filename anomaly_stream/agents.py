@@ -19,7 +19,7 @@ from . import metrics
 from .detector import process_batch, encode
 from .features import AddressProfile
 from .model import ModelConfig, PartitionModel
-from .state import write_through
+from .state import delete_through, write_through
 
 log = structlog.get_logger(__name__)
 
@@ -191,9 +191,11 @@ def register(app, settings, topics, tables, cache, enricher) -> None:
                      profiles=len(tables.profiles_bound), anomalies=len(tables.buffer_bound))
         now = time.time()
         expired = tables.profiles_bound.sweep(lambda p: watermarks.get(p, 0.0))
-        metrics.STATE_EXPIRED.labels("profiles").inc(expired)
+        await delete_through(app, tables.profiles, expired)
+        metrics.STATE_EXPIRED.labels("profiles").inc(len(expired))
         expired = tables.buffer_bound.sweep(lambda p: now)
-        metrics.STATE_EXPIRED.labels("anomaly_buffer").inc(expired)
+        await delete_through(app, tables.anomaly_buffer, expired)
+        metrics.STATE_EXPIRED.labels("anomaly_buffer").inc(len(expired))
         metrics.ADDRESS_PROFILES.set(len(tables.profiles_bound))
         metrics.ANOMALY_BUFFER_SIZE.set(len(tables.buffer_bound))
         # A partition whose traffic stopped still gets its last batches checkpointed.

@@ -6,7 +6,7 @@ tombstone, so they come back at the next recovery (../shared/FIELD-NOTES.md).
 `TableBound` replaces that: it keeps, per partition, the table's keys in the
 order of their last write, rebuilds that order from the table itself after
 every recovery, and deletes what is too old or over the size bound with a
-tombstone in the changelog, so the bound holds in memory, in Kafka and after
+tombstone in the changelog (`sweep`, then `delete_through`), so the bound holds in memory, in Kafka and after
 any number of restarts and rebalances.
 
 Every value of a bounded table says which partition it belongs to and when it
@@ -78,9 +78,13 @@ class TableBound:
             entries.sort(key=lambda e: e[0])
             self.index[partition] = OrderedDict((key, t) for t, key in entries)
 
-    def sweep(self, now: Callable[[int], float]) -> int:
-        """Delete keys past the TTL or over the size bound, oldest first."""
-        deleted = 0
+    def sweep(self, now: Callable[[int], float]) -> list[tuple[int, Any]]:
+        """Delete keys past the TTL or over the size bound, oldest first.
+
+        Returns the evicted (partition, key) pairs: the caller writes their
+        tombstones (`delete_through`).
+        """
+        evicted = []
         for partition, keys in self.index.items():
             cutoff = now(partition) - self.ttl
             while keys:
@@ -89,9 +93,8 @@ class TableBound:
                     break
                 del keys[key]
                 self.table.data.pop(key, None)
-                self.table.send_changelog(partition, key, None, value_serializer="raw")
-                deleted += 1
-        return deleted
+                evicted.append((partition, key))
+        return evicted
 
 
 async def write_through(app: Any, table: Any, partition: int, items: Iterable[tuple[bytes, bytes]]) -> None:
@@ -110,3 +113,16 @@ async def write_through(app: Any, table: Any, partition: int, items: Iterable[tu
     topic = table.changelog_topic
     for key, value in items:
         await app.publish(topic, key, value, source_partition=partition, partition=partition)
+
+
+async def delete_through(app: Any, table: Any, evicted: Iterable[tuple[int, Any]]) -> None:
+    """Write a tombstone to the changelog for each evicted (partition, key).
+
+    Awaited sends, like `write_through`: Faust's `send_changelog` queues a
+    FutureMessage per key without back-pressure, and at a million churning
+    addresses that queue grew by hundreds of MB (benchmarks/memory.py).
+    """
+    topic = table.changelog_topic
+    for partition, key in evicted:
+        raw_key, _ = topic.prepare_key(key, table.key_serializer)
+        await app.publish(topic, raw_key, None, source_partition=partition, partition=partition)
