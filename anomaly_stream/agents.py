@@ -2,11 +2,11 @@
 
 An agent body reads as the pipeline; the work is in `detector.process_batch`.
 Each event is one partition's batch (see `consumer`), so the agent writes
-each touched sender's profile once per batch. A batch is acknowledged when
-the agent asks for the next one, after its sends and table writes have been
-handed to the producer; Faust flushes the producer before every offset
-commit (or commits them in one transaction with exactly_once), so an offset
-is never committed ahead of what its message produced.
+each touched sender's profile once per batch. A batch is acknowledged once
+its sends and table writes have been handed to the producer; Faust flushes
+the producer before every offset commit (or, with exactly_once, commits them
+in one transaction, between batches), so an offset is never committed ahead
+of what its message produced.
 """
 
 from __future__ import annotations
@@ -97,69 +97,79 @@ def register(app, settings, topics, tables, cache, enricher) -> None:
         raw = tables.profiles.get(sender.encode())
         return None if raw is None else AddressProfile.from_bytes(raw)
 
+    async def handle(batch) -> None:
+        started = time.perf_counter()
+        partition = batch.partition
+        model = models.get(partition)
+        result = process_batch(model, batch.records, lookup, partition)
+
+        for dead in result.dead_letters:
+            await app.publish(
+                topics.dlq, dead.record.key, dead.record.value,
+                source_partition=partition, partition=partition, headers={
+                    "dlq-reason": dead.reason.encode(),
+                    "dlq-detail": dead.detail.encode(),
+                    "dlq-source-topic": input_topic.encode(),
+                    "dlq-source-partition": b"%d" % partition,
+                    "dlq-source-offset": b"%d" % dead.record.offset,
+                },
+            )
+            metrics.TRANSACTIONS_DEAD_LETTERED.labels(dead.reason).inc()
+        for sender, record in result.rekeyed:
+            await app.publish(topics.transactions, sender.encode(), record.value, source_partition=partition)
+
+        touch = tables.profiles_bound.touch
+        written = []
+        for sender, profile in result.profiles.items():
+            key = sender.encode()
+            written.append((key, profile.to_bytes()))
+            touch(partition, key, profile.last_seen)
+        await write_through(app, tables.profiles, partition, written)
+
+        if result.anomalies:
+            await enricher.enrich(result.anomalies)
+            window = tables.anomaly_buffer.window.ranges(time.time())[-1]
+            for document in result.anomalies:
+                value = encode(document)
+                key = (document["tx_hash"], window)
+                tables.anomaly_buffer[key] = value
+                tables.buffer_bound.touch(partition, key, document["detected_at"])
+                await app.publish(topics.anomalies, document["address"].encode(), value,
+                                  source_partition=partition, partition=partition)
+                log.info("anomaly_flagged", tx=document["tx_hash"], address=document["address"],
+                         score=document["score"], threshold=document["threshold"])
+            # Cached address views would hide the new anomalies until their TTL ran
+            # out. Bounded by REDIS_TIMEOUT_SECONDS, and skipped while Redis is down.
+            await cache.invalidate("address", [d["address"] for d in result.anomalies])
+
+        now = time.time()
+        watermarks[partition] = max(watermarks.get(partition, 0.0), result.latest_event_time)
+        if models.checkpoint_due(partition, now):
+            await models.checkpoint(partition, now)
+
+        n = len(batch.records)
+        metrics.TRANSACTIONS_CONSUMED.inc(n)
+        metrics.TRANSACTIONS_PROCESSED.inc(result.processed)
+        metrics.TRANSACTIONS_REKEYED.inc(len(result.rekeyed))
+        metrics.ANOMALIES_PUBLISHED.inc(len(result.anomalies))
+        metrics.BATCH_SIZE.observe(n)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.MODEL_THRESHOLD.labels(partition).set(model.threshold)
+        metrics.MODEL_EVENTS_SEEN.labels(partition).set(model.seen)
+        for score in result.scores[::16]:
+            metrics.ANOMALY_SCORE.observe(score)
+
     @app.agent(topics.transactions, name="detect")
     async def detect(batches):
         async for batch in batches:
-            started = time.perf_counter()
-            partition = batch.partition
-            model = models.get(partition)
-            result = process_batch(model, batch.records, lookup, partition)
-
-            for dead in result.dead_letters:
-                await app.publish(
-                    topics.dlq, dead.record.key, dead.record.value,
-                    source_partition=partition, partition=partition, headers={
-                        "dlq-reason": dead.reason.encode(),
-                        "dlq-detail": dead.detail.encode(),
-                        "dlq-source-topic": input_topic.encode(),
-                        "dlq-source-partition": b"%d" % partition,
-                        "dlq-source-offset": b"%d" % dead.record.offset,
-                    },
-                )
-                metrics.TRANSACTIONS_DEAD_LETTERED.labels(dead.reason).inc()
-            for sender, record in result.rekeyed:
-                await app.publish(topics.transactions, sender.encode(), record.value, source_partition=partition)
-
-            touch = tables.profiles_bound.touch
-            written = []
-            for sender, profile in result.profiles.items():
-                key = sender.encode()
-                written.append((key, profile.to_bytes()))
-                touch(partition, key, profile.last_seen)
-            await write_through(app, tables.profiles, partition, written)
-
-            if result.anomalies:
-                await enricher.enrich(result.anomalies)
-                window = tables.anomaly_buffer.window.ranges(time.time())[-1]
-                for document in result.anomalies:
-                    value = encode(document)
-                    key = (document["tx_hash"], window)
-                    tables.anomaly_buffer[key] = value
-                    tables.buffer_bound.touch(partition, key, document["detected_at"])
-                    await app.publish(topics.anomalies, document["address"].encode(), value,
-                                      source_partition=partition, partition=partition)
-                    log.info("anomaly_flagged", tx=document["tx_hash"], address=document["address"],
-                             score=document["score"], threshold=document["threshold"])
-                # Cached address views would hide the new anomalies until their TTL ran
-                # out. Bounded by REDIS_TIMEOUT_SECONDS, and skipped while Redis is down.
-                await cache.invalidate("address", [d["address"] for d in result.anomalies])
-
-            now = time.time()
-            watermarks[partition] = max(watermarks.get(partition, 0.0), result.latest_event_time)
-            if models.checkpoint_due(partition, now):
-                await models.checkpoint(partition, now)
-
-            n = len(batch.records)
-            metrics.TRANSACTIONS_CONSUMED.inc(n)
-            metrics.TRANSACTIONS_PROCESSED.inc(result.processed)
-            metrics.TRANSACTIONS_REKEYED.inc(len(result.rekeyed))
-            metrics.ANOMALIES_PUBLISHED.inc(len(result.anomalies))
-            metrics.BATCH_SIZE.observe(n)
-            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-            metrics.MODEL_THRESHOLD.labels(partition).set(model.threshold)
-            metrics.MODEL_EVENTS_SEEN.labels(partition).set(model.seen)
-            for score in result.scores[::16]:
-                metrics.ANOMALY_SCORE.observe(score)
+            # With exactly_once, Faust commits the open transaction on a timer: a
+            # commit in the middle of a batch would make its anomalies visible with
+            # only the previous offsets, and a crash would then repeat them. The
+            # consumer commits only while no batch holds this lock, and the batch is
+            # acknowledged before it lets go.
+            async with app.batch_lock:
+                await handle(batch)
+                batches.current_event.ack()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:

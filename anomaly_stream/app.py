@@ -7,6 +7,7 @@ benchmarks start real worker processes with their own environment.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ class App(faust.App):
     """A Faust App whose consumer hands the input topic to agents in batches."""
 
     settings: Settings
+    batch_lock: asyncio.Lock  # held by the agent for a whole batch (see agents.detect)
 
     def _new_transport(self):
         return BatchingTransport(self.conf.broker_consumer, self)
@@ -100,6 +102,7 @@ def create_app(settings: Settings) -> App:
         autodiscover=False,
     )
     app.settings = settings
+    app.batch_lock = asyncio.Lock()
     partitions = settings.kafka_input_partitions
     raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": partitions}
     topics = Topics(

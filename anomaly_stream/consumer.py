@@ -89,6 +89,14 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self._read_offset = ReadOffsets()
         self._holes: dict[TP, tuple[int, int]] = {}
 
+    async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
+        if self.in_transaction:
+            # Between batches only: the transaction then holds exactly the sends
+            # of the batches whose offsets it commits (agents.detect).
+            async with self.app.batch_lock:
+                return await super()._commit_tps(tps, start_new_transaction)
+        return await super()._commit_tps(tps, start_new_transaction)
+
     async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
         if self.in_transaction:
             # Table writes wait in Faust's send buffer. At-least-once commits flush
