@@ -101,8 +101,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         if self.in_transaction:
             # Table writes wait in Faust's send buffer. At-least-once commits flush
             # it first; exactly_once commits did not, so a batch's table writes could
-            # land in the next transaction (lost if that one aborts), or after the
-            # transaction a rebalance ends, which crashes the worker.
+            # land in the next transaction (lost if that one aborts).
             await self.app.producer.buffer.flush()
         return await super()._commit_offsets(offsets, start_new_transaction)
 
