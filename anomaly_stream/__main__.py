@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     if command == "generate":
         return run_generate(settings, rest)
     if command == "backtest":
-        from .backtest import main as backtest_main
+        from .tools.backtest import main as backtest_main
 
         return backtest_main(rest, settings)
     if command == "ingest":
-        from .ingest import main as ingest_main
+        from .chain.ingest import main as ingest_main
 
         return ingest_main(settings, rest)
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
@@ -49,7 +49,7 @@ def run_worker(settings: Settings, faust_args: list[str]) -> int:
     import mode.loop
 
     mode.loop.use("uvloop")  # measured: Faust's per-batch overhead drops by about a third
-    from .app import app
+    from .stream.app import app
 
     # At warn or above, Faust's terminal spinner sets the root logger to DEBUG and
     # every produced message builds log records (a sixth of the worker's time);
@@ -61,7 +61,7 @@ def run_worker(settings: Settings, faust_args: list[str]) -> int:
 
 
 def run_generate(settings: Settings, args: list[str]) -> int:
-    from .generate import GeneratorConfig, TrafficGenerator
+    from .tools.generate import GeneratorConfig, TrafficGenerator
 
     parser = argparse.ArgumentParser(prog="anomaly-stream generate")
     parser.add_argument("--count", type=int, default=100_000)
@@ -85,7 +85,7 @@ async def produce(settings: Settings, txs, rate: float) -> int:
     """Send transactions keyed by sender, as every producer to the input topic should."""
     from aiokafka import AIOKafkaProducer
 
-    from .topics import ensure_topics
+    from .stream.topics import ensure_topics
 
     await ensure_topics(settings)
     producer = AIOKafkaProducer(

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from throughput import write_result  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
 from anomaly_stream.settings import Settings  # noqa: E402
 from scaling import ensure_topics_settled  # noqa: E402
 from tests.support import KAFKA, WorkerProcess, deployment_env  # noqa: E402

@@ -5,7 +5,7 @@
                                            [--target-flag-rates 0.005,0.01,0.015] [--json OUT.json]
 
 Generates a fixed labelled stream with `TrafficGenerator` (cached as JSONL
-under /tmp), replays it through `anomaly_stream.backtest.replay_jsonl` (which
+under /tmp), replays it through `anomaly_stream.tools.backtest.replay_jsonl` (which
 runs `detector.process_batch`, the worker's hot path) with the default
 `ModelConfig` (or the trees / seed given), and prints per scenario: recall
 at 1% false positives (one global score cut leaving 1% of normal traffic
@@ -30,9 +30,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anomaly_stream.backtest import replay_jsonl, report  # noqa: E402
-from anomaly_stream.generate import SCENARIOS, GeneratorConfig, TrafficGenerator  # noqa: E402
-from anomaly_stream.model import ModelConfig  # noqa: E402
+from anomaly_stream.tools.backtest import replay_jsonl, report  # noqa: E402
+from anomaly_stream.tools.generate import SCENARIOS, GeneratorConfig, TrafficGenerator  # noqa: E402
+from anomaly_stream.detect.model import ModelConfig  # noqa: E402
 
 
 def stream_file(count: int, seed: int) -> Path:

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from throughput import write_result  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from anomaly_stream.backtest import kafka_partition  # noqa: E402
-from anomaly_stream.features import AddressProfile  # noqa: E402
+from anomaly_stream.tools.backtest import kafka_partition  # noqa: E402
+from anomaly_stream.detect.features import AddressProfile  # noqa: E402
 from anomaly_stream.settings import Settings  # noqa: E402
 from scaling import ensure_topics_settled  # noqa: E402
 from tests.support import KAFKA, WorkerProcess, deployment_env  # noqa: E402

@@ -38,9 +38,9 @@ from throughput import (  # noqa: E402
     PARTITIONS, bare_loop, latency_run, percentile, worker_throughput, write_result,
 )
 
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
 from anomaly_stream.settings import Settings  # noqa: E402
-from anomaly_stream.topics import ensure_topics  # noqa: E402
+from anomaly_stream.stream.topics import ensure_topics  # noqa: E402
 from tests.support import WorkerProcess, deployment_env, produce  # noqa: E402
 
 SHARES = (0.25, 0.5, 0.9)
@@ -52,7 +52,7 @@ async def ensure_topics_settled(settings: Settings, attempts: int = 40) -> None:
     Right after CreateTopics the broker's metadata can show the topic without its
     partitions; `ensure_topics` then raises TopicMismatch (reported to the owner).
     """
-    from anomaly_stream.topics import TopicMismatch
+    from anomaly_stream.stream.topics import TopicMismatch
 
     for attempt in range(attempts):
         try:

@@ -44,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from throughput import write_result  # noqa: E402
 
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
 from anomaly_stream.settings import Settings  # noqa: E402
-from anomaly_stream.topics import ensure_topics  # noqa: E402
+from anomaly_stream.stream.topics import ensure_topics  # noqa: E402
 from tests.support import REDIS_URL, WorkerProcess, deployment_env, keyed, produce, unique  # noqa: E402
 
 PARTITIONS = 4

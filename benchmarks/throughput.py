@@ -30,13 +30,13 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anomaly_stream.backtest import kafka_partition  # noqa: E402
-from anomaly_stream.detector import Record, process_batch  # noqa: E402
-from anomaly_stream.features import AddressProfile  # noqa: E402
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
-from anomaly_stream.model import ModelConfig, PartitionModel  # noqa: E402
+from anomaly_stream.tools.backtest import kafka_partition  # noqa: E402
+from anomaly_stream.detect.detector import Record, process_batch  # noqa: E402
+from anomaly_stream.detect.features import AddressProfile  # noqa: E402
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
+from anomaly_stream.detect.model import ModelConfig, PartitionModel  # noqa: E402
 from anomaly_stream.settings import Settings  # noqa: E402
-from anomaly_stream.topics import ensure_topics  # noqa: E402
+from anomaly_stream.stream.topics import ensure_topics  # noqa: E402
 from tests.support import KAFKA, WorkerProcess, deployment_env, produce  # noqa: E402
 
 PARTITIONS = 4

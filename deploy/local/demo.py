@@ -19,9 +19,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
 from anomaly_stream.settings import Settings  # noqa: E402
-from anomaly_stream.topics import ensure_topics  # noqa: E402
+from anomaly_stream.stream.topics import ensure_topics  # noqa: E402
 from tests.support import KAFKA, WorkerProcess, deployment_env  # noqa: E402
 
 COUNT, RATE = 60_000, 3_000  # transactions, per second

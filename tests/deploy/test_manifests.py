@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "deploy" / "docker-compose.yml"
-VIEWS = REPO / "anomaly_stream" / "views.py"
-APP = REPO / "anomaly_stream" / "app.py"
+VIEWS = REPO / "anomaly_stream" / "serve" / "views.py"
+APP = REPO / "anomaly_stream" / "stream" / "app.py"
 BIN = Path(sys.executable).parent
 # The Kubernetes version deploy/k8s/README.md names as the target.
 KUBERNETES_VERSION = "1.30.0"
@@ -165,7 +165,7 @@ def test_topics_cover_every_topic_the_worker_uses():
     declared = {t["spec"].get("topicName", t["metadata"]["name"]): t for t in find("KafkaTopic")}
     dlq = cm["KAFKA_DLQ_TOPIC"] or f"{cm['KAFKA_INPUT_TOPIC']}-dlq"
     tables = re.findall(r"""app\.Table\(\s*["']([^"']+)["']""", APP.read_text())
-    assert tables, "no app.Table(...) found in anomaly_stream/app.py"
+    assert tables, "no app.Table(...) found in anomaly_stream/stream/app.py"
     changelogs = [f"{app_id}-{table}-changelog" for table in tables]
     for name in [cm["KAFKA_INPUT_TOPIC"], cm["KAFKA_ANOMALIES_TOPIC"], dlq, *changelogs]:
         assert name in declared, f"no KafkaTopic for {name}"

@@ -8,7 +8,7 @@ import random
 import orjson
 import pytest
 
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
 from ..support import consume_all, keyed, produce, run
 

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from web3 import HTTPProvider, Web3
 
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
 from ..support import consume_all, deployment_env, keyed, produce, run
 from .test_detector import outlier

@@ -28,7 +28,7 @@ import time
 import orjson
 import pytest
 
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
 from ..support import KAFKA, REPO, consume_all, deployment_env, keyed, run
 from .test_detector import stream_with_outliers
@@ -143,7 +143,7 @@ def prepare(env: dict[str, str]) -> dict[str, str]:
     on a loaded machine; reported to the owner of topics.py).
     """
     from anomaly_stream.settings import Settings
-    from anomaly_stream.topics import TopicMismatch, ensure_topics
+    from anomaly_stream.stream.topics import TopicMismatch, ensure_topics
 
     for attempt in range(20):
         try:

@@ -25,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from web3 import HTTPProvider, Web3
 
-from anomaly_stream.schema import validate
+from anomaly_stream.detect.schema import validate
 
 from ..support import REPO, consume_all, free_port, run, deployment_env
 
@@ -313,7 +313,7 @@ async def test_rpc_retries_rate_limits_errors_and_timeouts(stack):
     from aiohttp import web
 
     from anomaly_stream.metrics import ETH_RPC_ERRORS
-    from anomaly_stream.rpc import RpcClient
+    from anomaly_stream.chain.rpc import RpcClient
 
     faults = ["429", "503", "stall", "rpc_error"]
 

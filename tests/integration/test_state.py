@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
 from ..support import consume_all, keyed, produce, run, deployment_env
 from .test_detector import outlier, stream_with_outliers

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
 from ..support import deployment_env, free_port, keyed, produce, run
 

@@ -1,4 +1,4 @@
-"""Tests for the backtest (anomaly_stream.backtest): metrics, replay and the Shuttle bar."""
+"""Tests for the backtest (anomaly_stream.tools.backtest): metrics, replay and the Shuttle bar."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from anomaly_stream import backtest
-from anomaly_stream.backtest import kafka_partition, pr_auc, roc_auc, roc_curve
-from anomaly_stream.generate import SCENARIOS, GeneratorConfig, TrafficGenerator
+from anomaly_stream.tools import backtest
+from anomaly_stream.tools.backtest import kafka_partition, pr_auc, roc_auc, roc_curve
+from anomaly_stream.tools.generate import SCENARIOS, GeneratorConfig, TrafficGenerator
 
 REPORT_KEYS = {"n", "flagged", "roc_auc", "pr_auc", "precision", "recall", "tx_per_s"}
 

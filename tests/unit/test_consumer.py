@@ -2,7 +2,7 @@
 
 from faust.types import TP
 
-from anomaly_stream.consumer import ReadOffsets
+from anomaly_stream.stream.consumer import ReadOffsets
 
 TP0 = TP("transactions", 0)
 

@@ -1,4 +1,4 @@
-"""Tests for the batch hot path (anomaly_stream.detector)."""
+"""Tests for the batch hot path (anomaly_stream.detect.detector)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import orjson
 import pytest
 
-from anomaly_stream.detector import (
+from anomaly_stream.detect.detector import (
     ANOMALY_SCHEMA,
     DeadLetter,
     Record,
@@ -15,9 +15,9 @@ from anomaly_stream.detector import (
     encode,
     process_batch,
 )
-from anomaly_stream.features import AddressProfile
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator
-from anomaly_stream.model import ModelConfig, PartitionModel
+from anomaly_stream.detect.features import AddressProfile
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
+from anomaly_stream.detect.model import ModelConfig, PartitionModel
 
 DOCUMENT_KEYS = {
     "schema", "tx_hash", "address", "to", "value_wei", "value_eth", "gas_price_gwei",
@@ -163,7 +163,7 @@ def test_threshold_is_fixed_for_the_batch_and_updated_after(txs):
 
 
 def test_anomaly_document_direct():
-    from anomaly_stream.schema import Tx
+    from anomaly_stream.detect.schema import Tx
 
     tx = Tx("0x" + "aa" * 32, "0x" + "bb" * 20, None, 3 * 10**18, 21000, 25 * 10**9, 10**9, 1, 0,
             None, None, None, None, None)

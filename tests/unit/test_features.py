@@ -1,4 +1,4 @@
-"""Tests for feature extraction and sender profiles (anomaly_stream.features)."""
+"""Tests for feature extraction and sender profiles (anomaly_stream.detect.features)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import statistics
 import orjson
 import pytest
 
-from anomaly_stream.features import (
+from anomaly_stream.detect.features import (
     BURST_TAU_SECONDS,
     FEATURE_NAMES,
     FEATURES,
@@ -21,8 +21,8 @@ from anomaly_stream.features import (
     extract,
     unscale,
 )
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator
-from anomaly_stream.schema import WEI_PER_ETH, WEI_PER_GWEI, Tx, decode
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
+from anomaly_stream.detect.schema import WEI_PER_ETH, WEI_PER_GWEI, Tx, decode
 
 SENDER = "0x" + "ab" * 20
 T0 = 1_700_000_000.0

@@ -13,11 +13,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anomaly_stream.detector import PROCESSING_ERROR, Record, process_batch
-from anomaly_stream.features import AddressProfile
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator
-from anomaly_stream.model import ModelConfig, PartitionModel
-from anomaly_stream.schema import REASONS
+from anomaly_stream.detect.detector import PROCESSING_ERROR, Record, process_batch
+from anomaly_stream.detect.features import AddressProfile
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
+from anomaly_stream.detect.model import ModelConfig, PartitionModel
+from anomaly_stream.detect.schema import REASONS
 
 from .test_schema import FIELDS, base_tx, json_values, raw
 

@@ -1,4 +1,4 @@
-"""Tests for the synthetic transaction generator (anomaly_stream.generate)."""
+"""Tests for the synthetic transaction generator (anomaly_stream.tools.generate)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from anomaly_stream.generate import (
+from anomaly_stream.tools.generate import (
     DEFAULT_SCENARIO_RATES,
     SCENARIOS,
     GeneratorConfig,

@@ -1,4 +1,4 @@
-"""Tests for the per-partition detector (anomaly_stream.model)."""
+"""Tests for the per-partition detector (anomaly_stream.detect.model)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from anomaly_stream.features import FEATURE_NAMES, unscale
-from anomaly_stream.model import CHECKPOINT_VERSION, ModelConfig, PartitionModel
+from anomaly_stream.detect.features import FEATURE_NAMES, unscale
+from anomaly_stream.detect.model import CHECKPOINT_VERSION, ModelConfig, PartitionModel
 from anomaly_stream.settings import Settings
 
 BATCH = 100

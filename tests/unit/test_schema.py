@@ -1,4 +1,4 @@
-"""Tests for decoding and validating input transactions (anomaly_stream.schema)."""
+"""Tests for decoding and validating input transactions (anomaly_stream.detect.schema)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anomaly_stream.generate import GeneratorConfig, TrafficGenerator
-from anomaly_stream.schema import (
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
+from anomaly_stream.detect.schema import (
     MAX_GAS,
     MAX_VALUE_WEI,
     MIN_TIMESTAMP,

@@ -1,10 +1,10 @@
-"""Tests for size and TTL bounds of changelogged tables (anomaly_stream.state)."""
+"""Tests for size and TTL bounds of changelogged tables (anomaly_stream.stream.state)."""
 
 from __future__ import annotations
 
 import pytest
 
-from anomaly_stream.state import TableBound
+from anomaly_stream.stream.state import TableBound
 
 
 class FakeTable:
@@ -136,8 +136,8 @@ def test_bound_holds_after_sweep(n):
 def test_values_kept_in_tables_hold_only_their_own_bytes():
     import tracemalloc
 
-    from anomaly_stream.detector import encode
-    from anomaly_stream.features import AddressProfile
+    from anomaly_stream.detect.detector import encode
+    from anomaly_stream.detect.features import AddressProfile
 
     tracemalloc.start()
     try:

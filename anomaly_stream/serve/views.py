@@ -26,8 +26,8 @@ from aiohttp import ClientError, ClientTimeout, web
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from . import __version__, metrics
-from .features import AddressProfile
+from .. import __version__, metrics
+from ..detect.features import AddressProfile
 from .openapi import OPENAPI
 
 log = structlog.get_logger(__name__)

@@ -17,11 +17,11 @@ import time
 import orjson
 import structlog
 
-from . import metrics
-from .cache import Cache
+from .. import metrics
+from ..serve.cache import Cache
 from .rpc import RpcClient
-from .schema import WEI_PER_ETH
-from .settings import Settings
+from ..detect.schema import WEI_PER_ETH
+from ..settings import Settings
 
 log = structlog.get_logger(__name__)
 COOL_DOWN_SECONDS = 5.0

@@ -14,7 +14,7 @@ import asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from .settings import Settings
+from ..settings import Settings
 
 
 class TopicMismatch(RuntimeError):

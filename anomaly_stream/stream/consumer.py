@@ -23,7 +23,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Service
 
-from .detector import Record
+from ..detect.detector import Record
 
 
 class RecordBatch(NamedTuple):

@@ -15,10 +15,9 @@ from typing import Callable, Iterable, NamedTuple
 
 import orjson
 
-from .features import AddressProfile, extract
+from .features import AddressProfile, compact, extract
 from .model import PartitionModel
 from .schema import WEI_PER_ETH, WEI_PER_GWEI, InvalidTransaction, Tx, decode
-from .state import compact
 
 ANOMALY_SCHEMA = "anomaly_stream.anomaly/v1"
 # The dead-letter reason for a valid transaction the features or model failed on.

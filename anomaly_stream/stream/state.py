@@ -21,17 +21,6 @@ from typing import Any, Callable, Iterable
 Locate = Callable[[Any, Any], tuple[int, float]]
 
 
-def compact(raw: bytes) -> bytes:
-    """A copy of `raw` that holds only its own length, for values kept in tables.
-
-    orjson (3.12+) returns even a 70-byte document inside its 4 KiB write
-    buffer; kept in a table, that made each address profile cost ~4.3 KB of
-    resident memory instead of ~0.3 KB (benchmarks/memory.py). The copy costs
-    about 0.1 us.
-    """
-    return bytes(memoryview(raw))
-
-
 class TableBound:
     def __init__(self, table: Any, ttl_seconds: float, max_per_partition: int, locate: Locate):
         self.table = table

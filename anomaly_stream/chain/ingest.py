@@ -55,7 +55,7 @@ import orjson
 import structlog
 from prometheus_client import start_http_server
 
-from .metrics import (
+from ..metrics import (
     ETH_BLOCKS_BEHIND_HEAD,
     INGEST_BLOCKS_PUBLISHED,
     INGEST_ORPHANED_BLOCKS,
@@ -63,9 +63,9 @@ from .metrics import (
     INGEST_TRANSACTIONS_PUBLISHED,
 )
 from .rpc import RpcClient, RpcError
-from .settings import Settings
+from ..settings import Settings
 
-log = structlog.get_logger("anomaly_stream.ingest")
+log = structlog.get_logger("anomaly_stream.chain.ingest")
 
 KEEP_HASHES = 256  # published block hashes kept (and checkpointed) to find a fork point
 RECEIPT_CHUNK = 100  # receipts per JSON-RPC batch when the node has no eth_getBlockReceipts
@@ -147,7 +147,7 @@ class Ingester:
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
         from aiokafka.errors import TopicAlreadyExistsError
 
-        from .topics import ensure_topics
+        from ..stream.topics import ensure_topics
 
         await ensure_topics(self.settings)  # the input topic, with the configured partition count
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)

@@ -10,7 +10,7 @@ import aiohttp
 import structlog
 from web3 import AsyncHTTPProvider, AsyncWeb3  # imported up front: it takes a second or two
 
-from .metrics import ETH_RPC_ERRORS, ETH_RPC_LATENCY
+from ..metrics import ETH_RPC_ERRORS, ETH_RPC_LATENCY
 
 log = structlog.get_logger(__name__)
 

@@ -3,7 +3,7 @@
     anomaly-stream backtest PATH [--label-field NAME] [--report OUT.json]
                                  [--plot OUT.png] [--partitions N] [--batch-size N]
                                  [--features col1,col2,...] [--scale online|none]
-    python -m anomaly_stream.backtest --export-shuttle OUT.csv
+    python -m anomaly_stream.tools.backtest --export-shuttle OUT.csv
 
 JSONL mode (the default): one transaction per line in the documented schema,
 read in file order. Each line goes to the partition Kafka's default
@@ -42,9 +42,9 @@ import numpy as np
 import orjson
 from aiokafka.partitioner import murmur2
 
-from .detector import Record, process_batch
-from .features import AddressProfile
-from .model import ModelConfig, PartitionModel
+from ..detect.detector import Record, process_batch
+from ..detect.features import AddressProfile
+from ..detect.model import ModelConfig, PartitionModel
 
 NORMAL = "normal"
 DEFAULT_BATCH_SIZE = 500

@@ -19,8 +19,8 @@ from typing import Awaitable, Callable
 import redis.asyncio as redis
 import structlog
 
-from . import metrics
-from .settings import Settings
+from .. import metrics
+from ..settings import Settings
 
 log = structlog.get_logger(__name__)
 COOL_DOWN_SECONDS = 2.0

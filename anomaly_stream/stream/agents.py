@@ -15,10 +15,10 @@ import time
 
 import structlog
 
-from . import metrics
-from .detector import process_batch, encode
-from .features import AddressProfile
-from .model import ModelConfig, PartitionModel
+from .. import metrics
+from ..detect.detector import process_batch, encode
+from ..detect.features import AddressProfile
+from ..detect.model import ModelConfig, PartitionModel
 from .state import delete_through, write_through
 
 log = structlog.get_logger(__name__)

@@ -1,6 +1,6 @@
 """The one Faust App: topics, tables and where everything registers.
 
-`faust -A anomaly_stream.app worker` and `anomaly-stream worker` both run the
+`faust -A anomaly_stream.stream.app worker` and `anomaly-stream worker` both run the
 module-level `app`, built from the environment (see `settings`). Tests and
 benchmarks start real worker processes with their own environment.
 """
@@ -14,12 +14,13 @@ from typing import Any
 import faust
 import orjson
 
-from . import agents, views
-from .cache import Cache
+from . import agents
+from ..serve import views
+from ..serve.cache import Cache
 from .consumer import BatchingTransport
-from .enrich import Enricher
-from .features import AddressProfile
-from .settings import Settings
+from ..chain.enrich import Enricher
+from ..detect.features import AddressProfile
+from ..settings import Settings
 from .state import TableBound
 from .topics import ensure_topics
 
