@@ -3,7 +3,7 @@
     anomaly-stream backtest PATH [--label-field NAME] [--report OUT.json]
                                  [--plot OUT.png] [--partitions N] [--batch-size N]
                                  [--features col1,col2,...] [--scale online|none]
-    python -m anomaly_stream.tools.backtest --export-shuttle OUT.csv
+    python -m anomaly_stream.tools.backtest --export-shuttle OUT.csv   (tools.shuttle)
 
 JSONL mode (the default): one transaction per line in the documented schema,
 read in file order. Each line goes to the partition Kafka's default
@@ -20,9 +20,13 @@ as River's own half-space-tree examples do) or taken as already in [0, 1]
 (`--scale none`). This checks the model itself, e.g. on River's bundled
 Shuttle data (`--export-shuttle`).
 
-With a label field (truthy = anomalous) the report has ROC-AUC, PR-AUC
-(average precision), precision and recall at the operating threshold, and per
-label value the recall and the false-positive rate on normal traffic.
+The report always has the flag rate over all traffic (for unlabelled real
+traffic, the number to watch). With a label field (truthy = anomalous) it has
+ROC-AUC, PR-AUC (average precision), precision, recall and the false-positive
+rate on normal traffic at the operating flags, recall at the score cuts that
+let 1% and 0.1% of normal traffic through, and per label value the recall at
+each of those (metrics: `evaluation`). `--plot` draws ROC curves per label,
+precision-recall and score distributions (`plots.detection`).
 """
 
 from __future__ import annotations
@@ -30,10 +34,8 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import struct
 import sys
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -45,74 +47,15 @@ from aiokafka.partitioner import murmur2
 from ..detect.detector import Record, process_batch
 from ..detect.features import AddressProfile
 from ..detect.model import ModelConfig, PartitionModel
+from .evaluation import FPR_POINTS, NORMAL, evaluate
+from .shuttle import export_shuttle
 
-NORMAL = "normal"
 DEFAULT_BATCH_SIZE = 500
 
 
 def kafka_partition(key: bytes, partitions: int) -> int:
     """The partition the Java client (and aiokafka's DefaultPartitioner) gives a key."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-# -- metrics -------------------------------------------------------------------
-
-
-def roc_auc(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """Area under the ROC curve: the Mann-Whitney statistic, ties counted half."""
-    y = np.asarray(labels, dtype=bool)
-    s = np.asarray(scores, dtype=float)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = _average_ranks(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(s: np.ndarray) -> np.ndarray:
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    # Group equal scores; each group gets the mean of the 1-based ranks it spans.
-    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
-    ends = np.r_[starts[1:], len(s)]
-    mean_rank = (starts + 1 + ends) / 2.0
-    ranks = np.empty(len(s), dtype=float)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
-
-
-def _curve_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative true and false positives at each distinct threshold, highest first."""
-    order = np.argsort(-s, kind="mergesort")
-    y = y[order]
-    s = s[order]
-    last_of_group = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
-    tps = np.cumsum(y)[last_of_group]
-    fps = (last_of_group + 1) - tps
-    return tps.astype(float), fps.astype(float)
-
-
-def pr_auc(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """Average precision: sum over thresholds of precision x recall gained."""
-    y = np.asarray(labels, dtype=bool)
-    s = np.asarray(scores, dtype=float)
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        return float("nan")
-    tps, fps = _curve_points(y, s)
-    precision = tps / (tps + fps)
-    recall_gain = np.diff(np.r_[0.0, tps]) / n_pos
-    return float((precision * recall_gain).sum())
-
-
-def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates from (0, 0) to (1, 1)."""
-    y = np.asarray(labels, dtype=bool)
-    s = np.asarray(scores, dtype=float)
-    tps, fps = _curve_points(y, s)
-    n_pos, n_neg = max(int(y.sum()), 1), max(len(y) - int(y.sum()), 1)
-    return np.r_[0.0, fps / n_neg], np.r_[0.0, tps / n_pos]
 
 
 # -- replay ----------------------------------------------------------------------
@@ -285,150 +228,31 @@ def _truthy(value):
 
 
 def report(outcome: Outcome, labelled: bool, warm_only: bool = False) -> dict:
+    """The replay's counts and cost, and `evaluation.evaluate` over its scores.
+
+    `warm_only`: metrics only over events scored after the partition's warm-up.
+    """
     scores = np.asarray(outcome.scores, dtype=float)
     flagged = np.asarray(outcome.flagged, dtype=bool)
     labels = np.asarray(outcome.labels, dtype=object)
     if warm_only:
         keep = np.asarray(outcome.warm, dtype=bool)
         scores, flagged, labels = scores[keep], flagged[keep], labels[keep]
-    n = len(scores)
+    metrics = evaluate(scores, flagged, labels, labelled=labelled)
     result: dict = {
-        "n": n,
+        "n": metrics.pop("n"),
         "lines": outcome.lines,
         "dead_letters": sum(outcome.dead_letters.values()),
         "dead_letter_reasons": dict(sorted(outcome.dead_letters.items())),
-        "flagged": int(flagged.sum()),
-        "flag_rate": float(flagged.mean()) if n else 0.0,
+        "flagged": metrics.pop("flagged"),
+        "flag_rate": metrics.pop("flag_rate"),
         "partitions": outcome.partitions,
         "warm_only": warm_only,
         "tx_per_s": round(len(outcome.scores) / outcome.seconds, 1) if outcome.seconds else None,
         "us_per_tx": round(1e6 * outcome.seconds / len(outcome.scores), 2) if outcome.scores else None,
-        "roc_auc": None, "pr_auc": None, "precision": None, "recall": None,
     }
-    if not labelled or not n:
-        return result
-    y = labels != NORMAL
-    normal = ~y
-    tp = int((flagged & y).sum())
-    fp = int((flagged & normal).sum())
-    result.update(
-        n_anomalous=int(y.sum()),
-        roc_auc=_clean(roc_auc(y, scores)),
-        pr_auc=_clean(pr_auc(y, scores)),
-        precision=_clean(tp / (tp + fp) if tp + fp else float("nan")),
-        recall=_clean(tp / y.sum() if y.sum() else float("nan")),
-        false_positive_rate=_clean(fp / normal.sum() if normal.sum() else float("nan")),
-    )
-    per_label = {}
-    normal_scores = scores[normal]
-    for name in sorted(set(labels[y].tolist())):
-        mine = labels == name
-        both = mine | normal
-        per_label[name] = {
-            "n": int(mine.sum()),
-            "flagged": int((flagged & mine).sum()),
-            "recall": _clean(float((flagged & mine).sum()) / mine.sum()),
-            "roc_auc_vs_normal": _clean(roc_auc(mine[both], scores[both])) if len(normal_scores) else None,
-        }
-    result["per_label"] = per_label
+    result.update(metrics)
     return result
-
-
-def _clean(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 6)
-
-
-# -- plot: a dependency-free PNG ---------------------------------------------------------
-
-_COLOURS = {NORMAL: (60, 110, 200), "anomalous": (220, 60, 40)}
-
-
-def write_png(path: str | Path, pixels: np.ndarray) -> None:
-    """Write an (h, w, 3) uint8 array as an RGB PNG with zlib and struct only."""
-    h, w, _ = pixels.shape
-    raw = b"".join(b"\x00" + pixels[row].tobytes() for row in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    png = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
-    Path(path).write_bytes(png)
-
-
-def plot(outcome: Outcome, path: str | Path, threshold: float | None = None) -> None:
-    """Left: score histograms (log counts) of normal vs anomalous; right: the ROC curve.
-
-    Both panels span [0, 1] on the x axis with grid lines every 0.1. On the
-    left, blue is normal traffic and red is labelled traffic (each normalised
-    to its own peak, log scale); on the right, the ROC curve in red over the
-    grey diagonal.
-    """
-    size, pad = 400, 30
-    img = np.full((size + 2 * pad, 2 * (size + 2 * pad), 3), 255, dtype=np.uint8)
-    scores = np.asarray(outcome.scores, dtype=float)
-    y = np.asarray(outcome.labels, dtype=object) != NORMAL
-
-    def panel(i: int) -> np.ndarray:
-        x0 = i * (size + 2 * pad) + pad
-        view = img[pad:pad + size, x0:x0 + size]
-        for g in range(11):
-            k = min(int(g * size / 10), size - 1)
-            view[:, k] = (225, 225, 225)
-            view[k, :] = (225, 225, 225)
-        view[:, 0] = view[-1, :] = (0, 0, 0)
-        return view
-
-    hist_view = panel(0)
-    bins = 100
-    width = size // bins
-    for name, mask, colour in ((NORMAL, ~y, _COLOURS[NORMAL]), ("anomalous", y, _COLOURS["anomalous"])):
-        if not mask.any():
-            continue
-        counts, _ = np.histogram(scores[mask], bins=bins, range=(0.0, 1.0))
-        heights = np.log1p(counts) / np.log1p(counts.max())
-        for b, h in enumerate(heights):
-            top = size - int(h * (size - 1))
-            for x in range(b * width, (b + 1) * width):
-                hist_view[top:size, x] = (hist_view[top:size, x] * 0.5 + np.array(colour) * 0.5).astype(np.uint8)
-    if threshold is not None and 0 <= threshold <= 1:
-        hist_view[:, min(int(threshold * size), size - 1)] = (0, 0, 0)
-
-    roc_view = panel(1)
-    for k in range(size):
-        roc_view[size - 1 - k, k] = (150, 150, 150)
-    if y.any() and (~y).any():
-        fpr, tpr = roc_curve(y, scores)
-        grid = np.linspace(0.0, 1.0, 4 * size)
-        curve = np.interp(grid, fpr, tpr)
-        for fx, ty in zip(grid, curve):
-            px = min(int(fx * (size - 1)), size - 1)
-            py = size - 1 - min(int(ty * (size - 1)), size - 1)
-            roc_view[max(py - 1, 0):py + 2, max(px - 1, 0):px + 2] = _COLOURS["anomalous"]
-    write_png(path, img)
-
-
-# -- Shuttle -----------------------------------------------------------------------
-
-
-def export_shuttle(path: str | Path, limit: int | None = None) -> int:
-    """Write River's bundled Shuttle data set as CSV: f1..f9 and `anomaly`."""
-    from river import datasets
-
-    n = 0
-    with open(path, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow([f"f{i}" for i in range(1, 10)] + ["anomaly"])
-        for x, y in datasets.Shuttle():
-            writer.writerow([x[f"f{i}"] for i in range(1, 10)] + [y])
-            n += 1
-            if limit is not None and n >= limit:
-                break
-    return n
 
 
 # -- command -------------------------------------------------------------------
@@ -448,7 +272,8 @@ def main(argv: Sequence[str] | None = None, settings=None) -> int:
     parser.add_argument("path", nargs="?", help="JSONL transactions, or CSV with --features")
     parser.add_argument("--label-field", help="field whose truthy value marks an anomaly")
     parser.add_argument("--report", help="write the report as JSON here")
-    parser.add_argument("--plot", help="write a PNG of score distributions and the ROC curve here")
+    parser.add_argument("--plot", help="write a PNG of ROC curves per label, precision-recall and score "
+                                       "distributions here")
     parser.add_argument("--partitions", type=int, default=None,
                         help="input partitions to emulate (default: KAFKA_INPUT_PARTITIONS, else 8)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="records per partition batch")
@@ -489,12 +314,17 @@ def main(argv: Sequence[str] | None = None, settings=None) -> int:
     if opts.report:
         Path(opts.report).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     if opts.plot:
-        plot(outcome, opts.plot)
+        from . import plots  # matplotlib only when a plot is asked for
+
+        plots.detection(opts.plot, outcome, warm_only=opts.warm_only)
     print(format_summary(summary))
     return 0
 
 
 def format_summary(summary: dict) -> str:
+    def num(value, spec: str = ".3f") -> str:
+        return "-" if value is None else format(value, spec)
+
     lines = [
         f"n={summary['n']} flagged={summary['flagged']} ({summary['flag_rate']:.3%}) "
         f"dead_letters={summary['dead_letters']} tx/s={summary['tx_per_s']} us/tx={summary['us_per_tx']}"
@@ -505,10 +335,16 @@ def format_summary(summary: dict) -> str:
             f"precision={summary['precision']} recall={summary['recall']} "
             f"fpr={summary['false_positive_rate']}"
         )
-        lines.append(f"{'label':<26}{'n':>7}{'recall':>9}{'auc':>8}")
+        lines.append("  ".join(
+            f"recall at {key} FPR={num(summary.get(f'recall_at_{key}_fpr'))} "
+            f"(cut {num(summary.get(f'score_cut_at_{key}_fpr'), '.4f')})"
+            for key, _ in FPR_POINTS
+        ))
+        heads = "".join(f"{'@' + key:>9}" for key, _ in FPR_POINTS)
+        lines.append(f"{'label':<26}{'n':>7}{'recall':>9}{heads}{'auc':>8}")
         for name, row in summary.get("per_label", {}).items():
-            auc = row["roc_auc_vs_normal"]
-            lines.append(f"{name:<26}{row['n']:>7}{row['recall']:>9.3f}{auc if auc is None else f'{auc:.3f}':>8}")
+            at = "".join(f"{num(row.get(f'recall_at_{key}_fpr')):>9}" for key, _ in FPR_POINTS)
+            lines.append(f"{name:<26}{row['n']:>7}{num(row['recall']):>9}{at}{num(row['roc_auc_vs_normal']):>8}")
     return "\n".join(lines)
 
 

@@ -1,60 +1,27 @@
-"""Tests for the backtest (anomaly_stream.tools.backtest): metrics, replay and the Shuttle bar."""
+"""Tests for the backtest (anomaly_stream.tools.backtest): replay, the report, the CLI and the Shuttle bar.
+
+The metrics themselves are tested in test_evaluation.py, the figures in test_plots.py.
+"""
 
 from __future__ import annotations
-
-import random
 
 import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from anomaly_stream.tools import backtest
-from anomaly_stream.tools.backtest import kafka_partition, pr_auc, roc_auc, roc_curve
+from anomaly_stream.tools import backtest, shuttle
+from anomaly_stream.tools.backtest import kafka_partition
 from anomaly_stream.tools.generate import SCENARIOS, GeneratorConfig, TrafficGenerator
 
-REPORT_KEYS = {"n", "flagged", "roc_auc", "pr_auc", "precision", "recall", "tx_per_s"}
+# What benchmarks/quality.py and users read, and the fixed-FPR view.
+REPORT_KEYS = {"n", "lines", "flagged", "flag_rate", "roc_auc", "pr_auc", "precision", "recall", "tx_per_s",
+               "us_per_tx", "n_anomalous", "false_positive_rate", "per_label",
+               "recall_at_1pct_fpr", "recall_at_0.1pct_fpr", "score_cut_at_1pct_fpr", "score_cut_at_0.1pct_fpr",
+               "flag_rate_at_1pct_fpr", "flag_rate_at_0.1pct_fpr"}
+PER_LABEL_KEYS = {"n", "flagged", "recall", "roc_auc_vs_normal", "recall_at_1pct_fpr", "recall_at_0.1pct_fpr"}
 
 
-# -- metrics with hand-computed answers ------------------------------------------------
-
-
-def test_roc_auc_of_perfectly_separated_scores_is_one():
-    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
-    assert roc_auc([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9]) == 0.0
-
-
-def test_roc_auc_counts_ties_as_half():
-    assert roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
-    # Pairs (pos, neg): 0.9>0.5, 0.9>0.1, 0.5=0.5 (a half), 0.5>0.1: 3.5 of 4.
-    assert roc_auc([1, 1, 0, 0], [0.9, 0.5, 0.5, 0.1]) == pytest.approx(0.875)
-
-
-def test_roc_and_pr_auc_by_hand():
-    labels = [1, 0, 1, 0]
-    scores = [0.9, 0.8, 0.3, 0.1]
-    # Positive-negative pairs ranked right: (0.9>0.8), (0.9>0.1), (0.3>0.1) of 4.
-    assert roc_auc(labels, scores) == pytest.approx(0.75)
-    # Precision 1 at the first positive, 2/3 at the second, each half the recall.
-    assert pr_auc(labels, scores) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
-    fpr, tpr = roc_curve(labels, scores)
-    assert list(fpr) == [0.0, 0.0, 0.5, 0.5, 1.0]
-    assert list(tpr) == [0.0, 0.5, 0.5, 1.0, 1.0]
-
-
-def test_metrics_match_brute_force_on_random_data():
-    rng = random.Random(3)
-    labels = [rng.random() < 0.2 for _ in range(300)]
-    scores = [round(rng.random(), 2) for _ in range(300)]  # rounding makes ties
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    brute = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
-    assert roc_auc(labels, scores) == pytest.approx(brute)
-    assert 0.0 < pr_auc(labels, scores) <= 1.0
-
-
-def test_metrics_without_both_classes_are_nan():
-    assert roc_auc([0, 0], [0.1, 0.2]) != roc_auc([0, 0], [0.1, 0.2])  # nan
-    assert pr_auc([0, 0], [0.1, 0.2]) != pr_auc([0, 0], [0.1, 0.2])
+# -- partitioning ------------------------------------------------------------------------
 
 
 def test_partitioning_matches_aiokafka_default_partitioner():
@@ -96,6 +63,10 @@ def test_tiny_file_before_warm_up_has_known_answers(tmp_path):
     assert report["recall"] == 0.0
     assert report["precision"] is None  # nothing flagged
     assert report["per_label"]["test_attack"]["n"] == 10
+    # All scores 0: the 1% cut is 0 and nothing is above it.
+    assert report["score_cut_at_1pct_fpr"] == 0.0
+    assert report["recall_at_1pct_fpr"] == 0.0
+    assert report["per_label"]["test_attack"]["recall_at_0.1pct_fpr"] == 0.0
 
 
 def test_generator_labels_flow_through_and_plot_is_a_png(tmp_path):
@@ -116,7 +87,35 @@ def test_generator_labels_flow_through_and_plot_is_a_png(tmp_path):
     assert report["flagged"] > 0
     assert report["roc_auc"] > 0.6
     assert report["tx_per_s"] > 0
+    for row in report["per_label"].values():
+        assert PER_LABEL_KEYS <= set(row)
+    # Recall can only grow as the allowed false-positive rate does.
+    assert report["recall_at_0.1pct_fpr"] <= report["recall_at_1pct_fpr"]
+    assert report["score_cut_at_0.1pct_fpr"] >= report["score_cut_at_1pct_fpr"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_without_labels_keeps_the_flag_rate():
+    outcome = backtest.Outcome(scores=[0.1, 0.9, 0.5, 0.95], flagged=[False, True, False, True],
+                               labels=[backtest.NORMAL] * 4, warm=[False, True, True, True], lines=5,
+                               dead_letters={"malformed_json": 1}, seconds=0.5, partitions=2)
+    summary = backtest.report(outcome, labelled=False)
+    assert summary["n"] == 4 and summary["lines"] == 5 and summary["dead_letters"] == 1
+    assert summary["flagged"] == 2 and summary["flag_rate"] == 0.5
+    assert summary["roc_auc"] is None and summary["recall"] is None and "per_label" not in summary
+    assert summary["tx_per_s"] == 8.0 and summary["partitions"] == 2
+    warm = backtest.report(outcome, labelled=False, warm_only=True)
+    assert warm["n"] == 3 and warm["flag_rate"] == pytest.approx(2 / 3, abs=1e-9)
+    assert "n=4 flagged=2" in backtest.format_summary(summary)
+
+
+def test_format_summary_lists_recall_at_fixed_fpr():
+    outcome = backtest.Outcome(scores=[0.1, 0.2, 0.3, 0.9, 0.8], flagged=[False, False, False, True, False],
+                               labels=[backtest.NORMAL] * 3 + ["drain", "dust"], warm=[True] * 5, lines=5)
+    text = backtest.format_summary(backtest.report(outcome, labelled=True))
+    assert "recall at 1pct FPR=1.000" in text
+    assert "@0.1pct" in text
+    assert "drain" in text and "dust" in text
 
 
 def test_replay_scores_every_valid_line_once_in_partition_order():
@@ -134,7 +133,7 @@ def test_replay_scores_every_valid_line_once_in_partition_order():
 
 def test_default_model_reaches_090_roc_auc_on_shuttle(tmp_path):
     csv_path = tmp_path / "shuttle.csv"
-    assert backtest.export_shuttle(csv_path, limit=10_000) == 10_000
+    assert shuttle.export_shuttle(csv_path, limit=10_000) == 10_000
     out = tmp_path / "shuttle.json"
     features = ",".join(f"f{i}" for i in range(1, 10))
     assert backtest.main([str(csv_path), "--features", features, "--label-field", "anomaly",
@@ -143,3 +142,13 @@ def test_default_model_reaches_090_roc_auc_on_shuttle(tmp_path):
     assert report["n"] == 10_000
     assert report["n_anomalous"] == 712
     assert report["roc_auc"] >= 0.90  # River documents 0.9007 for HST here
+
+
+def test_export_shuttle_entry_points(tmp_path, capsys):
+    via_backtest, via_shuttle = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert backtest.main(["--export-shuttle", str(via_backtest), "--limit", "5"]) == 0
+    assert shuttle.main([str(via_shuttle), "--limit", "5"]) == 0
+    assert "wrote 5 rows" in capsys.readouterr().out
+    rows = via_backtest.read_text().splitlines()
+    assert rows[0] == "f1,f2,f3,f4,f5,f6,f7,f8,f9,anomaly" and len(rows) == 6
+    assert via_shuttle.read_text() == via_backtest.read_text()
