@@ -43,6 +43,11 @@ class Enricher:
             self._rpc = RpcClient(self.url, self.timeout, max_attempts=1)
         return self._rpc
 
+    async def stop(self) -> None:
+        if self._rpc is not None:
+            await self._rpc.close()
+            self._rpc = None
+
     async def enrich(self, documents: list[dict]) -> None:
         """Add `onchain` to every document, in place; null where facts were not to be had."""
         for document in documents:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from river.anomaly import HalfSpaceTrees
 
+from ..settings import Settings
 from .features import FEATURE_NAMES, FeeMarket, unscale
 
 BINS = 1000
@@ -35,20 +36,15 @@ CHECKPOINT_VERSION = 2
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # Measured with benchmarks/quality.py over five model seeds: 20 trees of
-    # height 6 reach >= 0.98 recall for every generated scenario at the 0.02
-    # target flag rate (<= 0.62% false positives), where 10 trees of height 8
-    # fell to 0.75 on some seeds; at 1.2x the cost of 10 x 8 (20 x 8: 1.5x),
-    # with a smaller checkpoint (about 95 KiB). Shuttle ROC-AUC 0.930.
-    # The flag rate: ~1% of generated traffic is labelled, and the threshold
-    # (a conservative histogram quantile) realises about 0.7x its target.
-    n_trees: int = 20
-    height: int = 6
-    window_size: int = 250
-    seed: int = 42
-    warmup_events: int = 1000
-    target_flag_rate: float = 0.02
-    score_floor: float = 0.0
+    """The model's part of `Settings` (whose defaults, documented there, these are)."""
+
+    n_trees: int = Settings.model_n_trees
+    height: int = Settings.model_height
+    window_size: int = Settings.model_window_size
+    seed: int = Settings.model_seed
+    warmup_events: int = Settings.model_warmup_events
+    target_flag_rate: float = Settings.target_flag_rate
+    score_floor: float = Settings.score_floor
     # The threshold follows roughly the last 20k scores: long enough for a
     # stable tail quantile, short enough to follow a drifting gas market.
     halflife_events: int = 20_000

@@ -17,8 +17,11 @@ from typing import NamedTuple
 import orjson
 
 _HEX_QUANTITY = re.compile(r"0x[0-9a-fA-F]{1,64}")
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
+# Shared with the HTTP API (its parameters and its OpenAPI patterns).
+ADDRESS_PATTERN = "0x[0-9a-fA-F]{40}"
+HASH_PATTERN = "0x[0-9a-fA-F]{64}"
+ADDRESS = re.compile(ADDRESS_PATTERN)
+TX_HASH = re.compile(HASH_PATTERN)
 _HEX_DATA = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
 
 WEI_PER_ETH = 10**18
@@ -122,7 +125,7 @@ def validate(obj: dict) -> Tx:
     tx_hash = obj.get("hash")
     if not isinstance(tx_hash, str):
         raise InvalidTransaction("missing_field" if tx_hash is None else "bad_type", "hash")
-    if not _HASH.fullmatch(tx_hash):
+    if not TX_HASH.fullmatch(tx_hash):
         raise InvalidTransaction("bad_hex", "hash")
     return Tx(
         hash=tx_hash.lower(),
@@ -176,6 +179,6 @@ def _address(obj: dict, field: str, optional: bool = False) -> str | None:
         raise InvalidTransaction("missing_field", field)
     if not isinstance(raw, str):
         raise InvalidTransaction("bad_type", field)
-    if not _ADDRESS.fullmatch(raw):
+    if not ADDRESS.fullmatch(raw):
         raise InvalidTransaction("bad_address", field)
     return raw.lower()

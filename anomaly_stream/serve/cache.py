@@ -36,7 +36,16 @@ class Cache:
         self._down_until = 0.0
         self._failing = False
         self.hits = self.misses = self.errors = 0
-        self.client = self._connect(settings)
+        self.settings = settings
+        self.client: redis.Redis | None = None  # built by start(), inside the running loop
+
+    async def start(self) -> None:
+        self.client = self._connect(self.settings)
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
 
     @staticmethod
     def _connect(s: Settings) -> redis.Redis:
@@ -51,6 +60,8 @@ class Cache:
 
     def _may_call(self) -> bool:
         """Closed: yes. Cooling down: no. Cool-down over: one call probes for the others."""
+        if self.client is None:
+            return False
         now = time.monotonic()
         if now < self._down_until:
             return False
@@ -85,7 +96,7 @@ class Cache:
             await self._call("delete", self.client.delete(*(self.key(kind, i) for i in idents)))
 
     async def ping(self) -> bool:
-        return bool(await self._call("ping", self.client.ping()))
+        return self.client is not None and bool(await self._call("ping", self.client.ping()))
 
     async def _call(self, operation: str, awaitable):
         try:

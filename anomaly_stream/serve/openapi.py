@@ -4,9 +4,12 @@ The suite fuzzes the running API against it (schemathesis), so it must stay
 true to views.py: every route, parameter and status code here is real.
 """
 
+
+from ..detect.schema import ADDRESS_PATTERN, HASH_PATTERN
+
 _ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-_ADDRESS = {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}
-_HASH = {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"}
+_ADDRESS = {"type": "string", "pattern": f"^{ADDRESS_PATTERN}$"}
+_HASH = {"type": "string", "pattern": f"^{HASH_PATTERN}$"}
 
 
 def _json(schema: dict, description: str = "OK") -> dict:

@@ -27,18 +27,17 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from .. import __version__, metrics
+from ..detect.schema import ADDRESS, TX_HASH
 from ..detect.features import AddressProfile
 from .openapi import OPENAPI
 
 log = structlog.get_logger(__name__)
 
-ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 CURSOR = re.compile(r"(\d{1,12}(?:\.\d{1,17})?)_(0x[0-9a-f]{64})")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_LIMIT = 500
 HOP_HEADER = "X-Anomaly-Stream-Hop"  # set on requests one replica makes to another
-PEER_TIMEOUT = ClientTimeout(total=5.0)
+PEER_TIMEOUT = 5.0  # one deadline for all the peers a request asks
 
 
 class ApiError(Exception):
@@ -97,268 +96,325 @@ def cursor_of(document: dict) -> str:
     return f"{document['detected_at']!r}_{document['tx_hash']}"
 
 
-# -- the routes -----------------------------------------------------------------
+# -- what the views read ----------------------------------------------------------
 
-def register(app, settings, tables, cache) -> None:
-    input_topic = settings.kafka_input_topic
-    buffer_ttl = settings.anomaly_buffer_ttl_seconds
-    throughput = deque(maxlen=13)  # (monotonic time, processed total), one a 5 s tick
 
-    def owned_partitions() -> list[int]:
-        return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == input_topic)
+class Api:
+    """The worker as the views see it: its tables, the cache, the other replicas."""
 
-    def local_anomalies() -> list[dict]:
+    def __init__(self, app, profiles, anomaly_buffer):
+        self.app = app
+        self.settings = app.settings
+        self.worker = app.worker
+        self.cache = app.worker.cache
+        self.profiles = profiles
+        self.anomaly_buffer = anomaly_buffer
+        self.throughput: deque[tuple[float, float]] = deque(maxlen=13)  # (monotonic, processed), one a 5 s tick
+
+    def owned_partitions(self) -> list[int]:
+        topic = self.settings.kafka_input_topic
+        return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic)
+
+    def local_anomalies(self) -> list[dict]:
         """This replica's share of the buffer, newest first, already past their TTL excluded."""
-        cutoff = time.time() - buffer_ttl
-        documents = [orjson.loads(v) for v in list(tables.anomaly_buffer.data.values())]
+        cutoff = time.time() - self.settings.anomaly_buffer_ttl_seconds
+        documents = [orjson.loads(v) for v in list(self.anomaly_buffer.data.values())]
         documents = [d for d in documents if d["detected_at"] >= cutoff]
         documents.sort(key=lambda d: (d["detected_at"], d["tx_hash"]), reverse=True)
         return documents
 
-    def not_ready_reason() -> str | None:
+    def not_ready_reason(self) -> str | None:
+        app = self.app
         if app.rebalancing:
             return "rebalancing"
         if app.in_recovery or not app.tables.recovery.completed.is_set():
             return "recovering tables"
-        if not owned_partitions():
+        if not self.owned_partitions():
             return "no partitions of the input topic assigned"
         return None
 
-    async def peers() -> list[str]:
+    def consumer_lag(self) -> dict[int, int]:
+        """Lag of this replica's input partitions only, so a sum over replicas counts each once."""
+        ends, committed = self.app.monitor.tp_end_offsets, self.app.monitor.tp_committed_offsets
+        topic = self.settings.kafka_input_topic
+        return {tp.partition: max(0, ends[tp] - committed.get(tp, 0))
+                for tp in self.app.assignor.assigned_actives() if tp.topic == topic and tp in ends}
+
+    def me(self) -> str:
+        return str(self.app.conf.canonical_url).rstrip("/")
+
+    def peers(self) -> list[str]:
         """Web URLs of the other replicas holding a share of the anomaly buffer."""
-        me = str(app.conf.canonical_url).rstrip("/")
         try:
-            hosts = app.router.table_metadata(tables.anomaly_buffer.name)
+            hosts = self.app.router.table_metadata(self.anomaly_buffer.name)
         except KeyError:
             raise ApiError(503, "partition assignment not known yet") from None
-        return sorted({str(url).rstrip("/") for url in hosts} - {me})
+        return sorted({str(url).rstrip("/") for url in hosts} - {self.me()})
 
-    async def ask(url: str) -> tuple[int, bytes]:
+    async def ask(self, url: str) -> tuple[int, bytes]:
         try:
-            async with app.http_client.get(url, headers={HOP_HEADER: "1"}, timeout=PEER_TIMEOUT) as resp:
+            async with self.app.http_client.get(url, headers={HOP_HEADER: "1"},
+                                                timeout=ClientTimeout(total=PEER_TIMEOUT)) as resp:
                 return resp.status, await resp.read()
         except (ClientError, asyncio.TimeoutError) as exc:
             raise ApiError(503, f"a replica did not answer: {type(exc).__name__}") from None
 
-    async def cached(request: Request, kind: str, ident: str, load, not_found: str) -> web.Response:
+    async def fan_out(self, path: str) -> list[tuple[int, bytes]]:
+        """Ask every peer for `path` at once, under one deadline; a peer that failed answers 503."""
+        async def one(url: str) -> tuple[int, bytes]:
+            try:
+                return await self.ask(url + path)
+            except ApiError as exc:
+                return exc.status, orjson.dumps({"error": exc.message})
+
+        return list(await asyncio.gather(*(one(url) for url in self.peers())))
+
+    async def cached(self, request: Request, kind: str, ident: str, load, not_found: str) -> web.Response:
         """Through the cache, unless another replica asks: it looked in the cache already."""
-        body = await load() if HOP_HEADER in request.headers else await cache.get_or_load(kind, ident, load)
+        if HOP_HEADER in request.headers:
+            body = await load()
+        else:
+            body = await self.cache.get_or_load(kind, ident, load)
         if body is None:
             raise ApiError(404, not_found)
         return json_bytes(body)
 
-    # -- health --
-
-    @app.page("/health/live")
-    class Live(View):
-        """The event loop answers: enough for a liveness probe."""
-
-        async def get(self, request: Request) -> Response:
-            return json_response({"status": "live"})
-
-    @app.page("/health/ready")
-    class Ready(View):
-        """Ready once tables are recovered and this worker holds input partitions."""
-
-        async def get(self, request: Request) -> Response:
-            reason = not_ready_reason()
-            if reason:
-                return json_response({"status": "not ready", "reason": reason}, status=503)
-            return json_response({"status": "ready", "version": __version__})
-
-    @app.page("/health")
-    class Health(View):
-        async def get(self, request: Request) -> Response:
-            models = app.models.models
-            reason = not_ready_reason()
-            return json_response({
-                "status": "ready" if reason is None else "not ready",
-                "reason": reason,
-                "version": __version__,
-                "kafka": {"bootstrap_servers": settings.kafka_bootstrap_servers,
-                          "assigned_partitions": owned_partitions()},
-                "redis": {"reachable": await cache.ping(), "errors": cache.errors},
-                "recovery": {"in_recovery": bool(app.in_recovery),
-                             "completed": app.tables.recovery.completed.is_set()},
-                "models": {str(p): {"seen": m.seen, "warm": m.warm, "threshold": m.threshold}
-                           for p, m in sorted(models.items())},
-                "anomaly_buffer": {"size": len(tables.buffer_bound),
-                                   "max_size_per_partition": settings.anomaly_buffer_max_per_partition},
-                "address_profiles": len(tables.profiles_bound),
-            })
-
-    @app.page("/api/metrics")
-    class Metrics(View):
-        async def get(self, request: Request) -> Response:
-            update_consumer_lag()
-            return web.Response(body=generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0],
-                                charset="utf-8")
-
-    def update_consumer_lag() -> None:
-        """Lag of this replica's input partitions only, so a sum over replicas counts each once."""
-        metrics.KAFKA_CONSUMER_LAG.clear()
-        ends, committed = app.monitor.tp_end_offsets, app.monitor.tp_committed_offsets
-        for tp in app.assignor.assigned_actives():
-            if tp.topic == input_topic and tp in ends:
-                lag = max(0, ends[tp] - committed.get(tp, 0))
-                metrics.KAFKA_CONSUMER_LAG.labels(tp.topic, tp.partition).set(lag)
-
-    # -- queries --
-
-    @app.page("/api/v1/openapi.json")
-    class OpenApi(View):
-        async def get(self, request: Request) -> Response:
-            return json_response(OPENAPI)
-
-    @app.page("/api/v1/anomalies")
-    class Anomalies(View):
-        """Recent anomalies, newest first, with stable cursor pagination."""
-
-        async def get(self, request: Request) -> Response:
-            query = request.query
-            address = parse_address(query["address"]) if "address" in query else None
-            min_score = parse_number(query, "min_score", 0.0, 0.0, 1.0)
-            since = parse_number(query, "since", 0.0, 0.0, 1e12)
-            limit = int(parse_number(query, "limit", 100, 1, MAX_LIMIT, integer=True))
-            cursor = parse_cursor(query.get("cursor"))
-            documents = [
-                d for d in local_anomalies()
-                if (address is None or d["address"] == address) and d["score"] >= min_score
-                and d["detected_at"] >= since
-                and (cursor is None or (d["detected_at"], d["tx_hash"]) < cursor)
-            ][:limit]
-            if HOP_HEADER not in request.headers:
-                params = {"min_score": min_score, "since": since, "limit": limit}
-                if address:
-                    params["address"] = address
-                if cursor:
-                    params["cursor"] = f"{cursor[0]!r}_{cursor[1]}"
-                qs = "&".join(f"{k}={v}" for k, v in params.items())
-                for url in await peers():
-                    status, body = await ask(f"{url}/api/v1/anomalies?{qs}")
-                    if status != 200:
-                        raise ApiError(503, "a replica could not list its anomalies")
-                    documents.extend(orjson.loads(body)["items"])
-                documents.sort(key=lambda d: (d["detected_at"], d["tx_hash"]), reverse=True)
-                documents = documents[:limit]
-            next_cursor = cursor_of(documents[-1]) if len(documents) == limit else None
-            return json_response({"items": documents, "next_cursor": next_cursor})
-
-    @app.page("/api/v1/anomalies/{tx_hash}")
-    class Anomaly(View):
-        async def get(self, request: Request, tx_hash: str) -> Response:
-            tx_hash = parse_hash(tx_hash)
-
-            async def load() -> bytes | None:
-                for document in local_anomalies():
-                    if document["tx_hash"] == tx_hash:
-                        return orjson.dumps(document)
-                if HOP_HEADER in request.headers:
-                    return None
-                for url in await peers():
-                    status, body = await ask(f"{url}/api/v1/anomalies/{tx_hash}")
-                    if status == 200:
-                        return body
-                return None
-
-            return await cached(request, "anomaly", tx_hash, load, "no anomaly with this hash in the buffer")
-
-    @app.page("/api/v1/addresses/{address}")
-    class Address(View):
-        """A sender's behavioural profile and its recent anomalies, from the owning replica."""
-
-        async def get(self, request: Request, address: str) -> Response:
-            address = parse_address(address)
-            key = address.encode()
-
-            async def load() -> bytes | None:
-                try:
-                    owner = str(app.router.key_store(tables.profiles.name, key)).rstrip("/")
-                except KeyError:
-                    raise ApiError(503, "partition assignment not known yet") from None
-                if owner != str(app.conf.canonical_url).rstrip("/") and HOP_HEADER not in request.headers:
-                    status, body = await ask(f"{owner}/api/v1/addresses/{address}")
-                    if status == 404:
-                        return None
-                    if status != 200:
-                        raise ApiError(503, "the owning replica could not answer")
-                    return body
-                raw = tables.profiles.data.get(key)
-                if raw is None:
-                    return None
-                profile = AddressProfile.from_bytes(raw)
-                recent = [d for d in local_anomalies() if d["address"] == address][:50]
-                return orjson.dumps({"address": address, "partition": profile.partition,
-                                     "profile": profile.as_dict(), "anomalies": recent})
-
-            return await cached(request, "address", address, load, "address not seen (or expired)")
-
-    @app.page("/api/v1/stats")
-    class Stats(View):
-        async def get(self, request: Request) -> Response:
-            local = local_stats()
-            if HOP_HEADER in request.headers:
-                return json_response(local)
-            replicas = [local]
-            for url in await peers():
-                status, body = await ask(f"{url}/api/v1/stats")
-                if status == 200:
-                    replicas.append(orjson.loads(body))
-            processed = sum(r["processed_total"] for r in replicas)
-            anomalies = sum(r["anomalies_total"] for r in replicas)
-            return json_response({
-                "throughput_tx_per_s": round(sum(r["throughput_tx_per_s"] for r in replicas), 1),
-                "processed_total": processed,
-                "anomalies_total": anomalies,
-                "flag_rate": anomalies / processed if processed else 0.0,
-                "partitions_served": sorted(p for r in replicas for p in r["partitions"]),
-                "replicas": replicas,
-            })
-
-    def local_stats() -> dict:
+    def local_stats(self) -> dict:
         processed = REGISTRY.get_sample_value("transactions_processed_total")
         anomalies = REGISTRY.get_sample_value("anomalies_published_total")
         rate = 0.0
-        if len(throughput) >= 2:
-            (t0, n0), (t1, n1) = throughput[0], throughput[-1]
+        if len(self.throughput) >= 2:
+            (t0, n0), (t1, n1) = self.throughput[0], self.throughput[-1]
             rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
         return {
-            "replica": str(app.conf.canonical_url),
-            "partitions": owned_partitions(),
+            "replica": str(self.app.conf.canonical_url),
+            "partitions": self.owned_partitions(),
             "processed_total": processed,
             "anomalies_total": anomalies,
             "throughput_tx_per_s": round(rate, 1),
             "flag_rate": anomalies / processed if processed else 0.0,
-            "thresholds": {str(p): m.threshold for p, m in sorted(app.models.models.items())},
+            "thresholds": {str(p): m.threshold for p, m in sorted(self.worker.models.items())},
         }
+
+
+class ApiView(View):
+    @property
+    def api(self) -> Api:
+        return self.app.api
+
+
+# -- health --
+
+
+class Live(ApiView):
+    """Liveness means progress: records waiting and no batch done within LIVENESS_STALL_SECONDS is dead."""
+
+    async def get(self, request: Request) -> Response:
+        lag = sum(self.api.consumer_lag().values())
+        if self.api.worker.stalled(lag):
+            return json_response({"status": "stalled", "lag": lag}, status=503)
+        return json_response({"status": "live"})
+
+
+class Ready(ApiView):
+    """Ready once tables are recovered and this worker holds input partitions."""
+
+    async def get(self, request: Request) -> Response:
+        reason = self.api.not_ready_reason()
+        if reason:
+            return json_response({"status": "not ready", "reason": reason}, status=503)
+        return json_response({"status": "ready", "version": __version__})
+
+
+class Health(ApiView):
+    async def get(self, request: Request) -> Response:
+        api = self.api
+        worker = api.worker
+        reason = api.not_ready_reason()
+        return json_response({
+            "status": "ready" if reason is None else "not ready",
+            "reason": reason,
+            "version": __version__,
+            "kafka": {"bootstrap_servers": api.settings.kafka_bootstrap_servers,
+                      "assigned_partitions": api.owned_partitions()},
+            "redis": {"reachable": await api.cache.ping(), "errors": api.cache.errors},
+            "recovery": {"in_recovery": bool(api.app.in_recovery),
+                         "completed": api.app.tables.recovery.completed.is_set()},
+            "models": {str(p): {"seen": m.seen, "warm": m.warm, "threshold": m.threshold}
+                       for p, m in sorted(worker.models.items())},
+            "anomaly_buffer": {"size": len(worker.buffer_bound),
+                               "max_size_per_partition": api.settings.anomaly_buffer_max_per_partition},
+            "address_profiles": len(worker.profiles_bound),
+        })
+
+
+class Metrics(ApiView):
+    async def get(self, request: Request) -> Response:
+        metrics.KAFKA_CONSUMER_LAG.clear()
+        topic = self.api.settings.kafka_input_topic
+        for partition, lag in self.api.consumer_lag().items():
+            metrics.KAFKA_CONSUMER_LAG.labels(topic, partition).set(lag)
+        return web.Response(body=generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0],
+                            charset="utf-8")
+
+
+# -- queries --
+
+
+class OpenApi(ApiView):
+    async def get(self, request: Request) -> Response:
+        return json_response(OPENAPI)
+
+
+class Anomalies(ApiView):
+    """Recent anomalies, newest first, with stable cursor pagination."""
+
+    async def get(self, request: Request) -> Response:
+        query = request.query
+        address = parse_address(query["address"]) if "address" in query else None
+        min_score = parse_number(query, "min_score", 0.0, 0.0, 1.0)
+        since = parse_number(query, "since", 0.0, 0.0, 1e12)
+        limit = int(parse_number(query, "limit", 100, 1, MAX_LIMIT, integer=True))
+        cursor = parse_cursor(query.get("cursor"))
+        documents = [
+            d for d in self.api.local_anomalies()
+            if (address is None or d["address"] == address) and d["score"] >= min_score
+            and d["detected_at"] >= since
+            and (cursor is None or (d["detected_at"], d["tx_hash"]) < cursor)
+        ][:limit]
+        if HOP_HEADER not in request.headers:
+            params = {"min_score": min_score, "since": since, "limit": limit}
+            if address:
+                params["address"] = address
+            if cursor:
+                params["cursor"] = f"{cursor[0]!r}_{cursor[1]}"
+            qs = "&".join(f"{k}={v}" for k, v in params.items())
+            for status, body in await self.api.fan_out(f"/api/v1/anomalies?{qs}"):
+                if status != 200:
+                    raise ApiError(503, "a replica could not list its anomalies")
+                documents.extend(orjson.loads(body)["items"])
+            documents.sort(key=lambda d: (d["detected_at"], d["tx_hash"]), reverse=True)
+            documents = documents[:limit]
+        next_cursor = cursor_of(documents[-1]) if len(documents) == limit else None
+        return json_response({"items": documents, "next_cursor": next_cursor})
+
+
+class Anomaly(ApiView):
+    async def get(self, request: Request, tx_hash: str) -> Response:
+        tx_hash = parse_hash(tx_hash)
+        api = self.api
+
+        async def load() -> bytes | None:
+            for document in api.local_anomalies():
+                if document["tx_hash"] == tx_hash:
+                    return orjson.dumps(document)
+            if HOP_HEADER in request.headers:
+                return None
+            for status, body in await api.fan_out(f"/api/v1/anomalies/{tx_hash}"):
+                if status == 200:
+                    return body
+            return None
+
+        return await api.cached(request, "anomaly", tx_hash, load, "no anomaly with this hash in the buffer")
+
+
+class Address(ApiView):
+    """A sender's behavioural profile and its recent anomalies, from the owning replica."""
+
+    async def get(self, request: Request, address: str) -> Response:
+        address = parse_address(address)
+        api = self.api
+        key = address.encode()
+
+        async def load() -> bytes | None:
+            try:
+                owner = str(api.app.router.key_store(api.profiles.name, key)).rstrip("/")
+            except KeyError:
+                raise ApiError(503, "partition assignment not known yet") from None
+            if owner != api.me() and HOP_HEADER not in request.headers:
+                status, body = await api.ask(f"{owner}/api/v1/addresses/{address}")
+                if status == 404:
+                    return None
+                if status != 200:
+                    raise ApiError(503, "the owning replica could not answer")
+                return body
+            raw = api.profiles.data.get(key)
+            if raw is None:
+                return None
+            profile = AddressProfile.from_bytes(raw)
+            recent = [d for d in api.local_anomalies() if d["address"] == address][:50]
+            return orjson.dumps({"address": address, "partition": profile.partition,
+                                 "profile": profile.as_dict(), "anomalies": recent})
+
+        return await api.cached(request, "address", address, load, "address not seen (or expired)")
+
+
+class Stats(ApiView):
+    async def get(self, request: Request) -> Response:
+        local = self.api.local_stats()
+        if HOP_HEADER in request.headers:
+            return json_response(local)
+        replicas = [local] + [orjson.loads(body) for status, body in await self.api.fan_out("/api/v1/stats")
+                              if status == 200]
+        processed = sum(r["processed_total"] for r in replicas)
+        anomalies = sum(r["anomalies_total"] for r in replicas)
+        return json_response({
+            "throughput_tx_per_s": round(sum(r["throughput_tx_per_s"] for r in replicas), 1),
+            "processed_total": processed,
+            "anomalies_total": anomalies,
+            "flag_rate": anomalies / processed if processed else 0.0,
+            "partitions_served": sorted(p for r in replicas for p in r["partitions"]),
+            "replicas": replicas,
+        })
+
+
+ROUTES = (
+    ("/health/live", Live),
+    ("/health/ready", Ready),
+    ("/health", Health),
+    ("/api/metrics", Metrics),
+    ("/api/v1/openapi.json", OpenApi),
+    ("/api/v1/anomalies", Anomalies),
+    ("/api/v1/anomalies/{tx_hash}", Anomaly),
+    ("/api/v1/addresses/{address}", Address),
+    ("/api/v1/stats", Stats),
+)
+
+
+# -- every request: id, JSON errors, metrics, one log line --
+
+
+@web.middleware
+async def observe(request: web.Request, handler):
+    started = time.perf_counter()
+    rid = request.headers.get("X-Request-ID", "")
+    rid = rid if REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = json_response({"error": exc.message}, status=exc.status)
+    except web.HTTPException as exc:
+        response = json_response({"error": exc.reason}, status=exc.status)
+    except Exception:  # noqa: BLE001 - answer JSON and keep the traceback in the log
+        log.exception("http_request_failed", route=route, request_id=rid)
+        response = json_response({"error": "internal error", "request_id": rid}, status=500)
+    response.headers["X-Request-ID"] = rid
+    elapsed = time.perf_counter() - started
+    metrics.HTTP_REQUESTS.labels(request.method, route, response.status).inc()
+    metrics.HTTP_LATENCY.labels(route).observe(elapsed)
+    log.info("http_request", method=request.method, route=route, status=response.status,
+             duration_ms=round(elapsed * 1000, 2), request_id=rid)
+    return response
+
+
+def register(app, profiles, anomaly_buffer) -> None:
+    app.api = api = Api(app, profiles, anomaly_buffer)
+    for path, view in ROUTES:
+        app.page(path)(view)
 
     @app.timer(5.0)
     async def sample_throughput() -> None:
-        throughput.append((time.monotonic(), REGISTRY.get_sample_value("transactions_processed_total")))
-
-    # -- every request: id, JSON errors, metrics, one log line --
-
-    @web.middleware
-    async def observe(request: web.Request, handler):
-        started = time.perf_counter()
-        rid = request.headers.get("X-Request-ID", "")
-        rid = rid if REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        try:
-            response = await handler(request)
-        except ApiError as exc:
-            response = json_response({"error": exc.message}, status=exc.status)
-        except web.HTTPException as exc:
-            response = json_response({"error": exc.reason}, status=exc.status)
-        except Exception:  # noqa: BLE001 - answer JSON and keep the traceback in the log
-            log.exception("http_request_failed", route=route, request_id=rid)
-            response = json_response({"error": "internal error", "request_id": rid}, status=500)
-        response.headers["X-Request-ID"] = rid
-        elapsed = time.perf_counter() - started
-        metrics.HTTP_REQUESTS.labels(request.method, route, response.status).inc()
-        metrics.HTTP_LATENCY.labels(route).observe(elapsed)
-        log.info("http_request", method=request.method, route=route, status=response.status,
-                 duration_ms=round(elapsed * 1000, 2), request_id=rid)
-        return response
+        api.throughput.append((time.monotonic(), REGISTRY.get_sample_value("transactions_processed_total")))
 
     app.web.web_app.middlewares.append(observe)

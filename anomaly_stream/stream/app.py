@@ -1,35 +1,32 @@
-"""The one Faust App: topics, tables and where everything registers.
+"""The one Faust App: topics, tables, the worker, and where the agents and views register.
 
-`faust -A anomaly_stream.stream.app worker` and `anomaly-stream worker` both run the
-module-level `app`, built from the environment (see `settings`). Tests and
-benchmarks start real worker processes with their own environment.
+`faust -A anomaly_stream.stream.app worker` and `anomaly-stream worker` both
+run the module-level `app`, built from the environment (see `settings`).
+Building it opens no connection: the Redis and RPC clients start and stop
+with the app (`on_start`, `on_stop`).
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 import faust
-import orjson
 
-from . import agents
+from ..chain.enrich import Enricher
 from ..serve import views
 from ..serve.cache import Cache
-from .consumer import BatchingTransport
-from ..chain.enrich import Enricher
-from ..detect.features import AddressProfile
 from ..settings import Settings
-from .state import TableBound
+from . import agents
+from .consumer import BatchingTransport
 from .topics import ensure_topics
+from .worker import Store, Stores, Topics, Worker, buffer_window_seconds
 
 
 class App(faust.App):
     """A Faust App whose consumer hands the input topic to agents in batches."""
 
     settings: Settings
-    batch_lock: asyncio.Lock  # held by the agent for a whole batch (see agents.detect)
+    worker: Worker
 
     def _new_transport(self):
         return BatchingTransport(self.conf.broker_consumer, self)
@@ -39,42 +36,58 @@ class App(faust.App):
         await ensure_topics(self.settings)
         await super().on_first_start()
 
-    async def publish(self, topic: Any, key: bytes | None, value: bytes | None, *,
-                      source_partition: int | None, partition: int | None = None,
-                      headers: dict[str, bytes] | None = None) -> None:
-        """Send a message produced while processing `source_partition`.
+    async def on_start(self) -> None:
+        await super().on_start()
+        await self.worker.cache.start()
 
-        With exactly_once the send joins that partition's transaction, so it
-        becomes visible to read_committed subscribers exactly when the input
-        offsets it came from are committed. (Faust's own `topic.send` only
-        finds a transaction for topics this worker consumes: anomalies and
-        dead letters would go out at once and repeat after a crash.)
-        `source_partition=None` sends outside any transaction: for state that
-        matches offsets Faust has already committed (revocation, shutdown).
-        With at_least_once Faust flushes the producer before every commit.
-        """
+    async def on_stop(self) -> None:
+        await self.worker.enricher.stop()
+        await self.worker.cache.stop()
+        await super().on_stop()
+
+
+class FaustSink:
+    """The worker's output through the Faust producer.
+
+    With exactly_once a send joins the transaction of the input partition it
+    came from, so it becomes visible to read_committed subscribers exactly
+    when the offsets it came from are committed. (Faust's own `topic.send`
+    only finds a transaction for topics this worker consumes: anomalies and
+    dead letters would go out at once and repeat after a crash.)
+    `source_partition=None` sends outside any transaction: for state that
+    matches offsets Faust has already committed (revocation, shutdown).
+    With at_least_once Faust flushes the producer before every commit.
+    """
+
+    def __init__(self, app: App):
+        self.app = app
+
+    async def send(self, topic, key, value, *, source_partition, partition=None, headers=None) -> None:
+        app = self.app
         transactional_id = None
-        if self.in_transaction and source_partition is not None:
-            group = self.assignor.group_for_topic(self.settings.kafka_input_topic)
-            transactional_id = f"{self.conf.id}-{group}-{source_partition}"
-        await self.producer.send(topic.get_topic_name(), key, value, partition, None, headers,
-                                 transactional_id=transactional_id)
+        if app.in_transaction and source_partition is not None:
+            group = app.assignor.group_for_topic(app.settings.kafka_input_topic)
+            transactional_id = f"{app.conf.id}-{group}-{source_partition}"
+        await app.producer.send(topic, key, value, partition, None, headers, transactional_id=transactional_id)
 
 
-@dataclass
-class Topics:
-    transactions: Any
-    anomalies: Any
-    dlq: Any
+class TableStore(Store):
+    """A Faust table seen as a `Store`; its data is read late, since Faust creates it lazily."""
 
+    def __init__(self, table: Any):
+        self.table = table
 
-@dataclass
-class Tables:
-    profiles: Any  # sender address (bytes) -> AddressProfile bytes
-    checkpoints: Any  # b"<partition>" -> pickled PartitionModel
-    anomaly_buffer: Any  # (tx hash, window) -> anomaly document bytes; windowed, TTL-bounded
-    profiles_bound: TableBound
-    buffer_bound: TableBound
+    @property
+    def data(self):
+        return self.table.data
+
+    @property
+    def changelog(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
+
+    def encode_key(self, key: Any) -> bytes:
+        raw, _ = self.table.changelog_topic.prepare_key(key, self.table.key_serializer)
+        return raw
 
 
 def create_app(settings: Settings) -> App:
@@ -103,15 +116,9 @@ def create_app(settings: Settings) -> App:
         autodiscover=False,
     )
     app.settings = settings
-    app.batch_lock = asyncio.Lock()
     partitions = settings.kafka_input_partitions
     raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": partitions}
-    topics = Topics(
-        transactions=app.topic(settings.kafka_input_topic, **raw),
-        anomalies=app.topic(settings.kafka_anomalies_topic, **raw),
-        dlq=app.topic(settings.dlq_topic, **raw),
-    )
-    app.transport.Consumer.batch_topics = frozenset({settings.kafka_input_topic})
+    transactions = app.topic(settings.kafka_input_topic, **raw)
 
     # bytes keys and values make Faust use its raw codec: table keys hash to the
     # same partitions as the input topic's keys, which table routing relies on.
@@ -121,33 +128,18 @@ def create_app(settings: Settings) -> App:
     ttl = settings.anomaly_buffer_ttl_seconds
     anomaly_buffer = app.Table(
         "anomaly-buffer", partitions=partitions, value_type=bytes,
-    ).tumbling(max(ttl / 12, 1.0), expires=ttl).table
-    tables = Tables(
-        profiles=profiles,
-        checkpoints=checkpoints,
-        anomaly_buffer=anomaly_buffer,
-        profiles_bound=TableBound(
-            profiles, settings.address_state_ttl_seconds,
-            settings.address_state_max_per_partition, _locate_profile,
-        ),
-        buffer_bound=TableBound(
-            anomaly_buffer, ttl, settings.anomaly_buffer_max_per_partition, _locate_anomaly,
-        ),
-    )
+    ).tumbling(buffer_window_seconds(settings), expires=ttl).table
+
     cache = Cache(settings)
-    agents.register(app, settings, topics, tables, cache, Enricher(settings, cache))
-    views.register(app, settings, tables, cache)
+    app.worker = Worker(
+        settings,
+        Topics(settings.kafka_input_topic, settings.kafka_anomalies_topic, settings.dlq_topic),
+        Stores(TableStore(profiles), TableStore(checkpoints), TableStore(anomaly_buffer)),
+        FaustSink(app), cache, Enricher(settings, cache),
+    )
+    agents.register(app, transactions)
+    views.register(app, profiles, anomaly_buffer)
     return app
-
-
-def _locate_profile(key: bytes, value: bytes) -> tuple[int, float]:
-    profile = AddressProfile.from_bytes(value)
-    return profile.partition, profile.last_seen
-
-
-def _locate_anomaly(key: Any, value: bytes) -> tuple[int, float]:
-    document = orjson.loads(value)
-    return document["source"]["partition"], document["detected_at"]
 
 
 app = create_app(Settings.from_env())

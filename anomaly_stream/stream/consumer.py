@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -78,8 +78,49 @@ class ReadOffsets(defaultdict):
             self[tp] = offset
 
 
+DELIVER, SKIP, REWIND, SEEK_BACK = "deliver", "skip", "rewind", "seek_back"
+
+
+class Step(NamedTuple):
+    action: str  # one of DELIVER, SKIP, REWIND, SEEK_BACK
+    first: int = 0  # index of the first record to deliver (DELIVER) or that starts the hole (SEEK_BACK)
+    gap_from: int = 0  # DELIVER: offsets from here to the last record's are acknowledged with it
+
+
+def decide(positioned: bool, expected: int | None, offsets: Sequence[int],
+           known_hole: tuple[int, int] | None, max_hole: int) -> Step:
+    """What to do with one partition's fetched records (their `offsets`, ascending).
+
+    - Not positioned: Faust resumes a newly assigned partition before it seeks
+      it to the committed offset. A batch fetched in between would be scored
+      now and again after the seek (under exactly_once the first pass's
+      transaction may then abort, and the model has already learned what it
+      flagged): REWIND the fetch position and wait for the seek.
+    - Records before `expected` were delivered already (a re-fetch): dropped;
+      nothing left is a SKIP.
+    - A start past `expected` by more than `max_hole` (a transaction marker)
+      is either a fetch from before a seek or a rebalance (acknowledging the
+      hole would commit offsets nobody scored) or a real hole (an aborted
+      transaction's records under read_committed): SEEK_BACK and read again;
+      a real hole comes back the same (`known_hole`) and is delivered then.
+    - Otherwise DELIVER, acknowledging the earlier offsets and the hole with
+      the last record. `expected` None (no committed offset yet) takes all.
+    """
+    if not positioned:
+        return Step(REWIND)
+    first = 0
+    if expected is not None:
+        while first < len(offsets) and offsets[first] < expected:
+            first += 1
+    if first == len(offsets):
+        return Step(SKIP)
+    hole = 0 if expected is None else offsets[first] - expected
+    if hole > max_hole and known_hole != (expected, offsets[first]):
+        return Step(SEEK_BACK, first)
+    return Step(DELIVER, first, offsets[first] - hole)
+
+
 class BatchingConsumer(faust_aiokafka.Consumer):
-    batch_topics: frozenset[str] = frozenset()
     # Offsets a batch may start past the expected one and be acknowledged with it
     # at once: a transaction marker. Larger holes must show up twice (see below).
     max_hole: int = 1
@@ -88,12 +129,13 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self._read_offset = ReadOffsets()
         self._holes: dict[TP, tuple[int, int]] = {}
+        self.batch_topics = frozenset({self.app.settings.kafka_input_topic})
 
     async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
         if self.in_transaction:
             # Between batches only: the transaction then holds exactly the sends
-            # of the batches whose offsets it commits (agents.detect).
-            async with self.app.batch_lock:
+            # of the batches whose offsets it commits (agents.detect, worker.Worker.batch_lock).
+            async with self.app.worker.batch_lock:
                 return await super()._commit_tps(tps, start_new_transaction)
         return await super()._commit_tps(tps, start_new_transaction)
 
@@ -144,35 +186,25 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             raise
 
     async def _deliver_batch(self, tp: TP, tp_records: list[Any], callback) -> None:
-        if not self._read_offset.positioned(tp):
-            # Faust resumes a newly assigned partition before it seeks it to the
-            # committed offset. A batch fetched in between would be scored now and
-            # again after the seek (under exactly_once the first pass's transaction
-            # may then abort, and the model has already learned what it flagged).
-            # Rewind the fetch position, not the read offset, and wait for the seek.
+        expected = self._read_offset.expected(tp)
+        step = decide(self._read_offset.positioned(tp), expected, [r.offset for r in tp_records],
+                      self._holes.get(tp), self.max_hole)
+        if step.action == REWIND:
             await self._seek(tp, tp_records[0].offset)
             return
-        expected = self._read_offset.expected(tp)
-        fresh = [r for r in tp_records if expected is None or r.offset >= expected]
-        if not fresh:
-            return
-        first, last = fresh[0], fresh[-1]
-        hole = 0 if expected is None else first.offset - expected
-        if hole > self.max_hole and self._holes.get(tp) != (expected, first.offset):
-            # Either a fetch from before a seek or a rebalance (acknowledging the hole
-            # would commit offsets nobody scored), or a real hole (an aborted
-            # transaction's records under read_committed). Read again from where we
-            # are: a real hole comes back the same and is acknowledged then.
-            self.log.warning("Batch for %r starts at %r, expected %r: seeking back", tp, first.offset, expected)
-            self._holes[tp] = (expected, first.offset)
+        if step.action == SEEK_BACK:
+            self.log.warning("Batch for %r starts at %r, expected %r: seeking back",
+                             tp, tp_records[step.first].offset, expected)
+            self._holes[tp] = (expected, tp_records[step.first].offset)
             await self.seek(tp, expected)
             return
+        if step.action == SKIP:
+            return
         self._holes.pop(tp, None)
-        # The batch's earlier offsets (and a transaction marker's hole before it)
-        # are acknowledged together with its last record.
-        gap_from = first.offset - hole
-        if last.offset > gap_from:
-            await self._add_gap(tp, gap_from, last.offset - 1)
+        fresh = tp_records[step.first:]
+        last = fresh[-1]
+        if last.offset > step.gap_from:
+            await self._add_gap(tp, step.gap_from, last.offset - 1)
         batch = RecordBatch(tp.partition, [
             Record(r.offset, r.key, r.value, r.timestamp / 1000.0) for r in fresh
         ])

@@ -23,7 +23,7 @@ Locate = Callable[[Any, Any], tuple[int, float]]
 
 class TableBound:
     def __init__(self, table: Any, ttl_seconds: float, max_per_partition: int, locate: Locate):
-        self.table = table
+        self.table = table  # anything with `.data`, the store that recovery fills (read late: Faust creates it lazily)
         self.ttl = ttl_seconds
         self.max_per_partition = max_per_partition
         self.locate = locate
@@ -86,25 +86,25 @@ class TableBound:
         return evicted
 
 
-async def write_through(app: Any, table: Any, partition: int, items: Iterable[tuple[bytes, bytes]]) -> None:
-    """Set keys of a bytes-valued table and write them to its changelog.
+async def write_through(sink: Any, store: Any, partition: int, items: Iterable[tuple[Any, bytes]]) -> None:
+    """Set keys of a table and write them to its changelog.
 
     The same records `table[key] = value` would write, for a tenth of the
     cost: Faust's path builds a FutureMessage per key and hands it through a
     100-slot buffer that stalls the stream when full (../shared/FIELD-NOTES.md
     measures ~70 us against ~7 us for a direct send). Under exactly_once each
-    record joins the transaction of `partition` (`App.publish`).
+    record joins the transaction of `partition` (`worker.FaustSink`).
     """
     items = list(items)
     # Store everything before the first await: a TableBound rebuild running
     # between two sends must find every key its caller has just indexed.
-    table.data.update(items)
-    topic = table.changelog_topic
+    store.data.update(items)
     for key, value in items:
-        await app.publish(topic, key, value, source_partition=partition, partition=partition)
+        await sink.send(store.changelog, store.encode_key(key), value,
+                        source_partition=partition, partition=partition)
 
 
-async def delete_through(app: Any, table: Any, evicted: Iterable[tuple[int, Any]]) -> None:
+async def delete_through(sink: Any, store: Any, evicted: Iterable[tuple[int, Any]]) -> None:
     """Write a tombstone to the changelog for each evicted (partition, key).
 
     Awaited sends, like `write_through`: Faust's `send_changelog` queues a
@@ -112,9 +112,8 @@ async def delete_through(app: Any, table: Any, evicted: Iterable[tuple[int, Any]
     backlog (a worker slowed by tracemalloc held 790k of them, ~450 MB, in
     benchmarks/memory.py).
     """
-    topic = table.changelog_topic
     for partition, key in evicted:
-        if key in table.data:
+        if key in store.data:
             continue  # written again while an earlier send yielded: alive, keep it
-        raw_key, _ = topic.prepare_key(key, table.key_serializer)
-        await app.publish(topic, raw_key, None, source_partition=partition, partition=partition)
+        await sink.send(store.changelog, store.encode_key(key), None,
+                        source_partition=partition, partition=partition)

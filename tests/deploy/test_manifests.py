@@ -85,7 +85,9 @@ def worker_container() -> dict:
 
 
 def routes() -> set[str]:
-    return set(re.findall(r"""@app\.page\(\s*["']([^"']+)["']""", VIEWS.read_text()))
+    from anomaly_stream.serve.views import ROUTES
+
+    return {path for path, _ in ROUTES}
 
 
 # --- Kubernetes schemas -------------------------------------------------------

@@ -1,0 +1,323 @@
+"""One worker's runtime: what a batch of one partition does, end to end.
+
+The agents (`agents.py`) are thin: they take the batch lock, call
+`Worker.handle`, acknowledge. Everything a batch causes is here, in the
+order it happens:
+
+1. `detector.process_batch` scores and learns the batch (pure, no I/O);
+2. dead letters and re-keyed messages go out;
+3. each touched sender's profile is written once, to the table and its
+   changelog (`state.write_through`);
+4. anomalies are enriched, buffered, published, and their cached address
+   views dropped;
+5. the partition's model is checkpointed when due.
+
+All output goes through a `Sink`: `FaustSink` in the worker (the Faust
+producer, joining the source partition's transaction under exactly_once),
+`MemorySink` in tests and the backtest, which run this same code without
+Kafka. Tables are seen as `Store`s: their data and the name of their
+changelog, so a dict is a table in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, MutableMapping, Protocol, Sequence
+
+import orjson
+import structlog
+from faust.windows import TumblingWindow
+
+from .. import metrics
+from ..detect.detector import BatchResult, Record, encode, process_batch
+from ..detect.features import AddressProfile
+from ..detect.model import ModelConfig, PartitionModel
+from .state import TableBound, delete_through, write_through
+
+log = structlog.get_logger(__name__)
+
+
+class Sink(Protocol):
+    """Where a worker's messages go. `source_partition` is the input partition they came from
+    (their transaction under exactly_once); None for output matching offsets already committed."""
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, *,
+                   source_partition: int | None, partition: int | None = None,
+                   headers: dict[str, bytes] | None = None) -> None: ...
+
+
+@dataclass
+class Message:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None
+    headers: dict[str, bytes] | None
+
+
+@dataclass
+class MemorySink:
+    """Keeps what was sent (`keep=False`: only counts it, for long replays)."""
+
+    keep: bool = True
+    messages: list[Message] = field(default_factory=list)
+    sent: int = 0
+
+    async def send(self, topic, key, value, *, source_partition, partition=None, headers=None) -> None:
+        self.sent += 1
+        if self.keep:
+            self.messages.append(Message(topic, key, value, partition, headers))
+
+    def on(self, topic: str) -> list[Message]:
+        return [m for m in self.messages if m.topic == topic]
+
+
+@dataclass
+class Store:
+    """A changelogged table as the worker uses it: the data, and how its changelog is written.
+
+    A dict in tests and the backtest; `app.TableStore` over a Faust table in the worker.
+    """
+
+    data: MutableMapping[Any, bytes]
+    changelog: str
+
+    def encode_key(self, key: Any) -> bytes:
+        return key
+
+
+@dataclass
+class Topics:
+    transactions: str
+    anomalies: str
+    dlq: str
+
+
+@dataclass
+class Stores:
+    profiles: Store  # sender address (bytes) -> AddressProfile bytes
+    checkpoints: Store  # b"<partition>" -> model checkpoint
+    anomaly_buffer: Store  # (tx hash, window) -> anomaly document bytes
+
+
+class Cache(Protocol):
+    async def invalidate(self, kind: str, idents: list[str]) -> None: ...
+
+
+class Enricher(Protocol):
+    async def enrich(self, documents: list[dict]) -> None: ...
+
+
+class Worker:
+    """Models, state bounds, watermarks and the batch lock of one worker process."""
+
+    def __init__(self, settings, topics: Topics, stores: Stores, sink: Sink,
+                 cache: Cache | None = None, enricher: Enricher | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.topics = topics
+        self.stores = stores
+        self.sink = sink
+        self.cache = cache
+        self.enricher = enricher
+        self.clock = clock
+        self.config = ModelConfig.from_settings(settings)
+        self.models: dict[int, PartitionModel] = {}
+        self.saved_at: dict[int, float] = {}  # when each model was last checkpointed
+        self.saved_seen: dict[int, int] = {}
+        self.profiles_bound = TableBound(
+            stores.profiles, settings.address_state_ttl_seconds,
+            settings.address_state_max_per_partition, _locate_profile)
+        ttl = settings.anomaly_buffer_ttl_seconds
+        self.buffer_bound = TableBound(
+            stores.anomaly_buffer, ttl, settings.anomaly_buffer_max_per_partition, _locate_anomaly)
+        # The buffer is a windowed table (app.py); its keys carry the window of detection time.
+        self.buffer_window = TumblingWindow(buffer_window_seconds(settings), expires=ttl)
+        self.watermarks: dict[int, float] = {}  # newest event time seen per partition
+        self.indexed: frozenset[int] | None = None  # the partitions the bounds were rebuilt for
+        # Held for a whole batch; the consumer commits exactly_once transactions only
+        # while nobody holds it (consumer.BatchingConsumer._commit_tps).
+        self.batch_lock = asyncio.Lock()
+        self.last_progress = time.monotonic()
+
+    # -- a batch --
+
+    def lookup(self, sender: str) -> AddressProfile | None:
+        raw = self.stores.profiles.data.get(sender.encode())
+        return None if raw is None else AddressProfile.from_bytes(raw)
+
+    async def handle(self, partition: int, records: Sequence[Record], require_key: bool = True) -> BatchResult:
+        started = time.perf_counter()
+        model = self.model(partition)
+        result = process_batch(model, records, self.lookup, partition, require_key, self.clock)
+        await self._dead_letter(partition, result)
+        for sender, record in result.rekeyed:
+            await self.sink.send(self.topics.transactions, sender.encode(), record.value,
+                                 source_partition=partition)
+        await self._write_profiles(partition, result)
+        if result.anomalies:
+            await self._publish_anomalies(partition, result.anomalies)
+        now = self.clock()
+        self.watermarks[partition] = max(self.watermarks.get(partition, 0.0), result.latest_event_time)
+        if self.checkpoint_due(partition, now):
+            await self.checkpoint(partition, now)
+        self.last_progress = time.monotonic()
+        _count(len(records), result, model, time.perf_counter() - started, partition)
+        return result
+
+    async def _dead_letter(self, partition: int, result: BatchResult) -> None:
+        for dead in result.dead_letters:
+            await self.sink.send(self.topics.dlq, dead.record.key, dead.record.value,
+                                 source_partition=partition, partition=partition, headers={
+                                     "dlq-reason": dead.reason.encode(),
+                                     "dlq-detail": dead.detail.encode(),
+                                     "dlq-source-topic": self.topics.transactions.encode(),
+                                     "dlq-source-partition": b"%d" % partition,
+                                     "dlq-source-offset": b"%d" % dead.record.offset,
+                                 })
+            metrics.TRANSACTIONS_DEAD_LETTERED.labels(dead.reason).inc()
+
+    async def _write_profiles(self, partition: int, result: BatchResult) -> None:
+        touch = self.profiles_bound.touch
+        written = []
+        for sender, profile in result.profiles.items():
+            key = sender.encode()
+            written.append((key, profile.to_bytes()))
+            touch(partition, key, profile.last_seen)
+        await write_through(self.sink, self.stores.profiles, partition, written)
+
+    async def _publish_anomalies(self, partition: int, anomalies: list[dict]) -> None:
+        if self.enricher is not None:
+            await self.enricher.enrich(anomalies)
+        else:
+            for document in anomalies:
+                document["onchain"] = None
+        window = self.buffer_window.ranges(self.clock())[-1]
+        items = []
+        for document in anomalies:
+            value = encode(document)
+            key = (document["tx_hash"], window)
+            items.append((key, value))
+            self.buffer_bound.touch(partition, key, document["detected_at"])
+        await write_through(self.sink, self.stores.anomaly_buffer, partition, items)
+        for (_, value), document in zip(items, anomalies):
+            await self.sink.send(self.topics.anomalies, document["address"].encode(), value,
+                                 source_partition=partition, partition=partition)
+            log.info("anomaly_flagged", tx=document["tx_hash"], address=document["address"],
+                     score=document["score"], threshold=document["threshold"])
+        if self.cache is not None:
+            # Cached address views would hide the new anomalies until their TTL ran
+            # out. Bounded by REDIS_TIMEOUT_SECONDS, and skipped while Redis is down.
+            await self.cache.invalidate("address", [d["address"] for d in anomalies])
+
+    # -- models --
+
+    def model(self, partition: int) -> PartitionModel:
+        model = self.models.get(partition)
+        if model is None:
+            raw = self.stores.checkpoints.data.get(b"%d" % partition)
+            if raw is None:
+                model = PartitionModel(self.config, partition)
+                log.info("model_created", partition=partition)
+            else:
+                model = PartitionModel.from_bytes(raw, self.config)
+                log.info("model_restored", partition=partition, seen=model.seen, threshold=model.threshold)
+            self.models[partition] = model
+            self.saved_at[partition] = self.clock()
+            self.saved_seen[partition] = model.seen
+        return model
+
+    def checkpoint_due(self, partition: int, now: float) -> bool:
+        return (now - self.saved_at.get(partition, now) >= self.settings.model_checkpoint_interval_seconds
+                and self.models[partition].seen != self.saved_seen.get(partition))
+
+    async def checkpoint(self, partition: int, now: float, in_transaction: bool = True) -> None:
+        """Write the model to the table and its changelog partition.
+
+        In the partition's transaction (exactly_once) unless Faust has already
+        committed everything the model learned from (`release`).
+        """
+        key, value = b"%d" % partition, self.models[partition].to_bytes()
+        self.stores.checkpoints.data[key] = value
+        await self.sink.send(self.stores.checkpoints.changelog, key, value,
+                             source_partition=partition if in_transaction else None, partition=partition)
+        self.saved_at[partition] = now
+        self.saved_seen[partition] = self.models[partition].seen
+
+    async def release(self, partitions: set[int]) -> None:
+        """Checkpoint and drop the models of partitions this worker no longer owns.
+
+        Called after Faust has finished and committed every delivered batch
+        (and, with exactly_once, ended the transactions), so the checkpoint
+        goes out on its own, consistent with the committed offsets.
+        """
+        now = self.clock()
+        for partition in partitions & self.models.keys():
+            await self.checkpoint(partition, now, in_transaction=False)
+            del self.models[partition]
+            self.saved_at.pop(partition, None)
+            self.saved_seen.pop(partition, None)
+        self.indexed = None  # the next sweep rebuilds the bounds for what is left
+
+    # -- bounds --
+
+    async def sweep(self, owned: frozenset[int]) -> None:
+        """Expire old profiles and anomalies; after an assignment change, first re-learn what is there."""
+        if self.indexed != owned:
+            for bound in (self.profiles_bound, self.buffer_bound):
+                bound.rebuild(set(owned))
+            for partition in owned:
+                self.watermarks[partition] = max(self.watermarks.get(partition, 0.0),
+                                                 self.profiles_bound.newest(partition))
+            self.indexed = owned
+            metrics.STATE_REBUILDS.inc()
+            log.info("state_bounds_rebuilt", partitions=sorted(owned),
+                     profiles=len(self.profiles_bound), anomalies=len(self.buffer_bound))
+        now = self.clock()
+        expired = self.profiles_bound.sweep(lambda p: self.watermarks.get(p, 0.0))
+        await delete_through(self.sink, self.stores.profiles, expired)
+        metrics.STATE_EXPIRED.labels("profiles").inc(len(expired))
+        expired = self.buffer_bound.sweep(lambda p: now)
+        await delete_through(self.sink, self.stores.anomaly_buffer, expired)
+        metrics.STATE_EXPIRED.labels("anomaly_buffer").inc(len(expired))
+        metrics.ADDRESS_PROFILES.set(len(self.profiles_bound))
+        metrics.ANOMALY_BUFFER_SIZE.set(len(self.buffer_bound))
+        # A partition whose traffic stopped still gets its last batches checkpointed.
+        for partition in list(self.models):
+            if self.checkpoint_due(partition, now):
+                await self.checkpoint(partition, now)
+            metrics.MODEL_CHECKPOINT_AGE.labels(partition).set(now - self.saved_at[partition])
+
+    def stalled(self, lag: int, now: float | None = None) -> bool:
+        """Liveness: records are waiting and no batch finished within the bound."""
+        now = time.monotonic() if now is None else now
+        return lag > 0 and now - self.last_progress > self.settings.liveness_stall_seconds
+
+
+def _count(n: int, result: BatchResult, model: PartitionModel, seconds: float, partition: int) -> None:
+    metrics.TRANSACTIONS_CONSUMED.inc(n)
+    metrics.TRANSACTIONS_PROCESSED.inc(result.processed)
+    metrics.TRANSACTIONS_REKEYED.inc(len(result.rekeyed))
+    metrics.ANOMALIES_PUBLISHED.inc(len(result.anomalies))
+    metrics.BATCH_SIZE.observe(n)
+    metrics.BATCH_SECONDS.observe(seconds)
+    metrics.MODEL_THRESHOLD.labels(partition).set(model.threshold)
+    metrics.MODEL_EVENTS_SEEN.labels(partition).set(model.seen)
+    for score in result.scores[::16]:
+        metrics.ANOMALY_SCORE.observe(score)
+
+
+def _locate_profile(key: bytes, value: bytes) -> tuple[int, float]:
+    profile = AddressProfile.from_bytes(value)
+    return profile.partition, profile.last_seen
+
+
+def buffer_window_seconds(settings) -> float:
+    return max(settings.anomaly_buffer_ttl_seconds / 12, 1.0)
+
+
+def _locate_anomaly(key: Any, value: bytes) -> tuple[int, float]:
+    document = orjson.loads(value)
+    return document["source"]["partition"], document["detected_at"]

@@ -1,0 +1,132 @@
+"""Agent tier: the worker's own code driven without Kafka (an in-memory sink, dicts as tables)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from anomaly_stream.detect.detector import Record
+from anomaly_stream.detect.features import AddressProfile
+from anomaly_stream.settings import Settings
+from anomaly_stream.stream.worker import MemorySink, Store, Stores, Topics, Worker
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
+
+TOPICS = Topics("tx", "anomalies", "tx-dlq")
+
+
+class Clock:
+    def __init__(self, t: float = 1_700_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_worker(clock=None, **overrides) -> tuple[Worker, MemorySink]:
+    settings = Settings.from_env({}, kafka_input_partitions=1, model_warmup_events=300,
+                                 target_flag_rate=0.05, **overrides)
+    stores = Stores(Store({}, "profiles-changelog"), Store({}, "checkpoints-changelog"),
+                    Store({}, "buffer-changelog"))
+    sink = MemorySink()
+    return Worker(settings, TOPICS, stores, sink, clock=clock or Clock()), sink
+
+
+@pytest.fixture(scope="module")
+def txs() -> list[dict]:
+    return TrafficGenerator(GeneratorConfig(seed=5)).take(1500)
+
+
+def records(txs, start=0) -> list[Record]:
+    return [Record(start + i, tx["from"].encode(), orjson.dumps(tx), 1.0) for i, tx in enumerate(txs)]
+
+
+async def test_a_dead_letter_carries_its_reason_and_source():
+    worker, sink = make_worker()
+    await worker.handle(0, [Record(7, b"k", b"{not json", 1.0)])
+    [dead] = sink.on("tx-dlq")
+    assert dead.key == b"k" and dead.value == b"{not json" and dead.partition == 0
+    assert dead.headers["dlq-reason"] == b"malformed_json"
+    assert dead.headers["dlq-source-topic"] == b"tx"
+    assert dead.headers["dlq-source-partition"] == b"0" and dead.headers["dlq-source-offset"] == b"7"
+    assert not worker.stores.profiles.data
+
+
+async def test_a_miskeyed_message_is_republished_under_its_sender(txs):
+    worker, sink = make_worker()
+    tx = txs[0]
+    await worker.handle(0, [Record(0, b"someone-else", orjson.dumps(tx), 1.0)])
+    [rekeyed] = sink.on("tx")
+    assert rekeyed.key == tx["from"].encode() and rekeyed.partition is None
+    assert not worker.stores.profiles.data, "not scored where it landed"
+
+
+async def test_profiles_reach_the_table_before_their_changelog_and_once_per_batch(txs):
+    worker, sink = make_worker()
+    batch = records(txs[:200])
+    await worker.handle(0, batch)
+    changelog = sink.on("profiles-changelog")
+    senders = {tx["from"] for tx in txs[:200]}
+    assert sorted(m.key for m in changelog) == sorted(s.encode() for s in senders)
+    for message in changelog:
+        assert worker.stores.profiles.data[message.key] == message.value
+        assert AddressProfile.from_bytes(message.value).partition == 0
+
+
+async def test_anomalies_are_buffered_published_and_indexed(txs):
+    worker, sink = make_worker()
+    await worker.handle(0, records(txs[:1000]))  # warm-up: the threshold is set at the end of a batch
+    sink.messages.clear()
+    result = await worker.handle(0, records(txs[1000:], 1000))
+    assert result.anomalies, "the generated attacks must flag something"
+    published = sink.on("anomalies")
+    assert [orjson.loads(m.value)["tx_hash"] for m in published] == [d["tx_hash"] for d in result.anomalies]
+    assert all(m.key == orjson.loads(m.value)["address"].encode() for m in published)
+    assert len(worker.stores.anomaly_buffer.data) == len(published) == len(worker.buffer_bound)
+    assert all(orjson.loads(m.value)["onchain"] is None for m in published)
+
+
+async def test_checkpoints_follow_the_interval_and_release_drops_the_model(txs):
+    clock = Clock()
+    worker, sink = make_worker(clock, model_checkpoint_interval_seconds=30.0)
+    await worker.handle(0, records(txs[:100]))
+    assert not sink.on("checkpoints-changelog"), "not due yet"
+    clock.t += 31
+    await worker.handle(0, records(txs[100:200], 100))
+    assert len(sink.on("checkpoints-changelog")) == 1
+    clock.t += 31
+    await worker.sweep(frozenset({0}))
+    assert len(sink.on("checkpoints-changelog")) == 1, "nothing learned since: no checkpoint"
+    await worker.release({0})
+    assert len(sink.on("checkpoints-changelog")) == 2 and not worker.models
+    restored = worker.model(0)
+    assert restored.seen == 200, "the next owner resumes from the checkpoint"
+
+
+async def test_a_sweep_expires_by_event_time_with_tombstones(txs):
+    worker, sink = make_worker(address_state_ttl_seconds=60.0)
+    old = [dict(tx, blockTimestamp=1_600_000_000) for tx in txs[:50]]
+    await worker.handle(0, records(old))
+    fresh = dict(txs[60], blockTimestamp=1_600_000_000 + 3600)
+    await worker.handle(0, records([fresh], 50))
+    await worker.sweep(frozenset({0}))
+    tombstones = [m for m in sink.on("profiles-changelog") if m.value is None]
+    assert {m.key for m in tombstones} == {tx["from"].encode() for tx in old} - {fresh["from"].encode()}
+    assert set(worker.stores.profiles.data) == {fresh["from"].encode()}
+
+
+async def test_a_rebalance_rebuilds_the_bounds_from_the_tables(txs):
+    worker, _ = make_worker()
+    await worker.handle(0, records(txs[:100]))
+    n = len(worker.profiles_bound)
+    worker.profiles_bound.index.clear()
+    await worker.release({0})
+    await worker.sweep(frozenset({0}))
+    assert len(worker.profiles_bound) == n
+
+
+def test_liveness_means_progress():
+    worker, _ = make_worker(liveness_stall_seconds=10.0)
+    now = worker.last_progress
+    assert not worker.stalled(lag=0, now=now + 1000), "idle with nothing to read is alive"
+    assert not worker.stalled(lag=5, now=now + 5)
+    assert worker.stalled(lag=5, now=now + 11)
