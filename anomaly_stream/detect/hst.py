@@ -1,0 +1,506 @@
+"""River's half-space trees compiled to arrays: the same trees, the same scores, in batches.
+
+`CompiledHST` holds River's `HalfSpaceTrees` (river 0.26) as numpy arrays and
+runs score-then-learn over a batch of events at once, with River's results to
+the bit. The trees are River's own: `from_river` copies the node structure
+(split feature, split threshold, masses) of trees River built with its seed,
+it does not re-implement River's randomness.
+
+Why a batch can be vectorised exactly. In River (river/anomaly/hst.py):
+
+* `learn_one` adds 1 to `l_mass` of every node on the event's root-to-leaf
+  path in every tree; after `window_size` learned events (`counter` reaches
+  it) the window pivots: every node's `r_mass = l_mass`, `l_mass = 0`,
+  `counter = 0`, and the first-window flag is cleared;
+* `score_one` reads only `r_mass`: it is 0 (the int) until the first pivot,
+  then `1 - score / max_score` with `max_score = n_trees * window_size *
+  (2 ** (height + 1) - 1)`, where `score` sums, over the trees, the walk's
+  `r_mass * 2 ** depth` for each visited node; the walk stops after adding a
+  node whose `r_mass < size_limit = 0.1 * window_size` and otherwise goes
+  left iff `x[feature] < threshold`, down to the leaf (depth `height`).
+
+So `r_mass` is constant between pivots, and with every feature present the
+path of an event depends only on the tree structure, never on the masses.
+`score_learn` therefore computes all paths of a batch level by level across
+trees and events (fancy indexing on flat arrays), then cuts the batch at the
+pivots: each piece is scored against one `r_mass` and its paths are added to
+`l_mass` with one `bincount`. A call with at most `_SMALL` events (one
+event at a time, say) would pay numpy's per-call overhead dozens of times
+per level; it walks Python lists of the same arrays instead (River's walk
+without its node objects) and adds its visits to `l_mass` in bulk later
+(at the pivot, or before the state is read): scores never read `l_mass`.
+
+Bit-identical, not approximately equal: every term `r_mass * 2 ** depth` is
+an integer, and River's float sums of them stay exact (below `max_score`,
+which `from_arrays` requires to be under 2 ** 53),
+so the per-event total is the same integer in int64 here; then
+`1.0 - total / max_score` is the same IEEE division and subtraction River
+does. Comparisons `value < threshold` are between the same float64 values;
+`not (value < threshold)` (go right) also matches River for NaN.
+
+Missing features are not supported: River walks a missing feature towards
+the child with the larger `l_mass`, which makes paths depend on the masses.
+X must carry every feature (a column per name, in `features` order); the
+detector always passes all of them.
+
+Checkpoints (`to_bytes`): no pickle, a versioned binary encoding, optionally
+authenticated with HMAC-SHA256 (verified before anything else is decoded):
+
+    b"CHST" | version u16 | flags u16 | header length u32 | JSON header |
+    raw little-endian arrays (in the order the header lists them) |
+    [32-byte HMAC-SHA256 over everything before it, if flags & 1]
+
+Masses are stored in the narrowest unsigned type that holds `window_size`
+(uint16 at the default 250), so the default model (20 trees of height 6) is
+about 22 KB, against about 86 KB for a pickle of River's trained model
+(measured by benchmarks/model.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CheckpointError", "CompiledHST", "FORMAT_VERSION", "MAGIC"]
+
+MAGIC = b"CHST"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<4sHHI")  # magic, version, flags, header length
+_FLAG_HMAC = 1
+_TAG_SIZE = hashlib.sha256().digest_size
+_MAX_HEIGHT = 24  # 2**25 nodes a tree: far beyond any useful model, bounds allocation on decode
+_MAX_HEADER = 1 << 20
+_MAX_WINDOW = 2**32 - 1  # masses are stored as uint16 or uint32
+# Paths are computed for at most this many events at once (memory: (height + 1)
+# x n_trees x BLOCK int64 indices, 4.6 MB at the default size).
+_BLOCK = 4096
+# Up to this many events, score_learn walks Python lists (as River does, without its objects).
+_SMALL = 8
+_MAX_PENDING = 1 << 16
+
+
+class CheckpointError(ValueError):
+    """A compiled-HST checkpoint or state that cannot be used; the message says why."""
+
+
+class CompiledHST:
+    """River's HalfSpaceTrees as arrays: same trees (built by River with its seed), same scores.
+
+    Node `i` of a tree (heap order: root 0, children `2i + 1` and `2i + 2`)
+    is `split_feature[t, i]` / `split_threshold[t, i]` for the `2**height - 1`
+    branches, and `l_mass[t, i]` / `r_mass[t, i]` for all `2**(height+1) - 1`
+    nodes. `counter` and `first_window` are River's.
+    """
+
+    def __init__(self, *, features: Sequence[str], n_trees: int, height: int, window_size: int,
+                 split_feature: np.ndarray, split_threshold: np.ndarray, l_mass: np.ndarray,
+                 r_mass: np.ndarray, counter: int, first_window: bool, seed: int | None = None):
+        self.features = tuple(features)
+        self.n_trees = n_trees
+        self.height = height
+        self.window_size = window_size
+        self.seed = seed
+        self.counter = counter
+        self.first_window = first_window
+        self.n_nodes = 2 ** (height + 1) - 1
+        self.max_score = n_trees * window_size * self.n_nodes  # River's _max_score, an int
+        self.size_limit = 0.1 * window_size  # River's, the same float expression
+        nodes = self.n_nodes
+        # Flat per-node arrays, leaves padded (never read as splits), indexed by t * nodes + i.
+        feature = np.zeros((n_trees, nodes), dtype=np.intp)
+        threshold = np.zeros((n_trees, nodes), dtype=np.float64)
+        feature[:, : nodes // 2] = split_feature
+        threshold[:, : nodes // 2] = split_threshold
+        self._feature = feature.ravel()
+        self._threshold = threshold.ravel()
+        self._l_mass = np.array(l_mass, dtype=np.int64).reshape(-1)
+        self._r_mass = np.array(r_mass, dtype=np.int64).reshape(-1)
+        self._base = (np.arange(n_trees, dtype=np.intp) * nodes)[:, None]
+        self._lists = None  # Python-list copies of the structure and of r_mass, for small batches
+        self._r_list = None
+        self._pending: list[int] = []  # nodes visited by small batches, not yet in _l_mass
+
+    # -- building ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_river(cls, hst, features: Sequence[str]) -> CompiledHST:
+        """Compile River's model, fresh or trained (its trees, masses, counter and window flag).
+
+        `features` names X's columns. A fresh model has no trees yet (River
+        builds them in the first `learn_one`, over `sorted(x)` with its rng);
+        they are built here by River on a copy, exactly as that first call
+        would, so the original is left untouched and both continue alike.
+        """
+        features = tuple(features)
+        if len(set(features)) != len(features) or not features:
+            raise ValueError(f"features must be distinct names, got {features!r}")
+        if not hst.trees:
+            built = copy.deepcopy(hst)
+            built.learn_one(dict.fromkeys(features, 0.0))  # builds the trees; masses dropped below
+            trees, counter, first_window, fresh = built.trees, 0, True, True
+        else:
+            trees, counter, fresh = hst.trees, hst.counter, False
+            first_window = getattr(hst, "_first_window", None)
+            if first_window is None:  # after the first pivot the roots hold window_size
+                first_window = trees[0].r_mass == 0
+        n_trees, height, nodes = hst.n_trees, hst.height, 2 ** (hst.height + 1) - 1
+        if len(trees) != n_trees:
+            raise ValueError(f"River model has {len(trees)} trees, expected {n_trees}")
+        index = {name: i for i, name in enumerate(features)}
+        split_feature = np.zeros((n_trees, nodes // 2), dtype=np.intp)
+        split_threshold = np.zeros((n_trees, nodes // 2), dtype=np.float64)
+        l_mass = np.zeros((n_trees, nodes), dtype=np.int64)
+        r_mass = np.zeros((n_trees, nodes), dtype=np.int64)
+        for t, root in enumerate(trees):
+            level = [root]
+            for depth in range(height + 1):
+                first = 2 ** depth - 1
+                for k, node in enumerate(level):
+                    i = first + k
+                    is_branch = hasattr(node, "threshold")
+                    if is_branch != (depth < height):
+                        raise ValueError(f"tree {t} is not a complete tree of height {height}")
+                    if is_branch:
+                        if node.feature not in index:
+                            raise ValueError(f"tree {t} splits on {node.feature!r}, not in {features}")
+                        split_feature[t, i] = index[node.feature]
+                        split_threshold[t, i] = node.threshold
+                    if not fresh:
+                        l_mass[t, i] = node.l_mass
+                        r_mass[t, i] = node.r_mass
+                level = [child for node in level for child in getattr(node, "children", ())]
+        return cls.from_arrays({
+            "features": features, "n_trees": n_trees, "height": height,
+            "window_size": hst.window_size, "seed": hst.seed, "counter": counter,
+            "first_window": bool(first_window), "split_feature": split_feature,
+            "split_threshold": split_threshold, "l_mass": l_mass, "r_mass": r_mass,
+        })
+
+    @classmethod
+    def new(cls, n_trees: int, height: int, window_size: int, seed: int | None,
+            features: Sequence[str]) -> CompiledHST:
+        """A fresh model whose trees River builds (default limits [0, 1] per feature)."""
+        from river.anomaly import HalfSpaceTrees
+
+        return cls.from_river(
+            HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed),
+            features,
+        )
+
+    # -- the hot path -----------------------------------------------------------------------
+
+    def _paths(self, X: np.ndarray) -> np.ndarray:
+        """Global node index (t * n_nodes + i) per level, tree and event: (height + 1, n_trees, n)."""
+        n, d = X.shape
+        values = X.ravel()  # C order: feature f of event e at e * d + f
+        rows = np.arange(0, n * d, d, dtype=np.intp)
+        paths = np.empty((self.height + 1, self.n_trees, n), dtype=np.intp)
+        paths[0] = self._base
+        offset = 2 - self._base  # child of global g = t * n_nodes + i: 2g + offset_t - (go left)
+        for depth in range(self.height):
+            g = paths[depth]
+            at = self._feature.take(g)
+            at += rows
+            go_left = values.take(at) < self._threshold.take(g)
+            child = paths[depth + 1]
+            np.multiply(g, 2, out=child)
+            child += offset
+            child -= go_left  # left 2i + 1, right 2i + 2 (right also for NaN, as in River)
+        return paths
+
+    def _score_learn_small(self, X: np.ndarray, scores: np.ndarray) -> None:
+        """score_learn for a few events: River's walk on Python lists beats numpy's call overhead.
+
+        The visited nodes wait in `_pending` (global indices) and are added to
+        `l_mass` in bulk at the pivot (or when many are pending): scores never
+        read `l_mass`, and everything else that does flushes first.
+        """
+        if self._lists is None:
+            self._lists = self._feature.tolist(), self._threshold.tolist()
+        if self._r_list is None:
+            self._r_list = self._r_mass.tolist()
+        feature, threshold = self._lists
+        r_mass = self._r_list
+        n_trees, height, nodes, size_limit = self.n_trees, self.height, self.n_nodes, self.size_limit
+        visit = self._pending.append
+        levels = range(height)
+        for e, row in enumerate(X.tolist()):
+            total = 0
+            for t in range(n_trees):
+                g = t * nodes
+                offset = 2 - g
+                going = True
+                visit(g)
+                for depth in levels:
+                    if going:
+                        r = r_mass[g]
+                        total += r << depth
+                        going = r >= size_limit
+                    g = 2 * g + offset - (row[feature[g]] < threshold[g])
+                    visit(g)
+                if going:
+                    total += r_mass[g] << height
+            scores[e] = 0.0 if self.first_window else 1 - total / self.max_score
+            self.counter += 1
+            if self.counter == self.window_size:
+                self._pivot()
+                r_mass = self._r_list = self._r_mass.tolist()
+        if len(self._pending) > _MAX_PENDING:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._learn(np.array(self._pending, dtype=np.intp))
+            self._pending.clear()  # in place: _score_learn_small holds its append
+
+    def _learn(self, paths: np.ndarray) -> None:
+        if paths.size < 4 * self._l_mass.size:
+            np.add.at(self._l_mass, paths.ravel(), 1)
+        else:
+            self._l_mass += np.bincount(paths.ravel(), minlength=self._l_mass.size)
+
+    def _pivot(self) -> None:
+        self._flush()
+        self._r_mass = self._l_mass
+        self._l_mass = np.zeros_like(self._r_mass)
+        self.first_window = False
+        self.counter = 0
+        self._r_list = None
+
+    def _score(self, paths: np.ndarray) -> np.ndarray:
+        """River's score_one for each event of a piece between pivots, from its paths."""
+        n = paths.shape[2]
+        if self.first_window:
+            return np.zeros(n, dtype=np.float64)
+        total = np.zeros((self.n_trees, n), dtype=np.int64)
+        going = np.ones((self.n_trees, n), dtype=bool)  # the walk has not stopped above
+        for depth in range(self.height + 1):
+            r = self._r_mass.take(paths[depth])
+            if depth:
+                total += np.where(going, r << depth, 0)
+            else:
+                total += r
+            if depth < self.height:
+                going &= r >= self.size_limit
+        return 1 - total.sum(axis=0) / self.max_score
+
+    def score_learn(self, X: np.ndarray) -> np.ndarray:
+        """For each row in order: River's score_one, then its learn_one. Returns the scores.
+
+        X: shape (n, len(features)), columns in `features` order, every
+        feature present (cast to float64; NaN goes right, as in River).
+        """
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.features):
+            raise ValueError(f"X must have shape (n, {len(self.features)}), got {X.shape}")
+        n = X.shape[0]
+        scores = np.empty(n, dtype=np.float64)
+        if n <= _SMALL:
+            self._score_learn_small(X, scores)
+            return scores
+        for start in range(0, n, _BLOCK):
+            block = X[start: start + _BLOCK]
+            paths = self._paths(block)
+            at = 0
+            while at < len(block):
+                stop = min(len(block), at + self.window_size - self.counter)
+                piece = paths[:, :, at:stop]
+                scores[start + at: start + stop] = self._score(piece)
+                self._learn(piece)
+                self.counter += stop - at
+                if self.counter == self.window_size:  # River's pivot
+                    self._pivot()
+                at = stop
+        return scores
+
+    # -- state ------------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, Any]:
+        """The whole state (copies): arrays, scalars and the feature names (a tuple of str)."""
+        self._flush()
+        shape = (self.n_trees, self.n_nodes)
+        branches = self.n_nodes // 2
+        return {
+            "features": self.features, "n_trees": self.n_trees, "height": self.height,
+            "window_size": self.window_size, "seed": self.seed, "counter": self.counter,
+            "first_window": self.first_window,
+            "split_feature": self._feature.reshape(shape)[:, :branches].copy(),
+            "split_threshold": self._threshold.reshape(shape)[:, :branches].copy(),
+            "l_mass": self._l_mass.reshape(shape).copy(),
+            "r_mass": self._r_mass.reshape(shape).copy(),
+        }
+
+    @classmethod
+    def from_arrays(cls, state: dict[str, Any]) -> CompiledHST:
+        """Rebuild from `to_arrays`; an inconsistent state raises CheckpointError saying why."""
+        try:
+            features = tuple(state["features"])
+            n_trees, height, window_size = state["n_trees"], state["height"], state["window_size"]
+            seed, counter, first_window = state["seed"], state["counter"], state["first_window"]
+            arrays = {k: np.asarray(state[k]) for k in ("split_feature", "split_threshold", "l_mass", "r_mass")}
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"incomplete state: {exc!r}") from None
+        if not features or not all(isinstance(f, str) for f in features) or len(set(features)) != len(features):
+            raise CheckpointError(f"features must be distinct names, got {features!r}")
+        for name, value, low in (("n_trees", n_trees, 1), ("height", height, 0), ("window_size", window_size, 1)):
+            if not _is_int(value) or value < low:
+                raise CheckpointError(f"{name} must be an int >= {low}, got {value!r}")
+        if height > _MAX_HEIGHT or window_size > _MAX_WINDOW:
+            raise CheckpointError(f"height {height} or window_size {window_size} too large")
+        if seed is not None and not _is_int(seed):
+            raise CheckpointError(f"seed must be an int or None, got {seed!r}")
+        if not _is_int(counter) or not 0 <= counter < window_size:
+            raise CheckpointError(f"counter must be in [0, {window_size}), got {counter!r}")
+        if not isinstance(first_window, (bool, np.bool_)):
+            raise CheckpointError(f"first_window must be a bool, got {first_window!r}")
+        nodes = 2 ** (height + 1) - 1
+        if n_trees * window_size * nodes >= 2**53:
+            raise CheckpointError("n_trees * window_size * nodes >= 2**53: River's float sums would round")
+        expected = {"split_feature": (n_trees, nodes // 2), "split_threshold": (n_trees, nodes // 2),
+                    "l_mass": (n_trees, nodes), "r_mass": (n_trees, nodes)}
+        for name, shape in expected.items():
+            if arrays[name].shape != shape:
+                raise CheckpointError(f"{name} has shape {arrays[name].shape}, expected {shape}")
+        kinds = {"split_feature": "iu", "split_threshold": "f", "l_mass": "iu", "r_mass": "iu"}
+        for name, kind in kinds.items():
+            if arrays[name].dtype.kind not in kind:
+                raise CheckpointError(f"{name} has dtype {arrays[name].dtype}")
+        split_feature = arrays["split_feature"]
+        if split_feature.size and (split_feature.min() < 0 or split_feature.max() >= len(features)):
+            raise CheckpointError(f"split_feature outside [0, {len(features)})")
+        if not np.isfinite(arrays["split_threshold"]).all():
+            raise CheckpointError("split_threshold is not finite")
+        # River's mass invariants: every learned event passes the root and one child per branch.
+        for name, root in (("l_mass", counter), ("r_mass", 0 if first_window else window_size)):
+            mass = arrays[name]
+            if mass.min() < 0 or mass.max() > window_size:
+                raise CheckpointError(f"{name} outside [0, {window_size}]")
+            mass = mass.astype(np.int64)
+            if (mass[:, 0] != root).any():
+                raise CheckpointError(f"{name} at the roots is not {root}")
+            if height and (mass[:, : nodes // 2] != mass[:, 1::2] + mass[:, 2::2]).any():
+                raise CheckpointError(f"{name} of a branch is not the sum of its children's")
+        return cls(features=features, n_trees=int(n_trees), height=int(height),
+                   window_size=int(window_size), seed=None if seed is None else int(seed),
+                   split_feature=split_feature.astype(np.intp),
+                   split_threshold=arrays["split_threshold"].astype(np.float64),
+                   l_mass=arrays["l_mass"], r_mass=arrays["r_mass"],
+                   counter=int(counter), first_window=bool(first_window))
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def to_bytes(self, key: bytes | None = None) -> bytes:
+        """The versioned, non-executable encoding (see the module doc); signed if `key` is given."""
+        state = self.to_arrays()
+        mass_dtype = _mass_dtype(self.window_size)
+        feature_dtype = "|u1" if len(self.features) <= 256 else "<u2"
+        encoded = (("split_feature", feature_dtype), ("split_threshold", "<f8"),
+                   ("l_mass", mass_dtype), ("r_mass", mass_dtype))
+        header = {
+            "features": list(self.features), "n_trees": self.n_trees, "height": self.height,
+            "window_size": self.window_size, "seed": self.seed, "counter": self.counter,
+            "first_window": self.first_window,
+            "arrays": [{"name": name, "dtype": dtype, "shape": list(state[name].shape)}
+                       for name, dtype in encoded],
+        }
+        head = json.dumps(header, separators=(",", ":")).encode()
+        flags = _FLAG_HMAC if key is not None else 0
+        parts = [_PREFIX.pack(MAGIC, FORMAT_VERSION, flags, len(head)), head]
+        parts += [np.ascontiguousarray(state[name], dtype=dtype).tobytes() for name, dtype in encoded]
+        body = b"".join(parts)
+        if key is not None:
+            body += hmac.new(key, body, hashlib.sha256).digest()
+        return body
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, key: bytes | None = None) -> CompiledHST:
+        """Decode `to_bytes`; anything unusable raises CheckpointError with the reason.
+
+        With `key`, the blob must carry an HMAC-SHA256 made with that key; it
+        is checked before the header is parsed. Without `key`, a signed blob
+        is refused too (it cannot be verified). Never unpickles.
+        """
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise CheckpointError(f"expected bytes, got {type(raw).__name__}")
+        raw = bytes(raw)
+        if len(raw) < _PREFIX.size:
+            raise CheckpointError(f"truncated: {len(raw)} bytes, shorter than the {_PREFIX.size}-byte prefix")
+        magic, version, flags, head_len = _PREFIX.unpack_from(raw)
+        if magic != MAGIC:
+            raise CheckpointError(f"bad magic {magic!r}, not a compiled-HST checkpoint")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"unsupported format version {version} (this code reads {FORMAT_VERSION})")
+        if flags & ~_FLAG_HMAC:
+            raise CheckpointError(f"unknown flags {flags:#x}")
+        signed = bool(flags & _FLAG_HMAC)
+        if key is not None and not signed:
+            raise CheckpointError("checkpoint carries no HMAC but a key is required")
+        if key is None and signed:
+            raise CheckpointError("checkpoint carries an HMAC: a key is needed to verify it")
+        end = len(raw)
+        if signed:
+            if len(raw) < _PREFIX.size + _TAG_SIZE:
+                raise CheckpointError("truncated: no room for the HMAC")
+            end -= _TAG_SIZE
+            expected = hmac.new(key, raw[:end], hashlib.sha256).digest()
+            if not hmac.compare_digest(expected, raw[end:]):
+                raise CheckpointError("HMAC mismatch: tampered, truncated or signed with another key")
+        if head_len > _MAX_HEADER or _PREFIX.size + head_len > end:
+            raise CheckpointError(f"truncated: header of {head_len} bytes does not fit")
+        try:
+            header = json.loads(raw[_PREFIX.size: _PREFIX.size + head_len])
+        except (ValueError, RecursionError) as exc:
+            raise CheckpointError(f"header is not JSON: {exc}") from None
+        if not isinstance(header, dict):
+            raise CheckpointError("header is not a JSON object")
+        scalars = ("features", "n_trees", "height", "window_size", "seed", "counter", "first_window")
+        if set(header) != {*scalars, "arrays"}:
+            raise CheckpointError(f"header keys {sorted(header)} are not the expected ones")
+        state = {k: header[k] for k in scalars}
+        if not isinstance(state["features"], list):
+            raise CheckpointError("features is not a list")
+        height, n_trees = header["height"], header["n_trees"]
+        if not (_is_int(height) and 0 <= height <= _MAX_HEIGHT and _is_int(n_trees) and n_trees >= 1):
+            raise CheckpointError(f"bad tree shape: n_trees {n_trees!r}, height {height!r}")
+        nodes = 2 ** (height + 1) - 1
+        layout = {"split_feature": ((n_trees, nodes // 2), {"|u1", "<u2"}),
+                  "split_threshold": ((n_trees, nodes // 2), {"<f8"}),
+                  "l_mass": ((n_trees, nodes), {"<u2", "<u4"}),
+                  "r_mass": ((n_trees, nodes), {"<u2", "<u4"})}
+        entries = header["arrays"]
+        if (not isinstance(entries, list) or len(entries) != len(layout)
+                or not all(isinstance(e, dict) and set(e) == {"name", "dtype", "shape"} for e in entries)
+                or [e["name"] for e in entries] != list(layout)):
+            raise CheckpointError(f"arrays must list {list(layout)} with name, dtype and shape")
+        at = _PREFIX.size + head_len
+        for entry in entries:
+            shape, dtypes = layout[entry["name"]]
+            if entry["dtype"] not in dtypes:
+                raise CheckpointError(f"{entry['name']}: dtype {entry['dtype']!r} not allowed")
+            if entry["shape"] != list(shape):
+                raise CheckpointError(f"{entry['name']}: shape {entry['shape']!r}, expected {list(shape)}")
+            dtype = np.dtype(entry["dtype"])
+            nbytes = dtype.itemsize * shape[0] * shape[1]
+            if at + nbytes > end:
+                raise CheckpointError(f"truncated: {entry['name']} needs {nbytes} bytes, {end - at} left")
+            state[entry["name"]] = np.frombuffer(raw, dtype=dtype, count=nbytes // dtype.itemsize,
+                                                 offset=at).reshape(shape)
+            at += nbytes
+        if at != end:
+            raise CheckpointError(f"{end - at} trailing bytes after the arrays")
+        return cls.from_arrays(state)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _mass_dtype(window_size: int) -> str:
+    return "<u2" if window_size <= np.iinfo(np.uint16).max else "<u4"
