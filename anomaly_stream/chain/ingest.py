@@ -144,23 +144,12 @@ class Ingester:
         await self.producer.start()
 
     async def _create_topics(self) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import TopicAlreadyExistsError
-
-        from ..stream.topics import ensure_topics
+        from ..stream.topics import admin_client, create_topic, ensure_topics
 
         await ensure_topics(self.settings)  # the input topic, with the configured partition count
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(
-                self.checkpoint_topic, 1, self.settings.kafka_topic_replication_factor,
-                topic_configs={"cleanup.policy": "compact"},
-            )])
-        except TopicAlreadyExistsError:
-            pass
-        finally:
-            await admin.close()
+        async with admin_client(self.settings.kafka_bootstrap_servers) as admin:
+            await create_topic(admin, self.checkpoint_topic, 1, self.settings.kafka_topic_replication_factor,
+                               configs={"cleanup.policy": "compact"})
 
     async def read_checkpoint(self) -> Position | None:
         """The last committed checkpoint for this chain (read_committed, to the stable end)."""

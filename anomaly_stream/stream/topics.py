@@ -5,14 +5,19 @@ makes the broker auto-create it with the broker's default partition count.
 Per-address state is partition-local, so a wrong partition count silently
 splits state: `ensure_topics` creates missing topics with the configured
 count and refuses to start on a mismatch.
+
+`create_topic` is the one place a topic is created (the ingester's compacted
+checkpoint topic goes through it too), on an admin client from `admin_client`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from ..settings import Settings
 
@@ -25,30 +30,50 @@ def topic_names(settings: Settings) -> list[str]:
     return [settings.kafka_input_topic, settings.kafka_anomalies_topic, settings.dlq_topic]
 
 
-async def ensure_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+@asynccontextmanager
+async def admin_client(bootstrap_servers: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
-        wanted = topic_names(settings)
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def create_topic(admin: AIOKafkaAdminClient, name: str, partitions: int, replication: int,
+                       configs: dict[str, str] | None = None) -> bool:
+    """Create one topic; False when it exists already (another replica or process created it first).
+
+    aiokafka answers a refused creation with an error code in the response
+    rather than an exception: any code other than "already exists" is raised.
+    """
+    try:
+        response = await admin.create_topics([NewTopic(name, partitions, replication, topic_configs=configs or {})])
+    except TopicAlreadyExistsError:
+        return False
+    for _topic, code, *message in response.topic_errors:
+        error = for_code(code)
+        if error is TopicAlreadyExistsError:
+            return False
+        if code:
+            raise error(f"creating topic {name}: {message[0] if message else code}")
+    return True
+
+
+async def ensure_topics(settings: Settings) -> None:
+    async with admin_client(settings.kafka_bootstrap_servers) as admin:
         # list_topics first: a metadata request naming a missing topic makes a
         # broker with auto-creation on create it with its default partition count.
         present = await admin.list_topics()
-        missing = [name for name in wanted if name not in present]
-        if missing:
-            try:
-                await admin.create_topics([
-                    NewTopic(name, settings.kafka_input_partitions, settings.kafka_topic_replication_factor)
-                    for name in missing
-                ])
-            except TopicAlreadyExistsError:
-                pass  # another replica created it first
+        for name in topic_names(settings):
+            if name not in present:
+                await create_topic(admin, name, settings.kafka_input_partitions,
+                                   settings.kafka_topic_replication_factor)
         found = await _partition_count(admin, settings.kafka_input_topic)
         if found != settings.kafka_input_partitions:
             raise TopicMismatch(
                 f"topic {settings.kafka_input_topic} has {found} partitions but "
                 f"KAFKA_INPUT_PARTITIONS is {settings.kafka_input_partitions}")
-    finally:
-        await admin.close()
 
 
 async def _partition_count(admin: AIOKafkaAdminClient, topic: str, timeout: float = 30.0) -> int:
