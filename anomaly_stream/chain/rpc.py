@@ -66,35 +66,31 @@ class RpcClient:
 
     async def batch(self, method: str, params_list: list[list]) -> list:
         """One JSON-RPC batch of the same method; results in request order."""
-        if not params_list:
-            return []
-
-        async def once():
-            responses = await self.provider.make_batch_request([(method, p) for p in params_list])
-            if not isinstance(responses, list):  # the node rejected the whole batch
-                raise RpcError(method, responses.get("error") or "bad batch response")
-            if len(responses) != len(params_list):
-                raise RpcError(method, f"{len(responses)} answers to {len(params_list)} requests")
-            for response in responses:
-                if response.get("error"):
-                    raise RpcError(method, response["error"])
-            return [response.get("result") for response in responses]
-
-        return await self._retrying(f"batch:{method}", once)
+        return await self.batch_calls([(method, params) for params in params_list])
 
     async def batch_calls(self, calls: list[tuple[str, list]]) -> list:
-        """One JSON-RPC batch of different methods; results in request order."""
+        """One JSON-RPC batch of (method, params) calls; results in request order.
+
+        Timed and counted as `batch:<method>` when every call is the same method,
+        as `batch` otherwise.
+        """
+        if not calls:
+            return []
+        uniform = len({method for method, _ in calls}) == 1
+        name = calls[0][0] if uniform else "batch"
 
         async def once():
             responses = await self.provider.make_batch_request(calls)
-            if not isinstance(responses, list) or len(responses) != len(calls):
-                raise RpcError("batch", "bad batch response")
+            if not isinstance(responses, list):  # the node rejected the whole batch
+                raise RpcError(name, isinstance(responses, dict) and responses.get("error") or "bad batch response")
+            if len(responses) != len(calls):
+                raise RpcError(name, f"{len(responses)} answers to {len(calls)} requests")
             for response in responses:
                 if response.get("error"):
-                    raise RpcError("batch", response["error"])
+                    raise RpcError(name, response["error"])
             return [response.get("result") for response in responses]
 
-        return await self._retrying("batch", once)
+        return await self._retrying(f"batch:{name}" if uniform else "batch", once)
 
     async def _retrying(self, label: str, once):
         for attempt in range(1, self.max_attempts + 1):
@@ -126,7 +122,7 @@ class RpcClient:
                 error = exc
             if delay is None:
                 delay = random.uniform(0, min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1)))
-            log.warning("rpc %s failed (attempt %d/%d): %r; retrying in %.2fs",
-                        label, attempt, self.max_attempts, error, delay)
+            log.warning("rpc_retry", method=label, attempt=attempt, max_attempts=self.max_attempts,
+                        error=repr(error), retry_in_seconds=round(delay, 2))
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
