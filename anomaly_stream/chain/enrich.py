@@ -12,12 +12,12 @@ cool-down so a dead node costs the stream nothing.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 import structlog
 
 from .. import metrics
+from ..cooldown import CoolDown
 from ..serve.cache import Cache
 from .rpc import RpcClient
 from ..detect.schema import WEI_PER_ETH
@@ -35,7 +35,7 @@ class Enricher:
         self.cache = cache
         self.url = settings.eth_rpc_url
         self._rpc: RpcClient | None = None
-        self._down_until = 0.0
+        self.cool_down = CoolDown(COOL_DOWN_SECONDS)
 
     @property
     def rpc(self) -> RpcClient:
@@ -54,7 +54,7 @@ class Enricher:
             document["onchain"] = None
         if not self.enabled or not documents:
             return
-        if time.monotonic() < self._down_until:
+        if not self.cool_down.allows():
             metrics.ENRICHMENT.labels("skipped").inc(len(documents))
             return
         addresses = sorted({d["address"] for d in documents} | {d["to"] for d in documents if d["to"]})
@@ -62,10 +62,11 @@ class Enricher:
             found = await asyncio.wait_for(
                 asyncio.gather(*(self.facts(a) for a in addresses)), self.timeout)
         except Exception as exc:  # noqa: BLE001 - whatever the node did, the anomaly goes out
-            self._down_until = time.monotonic() + COOL_DOWN_SECONDS
+            self.cool_down.failed()
             metrics.ENRICHMENT.labels("error").inc(len(documents))
-            log.warning("enrichment_failed", error=type(exc).__name__, retry_in_seconds=COOL_DOWN_SECONDS)
+            log.warning("enrichment_failed", error=type(exc).__name__, retry_in_seconds=self.cool_down.seconds)
             return
+        self.cool_down.succeeded()
         facts = dict(zip(addresses, found))
         for document in documents:
             sender, to = facts[document["address"]], facts.get(document["to"])

@@ -13,13 +13,13 @@ a hash already validated by the view (never raw user input).
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Awaitable, Callable
 
 import redis.asyncio as redis
 import structlog
 
 from .. import metrics
+from ..cooldown import CoolDown
 from ..settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -33,8 +33,7 @@ class Cache:
         self.prefix = settings.redis_key_prefix
         self.ttl = settings.redis_cache_ttl_seconds
         self.timeout = settings.redis_timeout_seconds
-        self._down_until = 0.0
-        self._failing = False
+        self.cool_down = CoolDown(COOL_DOWN_SECONDS, probe=True)
         self.hits = self.misses = self.errors = 0
         self.settings = settings
         self.client: redis.Redis | None = None  # built by start(), inside the running loop
@@ -60,14 +59,7 @@ class Cache:
 
     def _may_call(self) -> bool:
         """Closed: yes. Cooling down: no. Cool-down over: one call probes for the others."""
-        if self.client is None:
-            return False
-        now = time.monotonic()
-        if now < self._down_until:
-            return False
-        if self._failing:
-            self._down_until = now + COOL_DOWN_SECONDS
-        return True
+        return self.client is not None and self.cool_down.allows()
 
     def key(self, kind: str, ident: str) -> str:
         return f"{self.prefix}:{kind}:{ident}"
@@ -104,12 +96,9 @@ class Cache:
         except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
             self.errors += 1
             metrics.REDIS_CACHE_ERRORS.labels(operation).inc()
-            if time.monotonic() >= self._down_until:
+            if self.cool_down.failed():
                 log.warning("redis_unavailable", operation=operation, error=type(exc).__name__,
-                            retry_in_seconds=COOL_DOWN_SECONDS)
-            self._down_until = time.monotonic() + COOL_DOWN_SECONDS
-            self._failing = True
+                            retry_in_seconds=self.cool_down.seconds)
             return None
-        self._failing = False
-        self._down_until = 0.0
+        self.cool_down.succeeded()
         return result
