@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     settings = Settings.from_env()
-    setup_logging(settings.log_level, settings.log_format)
+    # The worker logs through Faust's handlers; the ingester has none of its own.
+    setup_logging(settings.log_level, settings.log_format, handler=command == "ingest")
     if command == "worker":
         return run_worker(settings, rest)
     if command == "generate":

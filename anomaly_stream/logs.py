@@ -1,4 +1,10 @@
-"""Logging, configured once from `main()`: structlog events, JSON in production."""
+"""Logging, configured once from `main()`: structlog events, JSON in production.
+
+Every module logs structlog events with fields, `log.info("event_name", key=value)`,
+through the standard library, so they share Faust's handlers and levels in the
+worker. A command that runs without Faust (the ingester) asks for a handler of
+its own with `handler=True`.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,12 @@ import logging
 import structlog
 
 
-def setup_logging(level: str = "info", fmt: str = "json") -> None:
+def setup_logging(level: str = "info", fmt: str = "json", *, handler: bool = False) -> None:
     stdlib_level = logging.getLevelName(level.upper())
     for noisy in ("faust", "mode", "aiokafka", "web3", "urllib3"):
         logging.getLogger(noisy).setLevel(stdlib_level)
+    if handler and not logging.getLogger().handlers:
+        logging.basicConfig(level=stdlib_level, format="%(message)s")  # the event is rendered already
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[

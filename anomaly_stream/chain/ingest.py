@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import time
 from dataclasses import dataclass, field
@@ -65,7 +64,7 @@ from ..metrics import (
 from .rpc import RpcClient, RpcError
 from ..settings import Settings
 
-log = structlog.get_logger("anomaly_stream.chain.ingest")
+log = structlog.get_logger(__name__)
 
 KEEP_HASHES = 256  # published block hashes kept (and checkpointed) to find a fork point
 RECEIPT_CHUNK = 100  # receipts per JSON-RPC batch when the node has no eth_getBlockReceipts
@@ -231,7 +230,7 @@ class Ingester:
                 if not exc.method_missing:
                     raise
                 self.block_receipts = False
-                log.info("node has no eth_getBlockReceipts; fetching receipts per transaction")
+                log.info("block_receipts_unsupported", fallback="eth_getTransactionReceipt")
         if with_txs and self.block_receipts is False:
             hashes = [tx["hash"] for b in with_txs for tx in b["transactions"]]
             chunks = [hashes[i:i + RECEIPT_CHUNK] for i in range(0, len(hashes), RECEIPT_CHUNK)]
@@ -267,9 +266,8 @@ class Ingester:
                 pos.replaces.update(orphaned)
                 pos.next_block = numbers[i] + 1
                 INGEST_ORPHANED_BLOCKS.inc(len(orphaned))
-                log.error("reorg deeper than the confirmation depth %d: fork point %d; orphaned published "
-                          "blocks %s; republishing the canonical blocks from %d",
-                          self.depth, numbers[i], orphaned, pos.next_block)  # fmt: skip
+                log.error("reorg_past_confirmations", confirmations=self.depth, fork_point=numbers[i],
+                          orphaned=orphaned, republish_from=pos.next_block)  # fmt: skip
                 return numbers[i]
         raise DeepReorg(f"no kept block hash (blocks {numbers[0]}..{numbers[-1]}) is canonical any more")
 
@@ -277,14 +275,15 @@ class Ingester:
 
     async def start_position(self, from_block: int | None) -> Position:
         if from_block is not None:
-            log.info("starting at --from-block %d (the checkpoint is ignored)", from_block)
+            log.info("ingest_start", next_block=from_block, reason="--from-block (the checkpoint is ignored)")
             return await self.fresh_position(from_block)
         pos = await self.read_checkpoint()
         if pos:
-            log.info("resuming after checkpointed block %d %s", pos.recent[-1][0], pos.recent[-1][1])
+            log.info("ingest_start", next_block=pos.next_block, reason="checkpoint",
+                     checkpoint_block=pos.recent[-1][0], checkpoint_hash=pos.recent[-1][1])
             return pos
         start = max(await self.head() - self.depth, 0)
-        log.info("no checkpoint for chain %d: starting at the confirmed head %d", self.chain_id, start)
+        log.info("ingest_start", next_block=start, reason="no checkpoint: the confirmed head", chain_id=self.chain_id)
         return await self.fresh_position(start)
 
     async def fresh_position(self, start: int) -> Position:
@@ -301,16 +300,16 @@ class Ingester:
         await self.start_kafka()
         try:
             pos = await self.start_position(from_block)
-            log.info("ingesting chain %d into %s (checkpoints in %s), confirmations %d",
-                     self.chain_id, self.topic, self.checkpoint_topic, self.depth)  # fmt: skip
+            log.info("ingesting", chain_id=self.chain_id, topic=self.topic, checkpoint_topic=self.checkpoint_topic,
+                     confirmations=self.depth)  # fmt: skip
             while not self.stopping.is_set():
                 if to_block is not None and pos.next_block > to_block:
-                    log.info("reached --to-block %d", to_block)
+                    log.info("ingest_to_block_reached", to_block=to_block)
                     break
                 if not await self.step(pos, to_block):
                     await self._sleep(self.settings.ingest_poll_interval_seconds)
         except DeepReorg as exc:
-            log.error("stopping: %s; restart with --from-block after checking the chain", exc)
+            log.error("ingest_stopped", error=str(exc), hint="restart with --from-block after checking the chain")
             return EXIT_DEEP_REORG
         finally:
             await self.producer.stop()
@@ -336,12 +335,11 @@ class Ingester:
             return True  # nothing of this batch is published; the next step starts at the fork
         receipts = await self.fetch_receipts(blocks)
         if receipts is None:
-            log.warning("receipts do not match blocks %d..%d (chain moving); refetching",
-                        pos.next_block, last)  # fmt: skip
+            log.warning("receipts_mismatch_refetching", first_block=pos.next_block, last_block=last)
             return False
         await self.publish(pos, blocks, receipts)
         ETH_BLOCKS_BEHIND_HEAD.set(max(head - (pos.next_block - 1), 0))
-        log.debug("published blocks %d..%d", int(blocks[0]["number"], 16), pos.next_block - 1)
+        log.debug("blocks_published", first_block=int(blocks[0]["number"], 16), last_block=pos.next_block - 1)
         return True
 
     async def _sleep(self, seconds: float) -> None:
@@ -371,8 +369,6 @@ def main(settings: Settings, args: list[str]) -> int:
     opts = parser.parse_args(args)
     if opts.from_block is not None and opts.from_block < 0:
         parser.error("--from-block must be >= 0")
-    if not logging.getLogger().handlers:  # the worker gets its handler from Faust; we have none
-        logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
     if settings.ingest_metrics_port:
         start_http_server(settings.ingest_metrics_port, addr=settings.web_host)
     return asyncio.run(run_ingest(settings, opts.from_block, opts.to_block))
