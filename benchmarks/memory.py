@@ -23,7 +23,6 @@ printed in MB per minute.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -33,26 +32,12 @@ from pathlib import Path
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import MACHINE, arguments, fresh_deployment, pace, rss_mb, write_result
+from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
+from tests.support import KAFKA, WorkerProcess
 
-from throughput import write_result  # noqa: E402
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
-from anomaly_stream.settings import Settings  # noqa: E402
-from scaling import ensure_topics_settled  # noqa: E402
-from tests.support import KAFKA, WorkerProcess, deployment_env  # noqa: E402
-
-PARTITIONS = 4
 TEMPLATES = 20_000
 START_TIME = 1_700_000_000
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def message(templates: list[dict], i: int, addresses: int, rate: float) -> tuple[bytes, bytes]:
@@ -99,9 +84,7 @@ async def feed_and_sample(env, worker: WorkerProcess, opts) -> list[dict]:
             i += 1
             sent = i
             if i % 100 == 0:
-                ahead = i / opts.rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+                await pace(i, opts.rate, started)
             if worker.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {worker.proc.returncode}; see {worker.log_path}")
         await producer.flush()
@@ -136,21 +119,17 @@ def verdict(samples: list[dict], bound: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = arguments("memory", short="4 minutes, a sample every 5 s")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=2500.0)
     parser.add_argument("--addresses", type=int, default=1_000_000)
     parser.add_argument("--bound", type=int, default=200_000)
     parser.add_argument("--sample-seconds", type=float, default=10.0)
-    parser.add_argument("--short", action="store_true", help="4 minutes, a sample every 5 s")
-    parser.add_argument("--json", default="benchmarks/results/memory.json")
     opts = parser.parse_args()
     if opts.short:
         opts.minutes, opts.sample_seconds = 4.0, 5.0
 
-    env = deployment_env(kafka_input_partitions=PARTITIONS, log_level="warning",
-                         address_state_max_size=opts.bound)
-    asyncio.run(ensure_topics_settled(Settings.from_env(env)))
+    env = fresh_deployment(address_state_max_size=opts.bound)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     worker = WorkerProcess(env, log_dir, "memory").start()
     try:
@@ -167,7 +146,7 @@ def main() -> int:
           f"final {result.get('rss_final_mb')} MB, growth {result.get('growth_mb')} MB, "
           f"slope {result.get('slope_mb_per_min')} MB/min; flattened: {result.get('flattened')}; "
           f"consumer lag at the end {lag:,.0f}")
-    out = {"machine": "2 cores, loopback Apache Kafka (make up)", "minutes": opts.minutes, "rate_tx_per_s": opts.rate,
+    out = {"machine": MACHINE, "minutes": opts.minutes, "rate_tx_per_s": opts.rate,
            "addresses": opts.addresses, "bound": opts.bound, "idle_rss_mb": idle_rss, **result,
            "samples": samples, "log": str(worker.log_path)}
     write_result(opts.json, out)

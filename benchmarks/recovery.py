@@ -21,7 +21,6 @@ store is reported as skipped.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import sys
@@ -29,26 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import MACHINE, PARTITIONS, arguments, fresh_deployment, rss_mb, write_result
+from anomaly_stream.detect.features import AddressProfile
+from anomaly_stream.stream.topics import admin_client, create_topic
+from anomaly_stream.tools.backtest import kafka_partition
+from tests.support import KAFKA, WorkerProcess
 
-from throughput import write_result  # noqa: E402
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from anomaly_stream.tools.backtest import kafka_partition  # noqa: E402
-from anomaly_stream.detect.features import AddressProfile  # noqa: E402
-from anomaly_stream.settings import Settings  # noqa: E402
-from scaling import ensure_topics_settled  # noqa: E402
-from tests.support import KAFKA, WorkerProcess, deployment_env  # noqa: E402
-
-PARTITIONS = 4
 EVENT_TIME = 1_700_000_000.0
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def profile_record(i: int, rng: random.Random) -> tuple[bytes, bytes, int]:
@@ -66,14 +52,9 @@ def profile_record(i: int, rng: random.Random) -> tuple[bytes, bytes, int]:
 
 async def fill_changelog(topic: str, n: int) -> float:
     from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
-    await admin.start()
-    try:  # as Faust creates a changelog: compacted, one partition per input partition
-        await admin.create_topics([NewTopic(topic, PARTITIONS, 1, topic_configs={"cleanup.policy": "compact"})])
-    finally:
-        await admin.close()
+    async with admin_client(KAFKA) as admin:  # as Faust creates a changelog: compacted, a partition per input one
+        await create_topic(admin, topic, PARTITIONS, 1, configs={"cleanup.policy": "compact"})
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, linger_ms=50, max_batch_size=1 << 20)
     await producer.start()
     rng = random.Random(n)
@@ -104,11 +85,9 @@ def start_and_time(env: dict[str, str], n: int, log_dir: Path, name: str) -> tup
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = arguments("recovery", short="100k profiles only")
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--stores", default="memory,rocksdb")
-    parser.add_argument("--short", action="store_true", help="100k profiles only")
-    parser.add_argument("--json", default="benchmarks/results/recovery.json")
     opts = parser.parse_args()
     sizes = [100_000] if opts.short else [int(s) for s in opts.sizes.split(",")]
     stores = opts.stores.split(",")
@@ -122,9 +101,7 @@ def main() -> int:
     rows = []
     for n in sizes:
         # A bound above n: nothing is evicted, recovery alone is measured.
-        env = deployment_env(kafka_input_partitions=PARTITIONS, log_level="warning",
-                             address_state_max_size=4 * n)
-        asyncio.run(ensure_topics_settled(Settings.from_env(env)))
+        env = fresh_deployment(address_state_max_size=4 * n)
         fill = asyncio.run(fill_changelog(f"{env['APP_ID']}-profiles-changelog", n))
         print(f"{n:,} profiles written to the changelog in {fill:.1f} s", flush=True)
         for store in stores:
@@ -140,7 +117,7 @@ def main() -> int:
                 print(f"{n:>9,} profiles  {store:<7} {variant:<4}  ready {row['ready_s']:6.1f} s  "
                       f"indexed {row['indexed_s']:6.1f} s  RSS {row['rss_mb']:6.0f} MB", flush=True)
             worker.stop()
-    result = {"machine": "2 cores, loopback Apache Kafka (make up)", "partitions": PARTITIONS, "runs": rows,
+    result = {"machine": MACHINE, "partitions": PARTITIONS, "runs": rows,
               "logs": str(log_dir)}
     write_result(opts.json, result)
     return 0

@@ -5,22 +5,21 @@
 
 Needs the local stack (`make up`). In one run, on the same generated stream
 (4 partitions), each worker figure next to the bare loop measured just before it:
-1. bare loop (`throughput.bare_loop`): `process_batch` alone, the compute floor;
-2. one worker draining a backlog (`throughput.worker_throughput`);
+1. bare loop (`common.bare_loop`): `process_batch` alone, the compute floor;
+2. one worker draining a backlog (`common.worker_throughput`);
 3. two workers draining the same backlog in a fresh deployment: both start,
    the group settles on 2+2 partitions, both are paused (SIGSTOP, with a 60 s
    session) while the backlog is produced, then resumed, so the figure is
    neither a rebalance nor the producer; throughput is from the first to the
    last consumed message over both workers' counters;
 4. produce-to-anomaly latency with one worker fed at 25%, 50% and 90% of the
-   one-worker peak (`throughput.latency_run`).
+   one-worker peak (`common.latency_run`).
 Scaling efficiency = two-worker throughput / (2 x one-worker throughput). On
 a 2-core machine that also runs the broker and the producer, expect far below 1.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import sys
@@ -28,71 +27,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import throughput  # noqa: E402
-from throughput import (  # noqa: E402
-    PARTITIONS, bare_loop, latency_run, percentile, worker_throughput, write_result,
+from common import (
+    MACHINE, PARTITIONS, arguments, bare_loop, consumed, drain_rate, fresh_deployment, generated, latency_run,
+    percentile, worker_throughput, write_result,
 )
-
-from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
-from anomaly_stream.settings import Settings  # noqa: E402
-from anomaly_stream.stream.topics import ensure_topics  # noqa: E402
-from tests.support import WorkerProcess, deployment_env, produce  # noqa: E402
+from tests.support import WorkerProcess, produce
 
 SHARES = (0.25, 0.5, 0.9)
 
 
-async def ensure_topics_settled(settings: Settings, attempts: int = 40) -> None:
-    """`topics.ensure_topics`, retried while the broker still lists a new topic with 0 partitions.
-
-    Right after CreateTopics the broker's metadata can show the topic without its
-    partitions; `ensure_topics` then raises TopicMismatch (reported to the owner).
-    """
-    from anomaly_stream.stream.topics import TopicMismatch
-
-    for attempt in range(attempts):
-        try:
-            return await ensure_topics(settings)
-        except TopicMismatch:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.25)
-
-
-# throughput.latency_run creates its topics itself: give it the retrying version.
-throughput.ensure_topics = ensure_topics_settled
-
-
-def consumed(worker: WorkerProcess) -> float:
-    try:
-        return worker.metrics().get("transactions_consumed_total", 0.0)
-    except OSError:
-        return 0.0
-
-
 def two_worker_throughput(messages, log_dir: Path) -> float:
     # A session long enough to survive the pause while the backlog is produced.
-    env = deployment_env(kafka_input_partitions=PARTITIONS, log_level="warning",
-                         kafka_session_timeout_seconds=60, kafka_heartbeat_interval_seconds=3)
-    asyncio.run(ensure_topics_settled(Settings.from_env(env)))
+    env = fresh_deployment(kafka_session_timeout_seconds=60, kafka_heartbeat_interval_seconds=3)
     pair = [WorkerProcess(env, log_dir, f"scaling{i}").start() for i in range(2)]
     try:
         for w in pair:
             w.wait_ready(timeout=120)
-        # Settle: a probe message per partition reaches both workers, then ready again.
-        probes = messages[:200]
-        asyncio.run(produce(env["KAFKA_INPUT_TOPIC"], probes))
-        deadline = time.monotonic() + 120
-        while not all(consumed(w) > 0 for w in pair) or sum(consumed(w) for w in pair) < len(probes):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the two workers never shared the partitions; see {log_dir}")
-            time.sleep(0.2)
-        base = sum(consumed(w) for w in pair)
-        total = base + len(messages)
+        base = settle(pair, env, messages[:200], log_dir)
         # A backlog, as for one worker: both workers are stopped (SIGSTOP) while it
         # is produced, so the figure measures draining, not the producer.
         for w in pair:
@@ -102,34 +53,33 @@ def two_worker_throughput(messages, log_dir: Path) -> float:
         finally:
             for w in pair:
                 w.proc.send_signal(signal.SIGCONT)
-        first = None
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            now_consumed = sum(consumed(w) for w in pair)
-            now = time.monotonic()
-            if first is None and now_consumed > base:
-                first = (now, now_consumed)
-            if now_consumed >= total:
-                return (now_consumed - first[1]) / (now - first[0])
-            time.sleep(0.1)
-        raise TimeoutError(f"two workers did not drain the backlog; see {log_dir}")
+        return drain_rate(lambda: sum(consumed(w) for w in pair), base, base + len(messages),
+                          f"two workers did not drain the backlog; see {log_dir}")
     finally:
         for w in pair:
             w.stop()
 
 
+def settle(pair: list[WorkerProcess], env: dict[str, str], probes, log_dir: Path) -> float:
+    """A probe message per partition reaches both workers; returns what they consumed together."""
+    asyncio.run(produce(env["KAFKA_INPUT_TOPIC"], probes))
+    deadline = time.monotonic() + 120
+    while not all(consumed(w) > 0 for w in pair) or sum(consumed(w) for w in pair) < len(probes):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the two workers never shared the partitions; see {log_dir}")
+        time.sleep(0.2)
+    return sum(consumed(w) for w in pair)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = arguments("scaling", short="100k messages, 10 s latency runs")
     parser.add_argument("--count", type=int, default=200_000)
-    parser.add_argument("--short", action="store_true", help="100k messages, 10 s latency runs")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
-    parser.add_argument("--json", default="benchmarks/results/scaling.json")
     opts = parser.parse_args()
     if opts.short:
         opts.count, opts.latency_seconds = 100_000, 10.0
 
-    txs = TrafficGenerator(GeneratorConfig(seed=42)).take(opts.count)
-    messages = [(tx["from"].encode(), orjson.dumps(tx)) for tx in txs]
+    _, messages = generated(opts.count)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
 
     bare1 = bare_loop(messages)
@@ -146,7 +96,7 @@ def main() -> int:
         rate = share * one
         # latency_run waits for rate x seconds messages: never ask for more than the stream has.
         seconds = min(opts.latency_seconds, 0.95 * len(messages) / rate)
-        lat = asyncio.run(latency_run(messages, rate, seconds, log_dir))
+        lat = latency_run(messages, rate, seconds, log_dir)
         row = {"share_of_peak": share, "rate_tx_per_s": rate, "seconds": seconds, "anomalies": len(lat),
                "p50_ms": 1000 * percentile(lat, 0.5), "p99_ms": 1000 * percentile(lat, 0.99)}
         latency.append(row)
@@ -154,7 +104,7 @@ def main() -> int:
               f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms", flush=True)
 
     result = {
-        "machine": "2 cores, loopback Apache Kafka (make up); broker, producer and workers share the cores",
+        "machine": f"{MACHINE}; broker, producer and workers share the cores",
         "count": opts.count, "partitions": PARTITIONS,
         "one_worker": {"tx_per_s": one, "bare_tx_per_s": bare1, "ratio": one / bare1},
         "two_workers": {"tx_per_s": two, "bare_tx_per_s": bare2, "ratio": two / bare2,

@@ -25,7 +25,6 @@ use caps what is measured; both processes' CPU time is reported.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import random
@@ -35,21 +34,17 @@ import tempfile
 import time
 from bisect import bisect
 from collections import Counter
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
+from typing import Callable
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import PARTITIONS, arguments, backlog_deployment, generated, percentile, write_result
+from anomaly_stream.settings import Settings
+from tests.support import REDIS_URL, WorkerProcess, unique
 
-from throughput import write_result  # noqa: E402
-
-from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
-from anomaly_stream.settings import Settings  # noqa: E402
-from anomaly_stream.stream.topics import ensure_topics  # noqa: E402
-from tests.support import REDIS_URL, WorkerProcess, deployment_env, keyed, produce, unique  # noqa: E402
-
-PARTITIONS = 4
 CLOSED_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused at once
 MACHINE = f"{os.cpu_count()} cores; client and worker on the same machine, loopback Kafka and Redis (make up)"
 HIT = "redis_cache_requests_total{result=hit}"
@@ -74,11 +69,6 @@ def client_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 def cache_counts(worker: WorkerProcess) -> dict[str, float]:
     m = worker.metrics()
     return {"hit": m.get(HIT, 0.0), "miss": m.get(MISS, 0.0),
@@ -92,10 +82,7 @@ def hit_rate(before: dict, after: dict) -> float | None:
 
 def start_worker(messages, redis_url: str, log_dir: Path, name: str) -> tuple[WorkerProcess, dict]:
     """A fresh one-worker deployment that has drained `messages`."""
-    env = deployment_env(kafka_input_partitions=PARTITIONS, log_level="warning",
-                         redis_url=redis_url, redis_key_prefix=unique("bench-serving"))
-    asyncio.run(ensure_topics(Settings.from_env(env)))
-    asyncio.run(produce(env["KAFKA_INPUT_TOPIC"], messages))
+    env = backlog_deployment(messages, redis_url=redis_url, redis_key_prefix=unique("bench-serving"))
     worker = WorkerProcess(env, log_dir, name).start()
     worker.wait_ready(120)
     worker.wait_metric("transactions_consumed_total", len(messages), timeout=300)
@@ -133,15 +120,11 @@ def buffered_anomalies(worker: WorkerProcess) -> list[str]:
             return hashes
 
 
-async def drive(worker: WorkerProcess, addresses: list[str], anomalies: list[str], s: float,
-                seconds: float, concurrency: int, anomaly_share: float, list_share: float,
-                seed: int) -> dict:
-    import aiohttp
-
-    rng = random.Random(seed)
+def request_mix(addresses: list[str], anomalies: list[str], s: float, anomaly_share: float, list_share: float,
+                rng: random.Random) -> Callable[[], tuple[str, str]]:
+    """Draws (route kind, path): listings, anomalies by hash and addresses, each key by Zipf(s)."""
     pick_address = zipf_sampler(len(addresses), s, rng)
     pick_anomaly = zipf_sampler(len(anomalies), s, rng) if anomalies else None
-    base = worker.url("")
 
     def next_path() -> tuple[str, str]:
         u = rng.random()
@@ -151,120 +134,134 @@ async def drive(worker: WorkerProcess, addresses: list[str], anomalies: list[str
             return "anomaly", f"/api/v1/anomalies/{anomalies[pick_anomaly()]}"
         return "address", f"/api/v1/addresses/{addresses[pick_address()]}"
 
-    latencies: dict[str, list[float]] = {"address": [], "anomaly": [], "list": []}
-    distinct: set[str] = set()
-    statuses: Counter = Counter()
-    errors: Counter = Counter()
-    started = time.monotonic()
-    deadline = started + seconds
-    half = {"done": False}
+    return next_path
+
+
+@dataclass
+class Load:
+    """What the simulated users saw."""
+
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"address": [], "anomaly": [], "list": []})
+    distinct: set[str] = field(default_factory=set)
+    statuses: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+
+
+async def send_requests(base: str, next_path: Callable[[], tuple[str, str]], deadline: float,
+                        concurrency: int, load: Load) -> None:
+    """`concurrency` users, each sending one request after the other until `deadline` (monotonic)."""
+    import aiohttp
 
     async def user(session: aiohttp.ClientSession) -> None:
         while time.monotonic() < deadline:
             kind, path = next_path()
             if kind != "list":
-                distinct.add(path)
+                load.distinct.add(path)
             t0 = time.perf_counter()
             try:
                 async with session.get(base + path) as resp:
                     await resp.read()
-                    statuses[resp.status] += 1
+                    load.statuses[resp.status] += 1
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                errors[type(exc).__name__] += 1
+                load.errors[type(exc).__name__] += 1
                 continue
-            latencies[kind].append(time.perf_counter() - t0)
+            load.latencies[kind].append(time.perf_counter() - t0)
 
-    async def halfway() -> None:
-        await asyncio.sleep(seconds / 2)
-        half["counts"] = await asyncio.to_thread(cache_counts, worker)
-
-    before = await asyncio.to_thread(cache_counts, worker)
-    worker_cpu0, client_cpu0 = cpu_seconds(worker.proc.pid), client_cpu_seconds()
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        marker = asyncio.create_task(halfway())
         await asyncio.gather(*(user(session) for _ in range(concurrency)))
-        await marker
-    elapsed = time.monotonic() - started
-    worker_cpu, client_cpu = cpu_seconds(worker.proc.pid) - worker_cpu0, client_cpu_seconds() - client_cpu0
-    after = await asyncio.to_thread(cache_counts, worker)
 
-    every = [x for v in latencies.values() for x in v]
+
+async def counts_after(worker: WorkerProcess, seconds: float) -> dict[str, float]:
+    await asyncio.sleep(seconds)
+    return await asyncio.to_thread(cache_counts, worker)
+
+
+async def drive(worker: WorkerProcess, addresses: list[str], anomalies: list[str], s: float,
+                seconds: float, concurrency: int, anomaly_share: float, list_share: float,
+                seed: int) -> dict:
+    next_path = request_mix(addresses, anomalies, s, anomaly_share, list_share, random.Random(seed))
+    load = Load()
+    started = time.monotonic()
+    before = await asyncio.to_thread(cache_counts, worker)
+    worker_cpu0, client_cpu0 = cpu_seconds(worker.proc.pid), client_cpu_seconds()
+    halfway = asyncio.create_task(counts_after(worker, seconds / 2))
+    await send_requests(worker.url(""), next_path, started + seconds, concurrency, load)
+    half = await halfway
+    elapsed = time.monotonic() - started
+    cpu = {"worker": cpu_seconds(worker.proc.pid) - worker_cpu0, "client": client_cpu_seconds() - client_cpu0}
+    after = await asyncio.to_thread(cache_counts, worker)
+    return summary(load, elapsed, cpu, before, half, after)
+
+
+def summary(load: Load, elapsed: float, cpu: dict[str, float], before: dict, half: dict, after: dict) -> dict:
+    every = [x for v in load.latencies.values() for x in v]
     return {
         "requests": len(every),
         "requests_per_s": len(every) / elapsed,
         "p50_ms": 1000 * percentile(every, 0.5),
         "p99_ms": 1000 * percentile(every, 0.99),
         "by_route": {k: {"requests": len(v), "p50_ms": 1000 * percentile(v, 0.5),
-                         "p99_ms": 1000 * percentile(v, 0.99)} for k, v in latencies.items() if v},
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "client_errors": dict(errors),
+                         "p99_ms": 1000 * percentile(v, 0.99)} for k, v in load.latencies.items() if v},
+        "statuses": {str(k): v for k, v in sorted(load.statuses.items())},
+        "client_errors": dict(load.errors),
         "cache_hit_rate": hit_rate(before, after),
-        "cache_hit_rate_second_half": hit_rate(half["counts"], after),
-        "distinct_keys_requested": len(distinct),
+        "cache_hit_rate_second_half": hit_rate(half, after),
+        "distinct_keys_requested": len(load.distinct),
         "cache_lookups": after["hit"] + after["miss"] - before["hit"] - before["miss"],
         "redis_errors": after["errors"] - before["errors"],
         "seconds": elapsed,
         "load_average_1m_after": os.getloadavg()[0],
-        "cpu_share": {"worker": worker_cpu / elapsed, "client": client_cpu / elapsed},
+        "cpu_share": {"worker": cpu["worker"] / elapsed, "client": cpu["client"] / elapsed},
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
+def options():
+    parser = arguments("serving", short="10 s per mode")
     parser.add_argument("--count", type=int, default=20_000, help="generated transactions fed to each worker")
     parser.add_argument("--zipf", type=float, nargs="+", default=[1.1], help="Zipf exponent(s) s of the key mix")
     parser.add_argument("--seconds", type=float, default=30.0, help="load time per mode and exponent")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--anomaly-share", type=float, default=0.2, help="share of /api/v1/anomalies/{tx_hash}")
     parser.add_argument("--list-share", type=float, default=0.05, help="share of uncached /api/v1/anomalies")
-    parser.add_argument("--short", action="store_true", help="10 s per mode")
-    parser.add_argument("--json", default="benchmarks/results/serving.json")
     opts = parser.parse_args()
     if opts.short:
         opts.seconds = 10.0
+    return opts
 
-    txs = TrafficGenerator(GeneratorConfig(seed=42)).take(opts.count)
-    messages = keyed(txs)
-    activity = Counter(tx["from"].lower() for tx in txs)
-    addresses = [a for a, _ in activity.most_common()]  # rank 1 = busiest sender
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    load_before = os.getloadavg()[0]
-    print(f"{opts.count:,} generated transactions, {len(addresses):,} distinct senders; "
-          f"{opts.concurrency} concurrent requests, {opts.seconds:.0f} s per mode; worker logs in {log_dir}")
-    print(f"NOTE: client and worker share this {os.cpu_count()}-core machine; "
-          f"the client's CPU is part of what limits requests/s.", flush=True)
 
-    ttl = Settings.from_env().redis_cache_ttl_seconds  # the workers inherit this environment
-    modes = {"on": REDIS_URL, "off": CLOSED_REDIS_URL}
+def run_mode(mode: str, redis_url: str, messages, addresses: list[str], opts, log_dir: Path) -> list[dict]:
+    """One fresh worker with the cache on or off, loaded once per Zipf exponent."""
     runs = []
-    for mode, redis_url in modes.items():
-        worker, env = start_worker(messages, redis_url, log_dir, f"serving-cache-{mode}")
-        try:
-            health = orjson.loads(worker.get("/health")[1])
-            anomalies = buffered_anomalies(worker)
-            print(f"cache {mode.upper()}: worker reports {health['address_profiles']:,} profiles, "
-                  f"{len(anomalies)} buffered anomalies (REDIS_URL={redis_url}, "
-                  f"prefix {env['REDIS_KEY_PREFIX']})", flush=True)
-            for s in opts.zipf:
-                if mode == "on":
-                    asyncio.run(clear_prefix(redis_url, env["REDIS_KEY_PREFIX"]))
-                result = asyncio.run(drive(worker, addresses, anomalies, s, opts.seconds, opts.concurrency,
-                                           opts.anomaly_share, opts.list_share, seed=7))
-                result.update({"cache": mode, "zipf_s": s, "redis_url": redis_url,
-                               "redis_key_prefix": env["REDIS_KEY_PREFIX"],
-                               "profiles": health["address_profiles"], "anomalies": len(anomalies)})
-                runs.append(result)
-                hr = result["cache_hit_rate"]
-                print(f"  s={s}: {result['requests_per_s']:,.0f} req/s, p50 {result['p50_ms']:.1f} ms, "
-                      f"p99 {result['p99_ms']:.1f} ms, hit rate {'-' if hr is None else f'{hr:.1%}'}, "
-                      f"{result['distinct_keys_requested']:,} distinct keys, statuses {result['statuses']}, "
-                      f"redis errors {result['redis_errors']:.0f}, load avg {result['load_average_1m_after']:.1f}",
-                      flush=True)
-        finally:
-            worker.stop()
+    worker, env = start_worker(messages, redis_url, log_dir, f"serving-cache-{mode}")
+    try:
+        health = orjson.loads(worker.get("/health")[1])
+        anomalies = buffered_anomalies(worker)
+        print(f"cache {mode.upper()}: worker reports {health['address_profiles']:,} profiles, "
+              f"{len(anomalies)} buffered anomalies (REDIS_URL={redis_url}, "
+              f"prefix {env['REDIS_KEY_PREFIX']})", flush=True)
+        for s in opts.zipf:
+            if mode == "on":
+                asyncio.run(clear_prefix(redis_url, env["REDIS_KEY_PREFIX"]))
+            result = asyncio.run(drive(worker, addresses, anomalies, s, opts.seconds, opts.concurrency,
+                                       opts.anomaly_share, opts.list_share, seed=7))
+            result.update({"cache": mode, "zipf_s": s, "redis_url": redis_url,
+                           "redis_key_prefix": env["REDIS_KEY_PREFIX"],
+                           "profiles": health["address_profiles"], "anomalies": len(anomalies)})
+            runs.append(result)
+            hr = result["cache_hit_rate"]
+            print(f"  s={s}: {result['requests_per_s']:,.0f} req/s, p50 {result['p50_ms']:.1f} ms, "
+                  f"p99 {result['p99_ms']:.1f} ms, hit rate {'-' if hr is None else f'{hr:.1%}'}, "
+                  f"{result['distinct_keys_requested']:,} distinct keys, statuses {result['statuses']}, "
+                  f"redis errors {result['redis_errors']:.0f}, load avg {result['load_average_1m_after']:.1f}",
+                  flush=True)
+    finally:
+        worker.stop()
+    return runs
 
+
+def print_table(runs: list[dict]) -> None:
     print()
     print(f"{'cache':<6}{'zipf s':>7}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'hit rate':>10}{'2nd half':>10}"
           f"{'worker cpu':>12}{'client cpu':>12}")
@@ -278,6 +275,25 @@ def main() -> int:
         best = max(r["cache_hit_rate"] for r in on)
         reached = ", ".join(f"s={r['zipf_s']}: {r['cache_hit_rate']:.1%}" for r in on)
         print(f"cache hit rate reached: {reached} (seed project promised 40%+: {'met' if best >= 0.4 else 'NOT met'})")
+
+
+def main() -> int:
+    opts = options()
+    txs, messages = generated(opts.count)
+    activity = Counter(tx["from"].lower() for tx in txs)
+    addresses = [a for a, _ in activity.most_common()]  # rank 1 = busiest sender
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    load_before = os.getloadavg()[0]
+    print(f"{opts.count:,} generated transactions, {len(addresses):,} distinct senders; "
+          f"{opts.concurrency} concurrent requests, {opts.seconds:.0f} s per mode; worker logs in {log_dir}")
+    print(f"NOTE: client and worker share this {os.cpu_count()}-core machine; "
+          f"the client's CPU is part of what limits requests/s.", flush=True)
+
+    ttl = Settings.from_env().redis_cache_ttl_seconds  # the workers inherit this environment
+    modes = {"on": REDIS_URL, "off": CLOSED_REDIS_URL}
+    runs = [run for mode, redis_url in modes.items()
+            for run in run_mode(mode, redis_url, messages, addresses, opts, log_dir)]
+    print_table(runs)
     print(f"({MACHINE}; TTL {ttl:.0f} s; 1-min load average {load_before:.1f} before the runs: "
           f"other processes on the machine skew these figures)")
 
