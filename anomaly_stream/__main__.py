@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from .chain.ingest import main as ingest_main
 
         return ingest_main(settings, rest)
+    if command == "watchlist":
+        from .tools.watchlists import main as watchlist_main
+
+        return watchlist_main(settings, rest)
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
     return 2
 

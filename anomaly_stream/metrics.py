@@ -15,8 +15,10 @@ TRANSACTIONS_DEAD_LETTERED = Counter(
 TRANSACTIONS_REKEYED = Counter(
     "transactions_rekeyed_total",
     "Input messages whose key was not their sender, re-published under the sender's key.")
+EDGES_PROCESSED = Counter(
+    "edges_processed_total", "Edges (transactions as their receivers see them) scored by the receiver models.")
 ANOMALIES_PUBLISHED = Counter(
-    "anomalies_published_total", "Anomalies published to the anomalies topic.")
+    "anomalies_published_total", "Anomalies published to the anomalies topic, both perspectives.")
 BATCH_SECONDS = Histogram(
     "batch_processing_seconds", "Time to handle one partition batch, including its writes.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
@@ -24,8 +26,8 @@ BATCH_SIZE = Histogram(
     "batch_size_transactions", "Transactions per partition batch.",
     buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000))
 ANOMALY_SCORE = Histogram(
-    "anomaly_score", "Half-space-tree scores of a sample (1 in 16) of transactions.",
-    buckets=tuple(i / 20 for i in range(1, 21)))
+    "anomaly_score", "Half-space-tree scores of a sample (1 in 16) of transactions, per perspective.",
+    ["perspective"], buckets=tuple(i / 20 for i in range(1, 21)))
 ANOMALY_BUFFER_SIZE = Gauge(
     "anomaly_buffer_size", "Anomalies held in this replica's partitions of the buffer.")
 ADDRESS_PROFILES = Gauge(
@@ -33,15 +35,27 @@ ADDRESS_PROFILES = Gauge(
 STATE_EXPIRED = Counter(
     "state_entries_expired_total", "Table entries deleted by the TTL or size bound.", ["table"])
 MODEL_THRESHOLD = Gauge(
-    "model_threshold", "Score threshold in force, per partition.", ["partition"])
+    "model_threshold", "Score threshold in force, per perspective and partition.", ["perspective", "partition"])
+MODEL_THRESHOLD_DRIFT = Gauge(
+    "model_threshold_drift",
+    "How far the score quantile behind the threshold moved from its slow reference (a drift alarm: "
+    "a flood or a change of traffic moves it).", ["perspective", "partition"])
 MODEL_EVENTS_SEEN = Gauge(
-    "model_events_seen", "Transactions the partition's model has learned, across restarts.",
-    ["partition"])
+    "model_events_seen", "Events the partition's model has scored, across restarts.",
+    ["perspective", "partition"])
+MODEL_CHECKPOINTS_REJECTED = Counter(
+    "model_checkpoints_rejected_total",
+    "Model checkpoints refused (corrupt, forged, unsigned): the partition started a fresh model.", ["reason"])
 STATE_REBUILDS = Counter(
     "state_bounds_rebuilds_total", "Times the bounded tables were re-indexed after a recovery.")
 MODEL_CHECKPOINT_AGE = Gauge(
     "model_checkpoint_age_seconds", "Seconds since the partition's model was last checkpointed.",
-    ["partition"])
+    ["perspective", "partition"])
+WATCHLIST_ENTRIES = Gauge(
+    "watchlist_entries", "Addresses on at least one watch-list, as this replica's global table holds them.")
+WATCHLIST_UPDATES = Counter(
+    "watchlist_updates_total", "Watchlist topic records copied into the global table (applied) or refused.",
+    ["result"])
 
 # Serving
 HTTP_REQUESTS = Counter(

@@ -29,6 +29,8 @@ class Settings:
     kafka_input_partitions: int = 8
     kafka_anomalies_topic: str = "anomalies"
     kafka_dlq_topic: str = ""  # empty: "<input>-dlq"
+    kafka_edges_topic: str = ""  # empty: "<input>-edges"
+    kafka_watchlist_topic: str = "watchlist"  # compacted, keyed by address (`anomaly-stream watchlist`)
     kafka_topic_replication_factor: int = 1
     kafka_session_timeout_seconds: float = 30.0
     kafka_heartbeat_interval_seconds: float = 3.0
@@ -59,6 +61,10 @@ class Settings:
     model_checkpoint_interval_seconds: float = 30.0
     target_flag_rate: float = 0.02
     score_floor: float = 0.0
+    # The threshold's ceiling: a flood of outliers cannot lift it above this.
+    max_threshold: float = 0.98
+    # HMAC key of model checkpoints (from the Secret): a checkpoint that fails it is refused.
+    model_checkpoint_key: str = field(default="", repr=False)
     # Redis read-through cache (optional at run time)
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_password: str = field(default="", repr=False)  # from the Secret; never logged
@@ -90,6 +96,10 @@ class Settings:
     @property
     def dlq_topic(self) -> str:
         return self.kafka_dlq_topic or f"{self.kafka_input_topic}-dlq"
+
+    @property
+    def edges_topic(self) -> str:
+        return self.kafka_edges_topic or f"{self.kafka_input_topic}-edges"
 
     @property
     def address_state_max_per_partition(self) -> int:
@@ -156,6 +166,8 @@ class Settings:
             raise SettingsError("MODEL_HEIGHT above 16 makes checkpoints too big for a Kafka message")
         if not 0.0 < self.target_flag_rate < 0.5:
             raise SettingsError(f"TARGET_FLAG_RATE must be in (0, 0.5), got {self.target_flag_rate}")
+        if not 0.0 < self.max_threshold <= 1.0 or self.max_threshold < self.score_floor:
+            raise SettingsError(f"MAX_THRESHOLD must be in (SCORE_FLOOR, 1], got {self.max_threshold}")
         if not 0.0 <= self.score_floor <= 1.0:
             raise SettingsError(f"SCORE_FLOOR must be in [0, 1], got {self.score_floor}")
         if self.kafka_heartbeat_interval_seconds >= self.kafka_session_timeout_seconds:

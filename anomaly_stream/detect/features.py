@@ -1,51 +1,35 @@
-"""Features: a validated transaction, its sender's history and the partition's fee market, mapped into [0, 1].
+"""Features: what a transaction does, its addresses' history and the fee market, mapped into [0, 1].
 
-Half-space trees need every feature inside fixed limits. Each feature is first
-transformed (mostly log10(1 + x) of a quantity in human units) and then scaled
-linearly between the documented limits in `FEATURES`, with clipping. Fixed
-limits cost nothing per event and keep the model stable across restarts,
-where a running scaler would drift and need checkpointing too.
+Two perspectives, each with its own half-space trees per partition:
 
-Per-address behaviour is an `AddressProfile`, updated here and stored by the
-caller (a changelogged Faust table in the worker, a dict in the backtest).
-The partition's recent fee market is a `FeeMarket` (the last
-`MARKET_WINDOW` gas prices), owned by the partition's `PartitionModel` so
-that it is checkpointed with the trees, and passed in by the caller.
-Time is event time: the block timestamp, else the Kafka message timestamp, so
-that replaying a file or a backfill gives the same features as live traffic.
+- **sender**: the transaction as its sender's act (`extract_sender`), on the
+  input topic, partitioned by sender;
+- **receiver**: the same transaction as an event in the life of the
+  address it gives value or rights to (`extract_receiver`), on the edges
+  topic, partitioned by that address. Approval phishing, fan-in sweeps and
+  poisoning are visible only here: many owners granting one fresh spender,
+  many fresh addresses paying one fresh collector.
 
-Why these five features (measured with `benchmarks/quality.py`, 200k
-generated transactions, 4 partitions, and over several model seeds, since
-ten random trees make any single run noisy): half-space trees split on
-randomly chosen features at random points, and scoring stops in a node
-holding less than a tenth of the reference window, so
+Both are co-partitioned (same partition count, same key hash), so one
+`AddressProfile` per address holds both sides, in the partition that owns
+the address on both topics.
 
-1. every weak feature dilutes the strong ones: 9 features caught 0.75-0.86
-   of drains, gas spikes and dormant transfers at 1% false positives, the
-   same signals in 5 features 0.99-1.0;
-2. a feature must not have its own normal tail: a two-sided value z-score
-   made "a sender that usually pays ETH calls a token contract" anomalous,
-   and time since last activity made every first-seen sender (8% of
-   traffic) look like one; both produced most false positives;
-3. binary indicators of rare kinds (`contract_creation`, `dust_transfer`)
-   are isolated by any split on them;
-4. a transform should squeeze normal traffic into a small part of [0, 1]
-   and give the attacks the rest: value is log10(1 + ETH) up to 1000 ETH,
-   so ordinary transfers sit below 0.1 and 100+ ETH above 0.67; the fee
-   premium maps everything up to 1 gwei (three quarters of traffic) to 0.
+What a transaction moves comes from its calldata (`semantics.decode_call`):
+on mainnet most value moves as tokens, so a USDT drain is a 0-ETH call to
+the token contract whose real recipient is in the arguments.
 
-The fee premium is what a transaction pays above the going price: the
-larger of its EIP-1559 priority fee and its gas price minus the median gas
-price of the partition's recent transactions. The second term sees legacy
-(type 0) transactions, which carry no priority fee, and the absolute
-premium (gwei, not a ratio) separates a drain's 5-50 gwei overbid from
-ordinary tips (0-3 gwei) at any base fee.
+Every limit below comes from real mainnet traffic (../shared/data/traffic,
+`benchmarks/calibration.py` prints the figures): 2017 (19,999 tx,
+ethereum-etl), 2024 (3,591 tx, JSON-RPC blocks), 2020-22 (6,716 tx with
+fees, bot-heavy MEV blocks). A transform squeezes what ordinary traffic
+does into the bottom of [0, 1]: lower limits sit near the 90th percentile
+of ordinary traffic and upper limits near its 99.9th, so that half-space
+trees, which split at random points, isolate the rest.
 
-Kept in the sender profile but no longer model inputs (measured to add
-noise): the value z-score against the sender's history, time since its
-last transaction, hourly rate, counterparty novelty and fan-out; the API
-shows them. Dropped as inputs too: raw gas price (it follows the market,
-the premium does not), priority fee (inside the premium), calldata size.
+Lessons kept from the generator era (benchmarks/quality.py history): every
+weak feature dilutes the strong ones (fewer, sharper features), and a
+feature must not have a normal tail of its own (two-sided z-scores and
+"time since last seen" made ordinary first-seen senders anomalous).
 """
 
 from __future__ import annotations
@@ -57,7 +41,9 @@ from typing import NamedTuple
 
 import orjson
 
+from .lookalike import digest, imitated
 from .schema import WEI_PER_ETH, WEI_PER_GWEI, Tx
+from .semantics import Call
 
 def compact(raw: bytes) -> bytes:
     """A copy of `raw` that holds only its own length, for values kept in tables.
@@ -71,17 +57,21 @@ def compact(raw: bytes) -> bytes:
 
 
 RATE_TAU_SECONDS = 3600.0  # activity rate is an hourly rate, decayed over an hour
-VALUE_ALPHA_MIN = 0.05  # the running value mean/variance forgets slowly
-NOVELTY_ALPHA = 0.2
-RECENT_COUNTERPARTIES = 8
 BURST_TAU_SECONDS = 60.0  # the burst count forgets within about a minute
-DUST_WEI = 10**13  # 1e-5 ETH: below this a plain transfer moves nothing of value
+VALUE_ALPHA_MIN = 0.05  # the running amount mean/variance forgets slowly
+NOVELTY_ALPHA = 0.2
+RECENT_COUNTERPARTIES = 8  # digests of the latest distinct counterparties, both directions
+RECENT_INBOUND = 16  # (digest, time) of the latest distinct inbound senders and approvers
+INBOUND_WINDOW_SECONDS = 3600.0  # distinct senders "in the last hour"
+APPROVAL_WINDOW_SECONDS = 6 * 3600.0  # Forta's ice-phishing bot counts approvals over hours
+FRESH_SECONDS = 86400.0  # an address first seen a day ago is no longer fresh
 # The fee market is the median gas price of the partition's last 64 scored
-# transactions: at 2-3 tx/s per partition that is two or three blocks, close
-# enough to follow the base fee, long enough that one overbidding burst (a
-# drain is 5-20 transactions) cannot move the median.
+# transactions: at mainnet's ~15 tx/s over 8 partitions, about a block;
+# 2024's median gas price moves ~3% block to block, so the median follows
+# the base fee and a single overbidding sender cannot move it.
 MARKET_WINDOW = 64
 _log10 = math.log10
+_log2 = math.log2
 
 
 class Feature(NamedTuple):
@@ -89,27 +79,63 @@ class Feature(NamedTuple):
     meaning: str
     lo: float
     hi: float
-    log: bool  # the transform was log10(1 + x): invert it to explain in human units
+    transform: str  # "log10" (log10(1 + x)), "log2" (log2(1 + x)) or "" (linear): inverted to explain
 
 
-# Fewer, sharper features: half-space trees split on randomly chosen features,
-# so every weak feature dilutes the strong ones (see the module notes). Each
-# feature isolates at least one attack pattern in a region where ordinary
-# traffic is rare: value (large transfers, drains), fee premium (gas-price
-# spikes, drains), creation and dust (creation bursts, dusting, poisoning),
-# burst (drains, dusting, creation bursts).
-FEATURES: tuple[Feature, ...] = (
-    Feature("value_eth", "value transferred, in ETH (1000 ETH and more at the top)", 0, 3, True),
-    # lo = log10(2): a premium up to 1 gwei is ordinary and maps to 0; hi = log10(50.1): 49 gwei and more is 1.
-    Feature("fee_premium_gwei", "fee paid above the going price, in gwei: the larger of the priority fee "
-            "and the gas price minus the partition's recent median gas price", 0.30103, 1.7, True),
-    Feature("contract_creation", "1 when `to` is null", 0, 1, False),
-    Feature("dust_transfer", "1 for a plain transfer (no calldata) of less than 1e-5 ETH, zero included", 0, 1, False),
-    Feature("burst", "sender's last-minute count above what its hourly rate predicts, in Poisson std devs", 0, 1.5, True),
+# Figures: `benchmarks/calibration.py`, percentiles p90/p99/p99.9 of each
+# transformed value over real traffic, 2017 | 2024 | 2020-22 MEV blocks.
+SENDER_FEATURES: tuple[Feature, ...] = (
+    # One-sided z of the log amount moved (ETH, or the token's raw amount)
+    # against the sender's own history of that asset, for a counterparty it
+    # never dealt with; 0 with fewer than 2 earlier moves of that asset.
+    # Real: p90 0.09 | 0 | 0, p99 1.2 | 0.59 | 1.96, p99.9 2.3 | 2.4 | 14.5.
+    Feature("value_to_new_counterparty", "amount moved to a first-time counterparty, in standard deviations "
+            "above the sender's usual amount of that asset", 0.5, 6.0, ""),
+    # log10(1 + ETH) moved by a sender on its first transaction.
+    # Real: p90 0.32 | 0.04 | 0.11, p99 2.0 | 0.60 | 1.04, p99.9 3.4 | 1.7 | 2.6
+    # (2017's tail is exchange deposit addresses). From 9 ETH (1.0) to 2,500 ETH (3.4).
+    Feature("fresh_sender_value_eth", "ETH moved by a sender seen for the first time", 1.0, 3.4, "log10"),
+    # log10(1 + premium / going price): what is paid above the partition's
+    # recent median gas price, as a multiple of it, so it means the same at
+    # 20 and at 200 gwei (the generator era's absolute 1-49 gwei saturated on
+    # ordinary 2024 traffic). Real: p90 0.10 | 0.19 | 0.11, p99 0.70 | 0.57 |
+    # 0.99, p99.9 0.70 | 1.48 | 2.5 (MEV bots). From 0.19 (0.55x) to 1.48 (29x).
+    Feature("fee_premium_ratio", "fee paid above the going price, as a multiple of it", 0.19, 1.48, "log10"),
+    # log10(1 + z), z: the last minute's count above what the sender's hourly
+    # rate predicts, in Poisson standard deviations. Real: p90 1.66 | 0.55 |
+    # 0.82, p99 2.14 | 1.23 | 1.42, p99.9 2.19 | 1.44 | 1.58 (2017: exchange
+    # hot wallets sending hundreds a minute). From 0.55 to 2.19.
+    Feature("burst", "sender's last-minute count above its hourly rate, in Poisson std devs", 0.55, 2.19, "log10"),
+    # Grants to a spender or operator the sender never dealt with: 1 unlimited,
+    # 0.5 limited. Nonzero for 0.05% | 6.1% | 5.7% of real traffic, mostly
+    # unlimited grants to routers: alone no anomaly; with the receiver's side
+    # (many owners, a fresh spender) it is phishing.
+    Feature("grant_to_new_spender", "approval to a first-time spender: 1 unlimited, 0.5 limited", 0.0, 1.0, ""),
+    # Contract creations: 0.16% | 0 | 0.01% of real traffic.
+    Feature("contract_creation", "1 when `to` is null", 0.0, 1.0, ""),
 )
-FEATURE_NAMES = tuple(f.name for f in FEATURES)
-_SCALE = tuple((f.name, f.lo, 1.0 / (f.hi - f.lo)) for f in FEATURES)
 
+RECEIVER_FEATURES: tuple[Feature, ...] = (
+    # log2(1 + distinct inbound senders within the hour; a profile remembers
+    # 16). Real: p50 1.0 (one sender) in all three, p90 4.09 | 3.17 | 4.09
+    # (exchange and pool addresses). From 3 senders (2.0) to 16 (4.087).
+    Feature("inbound_senders_hour", "distinct addresses that sent to this one within the hour", 2.0, 4.087, "log2"),
+    # Smoothed share of inbound transactions whose sender had sent nothing
+    # before. Real: p50 0 | 0.2 | 0.2, p90 0.97 | 0.69 | 1.0.
+    Feature("inbound_fresh_share", "share of recent inbound from first-time senders", 0.0, 1.0, ""),
+    # log2(1 + distinct owners granting approvals within 6 hours). Nonzero for
+    # 0.08% | 13.7% | 9.4% of real edges; p99 0 | 4.09 | 3.46 (routers).
+    Feature("approvers_6h", "distinct owners that approved this address as spender within 6 hours",
+            1.0, 4.087, "log2"),
+    # 1 for an address first seen now, 0 a day or more after (log-scaled age).
+    # Most real receivers are new to any observer (p50 1.0 in all three sets:
+    # deposit addresses), which is why this feature only counts with others.
+    Feature("receiver_fresh", "how recently the receiver was first seen: 1 now, 0 a day or more ago", 0.0, 1.0, ""),
+    # log10(1 + ETH received) by an address first seen within the hour: the
+    # hop of a peel chain. Real: p90 1.04 | 0.12 | 0.15, p99 3.8 | 0.81 | 1.1,
+    # p99.9 3.99 | 1.9 | 2.5. From 10 ETH (1.04) to 9,800 ETH (3.99).
+    Feature("fresh_receiver_value_eth", "ETH received by an address first seen within the hour", 1.04, 3.99, "log10"),
+)
 
 class FeeMarket:
     """The partition's recent gas prices (gwei): a ring of the last `size` and the same values sorted.
@@ -148,73 +174,147 @@ class FeeMarket:
         insort(s, price_gwei)
 
 
+SENDER = "sender"
+RECEIVER = "receiver"
+FEATURES = {SENDER: SENDER_FEATURES, RECEIVER: RECEIVER_FEATURES}
+PERSPECTIVE_FEATURES = {p: tuple(f.name for f in fs) for p, fs in FEATURES.items()}
+FEATURE_NAMES = PERSPECTIVE_FEATURES[SENDER]
+_FEATURE_BY_NAME = {f.name: f for fs in FEATURES.values() for f in fs}
+_SCALES = {p: tuple((f.lo, 1.0 / (f.hi - f.lo)) for f in fs) for p, fs in FEATURES.items()}
+
+
+def _scale(perspective: str, raw: tuple[float, ...]) -> list[float]:
+    x = []
+    for (lo, inv), value in zip(_SCALES[perspective], raw):
+        s = (value - lo) * inv
+        x.append(0.0 if s < 0.0 else (1.0 if s > 1.0 else s))
+    return x
+
+
+def unscale(name: str, scaled: float) -> float:
+    """The human-unit value of a scaled feature, for explanations."""
+    f = _FEATURE_BY_NAME[name]
+    value = f.lo + scaled * (f.hi - f.lo)
+    if f.transform == "log10":
+        return 10**value - 1.0
+    if f.transform == "log2":
+        return 2**value - 1.0
+    return value
+
+
 @dataclass(slots=True)
 class AddressProfile:
-    """What we remember of one sender, compact enough to changelog per batch."""
+    """What we remember of one address, both sides, compact enough to changelog per batch."""
 
     first_seen: float
     last_seen: float
-    n_tx: int = 0
+    n_tx: int = 0  # transactions sent
     tx_per_hour: float = 0.0
-    value_mean: float = 0.0  # of log10(1 + value in gwei)
+    value_mean: float = 0.0  # of log10(1 + ETH moved)
     value_var: float = 0.0
-    fan_out: float = 0.0
-    recent: tuple[str, ...] = ()  # address prefixes of the latest distinct counterparties
+    fan_out: float = 0.0  # smoothed share of sends to a first-time counterparty
+    counterparties: tuple[str, ...] = ()  # digests (lookalike.digest) of recent counterparties, both directions
     anomalies: int = 0
-    partition: int = -1  # the input partition that owns this sender, for TableBound
+    partition: int = -1  # the partition that owns this address, for TableBound
     burst: float = 0.0  # transactions in about the last minute, decayed (BURST_TAU_SECONDS)
+    token_n: int = 0  # token moves sent
+    token_mean: float = 0.0  # of log10(1 + raw token amount)
+    token_var: float = 0.0
+    in_n: int = 0  # inbound transactions (edges) received
+    in_senders: tuple = ()  # (digest, time) of recent distinct inbound senders
+    in_fresh_share: float = 0.0
+    approvers: tuple = ()  # (digest, time) of recent distinct owners granting this address
+    funded_by: str = ""  # the watch-list of the address that first sent it funds, if any
 
     def to_bytes(self) -> bytes:
         return compact(orjson.dumps((
-            self.first_seen, self.last_seen, self.n_tx, self.tx_per_hour,
-            self.value_mean, self.value_var, self.fan_out, self.recent, self.anomalies,
-            self.partition, self.burst,
+            self.first_seen, self.last_seen, self.n_tx, self.tx_per_hour, self.value_mean,
+            self.value_var, self.fan_out, self.counterparties, self.anomalies, self.partition,
+            self.burst, self.token_n, self.token_mean, self.token_var, self.in_n,
+            self.in_senders, self.in_fresh_share, self.approvers, self.funded_by,
         )))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> AddressProfile:
-        # Profiles written before `burst` existed have 10 fields: it starts at 0.
-        f, l, n, r, m, v, fo, recent, a, p, *rest = orjson.loads(raw)
-        return cls(f, l, n, r, m, v, fo, tuple(recent), a, p, *rest)
+        # Profiles of earlier versions (10 or 11 fields, `recent` holding address
+        # prefixes) keep their sender statistics; the rest starts empty.
+        fields = orjson.loads(raw)
+        if len(fields) < 19:
+            f, l, n, r, m, v, fo, _recent, a, p, *rest = fields
+            return cls(f, l, n, r, m, v, fo, (), a, p, *rest[:1])
+        profile = cls(*fields)
+        profile.counterparties = tuple(profile.counterparties)
+        profile.in_senders = tuple(tuple(e) for e in profile.in_senders)
+        profile.approvers = tuple(tuple(e) for e in profile.approvers)
+        return profile
 
     def as_dict(self) -> dict:
         return {
             "first_seen": self.first_seen, "last_seen": self.last_seen, "n_tx": self.n_tx,
             "tx_per_hour": round(self.tx_per_hour, 4),
-            "value_gwei_log_mean": round(self.value_mean, 4),
-            "value_gwei_log_std": round(math.sqrt(self.value_var), 4),
-            "fan_out": round(self.fan_out, 4), "anomalies": self.anomalies,
+            "value_eth_log_mean": round(self.value_mean, 4),
+            "value_eth_log_std": round(math.sqrt(self.value_var), 4),
+            "token_moves": self.token_n, "fan_out": round(self.fan_out, 4), "anomalies": self.anomalies,
+            "inbound": self.in_n, "inbound_fresh_share": round(self.in_fresh_share, 4),
+            "funded_by": self.funded_by or None,
         }
 
 
-def extract(
-    tx: Tx, profile: AddressProfile | None, now: float, market: FeeMarket | None = None,
-) -> tuple[dict[str, float], AddressProfile]:
-    """Features of `tx` given its sender's profile and the fee market before it.
+def new_profile(now: float) -> AddressProfile:
+    return AddressProfile(first_seen=now, last_seen=now)
 
-    Returns the features and the updated profile. `profile` is updated in
-    place when given (the caller owns it and writes it back once per batch);
-    a new one is created for a first-seen sender. `market` (the partition's
-    `FeeMarket`) is read, then given this transaction's gas price; without
-    one, the fee premium is the priority fee alone.
+
+def remember_counterparty(profile: AddressProfile, d: str) -> bool:
+    """Put a counterparty digest first; True if it was not among the recent ones."""
+    known = profile.counterparties
+    if d in known:
+        if known[0] != d:
+            profile.counterparties = (d,) + tuple(c for c in known if c != d)
+        return False
+    profile.counterparties = (d,) + known[: RECENT_COUNTERPARTIES - 1]
+    return True
+
+
+def _moved(tx: Tx, call: Call) -> tuple[bool, float]:
+    """(is it a token, log10(1 + amount)) of what the call moves; ETH in ETH, tokens raw."""
+    if call.token is not None and call.kind == "token_transfer":
+        return True, _log10(1.0 + call.amount)
+    return False, _log10(1.0 + tx.value_wei / WEI_PER_ETH)
+
+
+def _running(n: int, mean: float, var: float, x: float) -> tuple[float, float, float]:
+    """z of x against (mean, var) before it, then the updated mean and variance."""
+    z = (x - mean) / math.sqrt(var + 0.25) if n >= 2 else 0.0
+    alpha = max(1.0 / (n + 1), VALUE_ALPHA_MIN)
+    delta = x - mean
+    return z, mean + alpha * delta, (1 - alpha) * (var + alpha * delta * delta)
+
+
+def extract_sender(
+    tx: Tx, call: Call, profile: AddressProfile | None, now: float, market: FeeMarket | None,
+) -> tuple[list[float], AddressProfile, bool]:
+    """Sender features of `tx` given its sender's profile and the fee market before it.
+
+    Returns the features, the updated profile (in place when given; the
+    caller writes it back once per batch) and whether the counterparty is new
+    to the sender. `market` is read, then given this transaction's gas price.
     """
-    log_value = _log10(1.0 + tx.value_wei / WEI_PER_GWEI)
-    to_key = tx.to[:10] if tx.to else "create"
-    if profile is None:
-        profile = AddressProfile(first_seen=now, last_seen=now)
-        since_last = 0.0
-        new_counterparty = 1.0
-    else:
-        since_last = max(0.0, now - profile.last_seen)
-        new_counterparty = 0.0 if to_key in profile.recent else 1.0
+    raw, profile, new_counterparty = sender_raw(tx, call, profile, now, market)
+    return _scale(SENDER, raw), profile, new_counterparty
 
-    # Update the profile with this transaction before reading the burst,
-    # so a burst shows in its own transactions and not only in the next one.
+
+def sender_raw(
+    tx: Tx, call: Call, profile: AddressProfile | None, now: float, market: FeeMarket | None,
+) -> tuple[tuple[float, ...], AddressProfile, bool]:
+    """`extract_sender` before scaling: the transformed values the limits apply to."""
+    first = profile is None or profile.n_tx == 0
+    if profile is None:
+        profile = new_profile(now)
+    since_last = max(0.0, now - profile.last_seen)
     if profile.n_tx:
         hourly = profile.tx_per_hour * math.exp(-since_last / RATE_TAU_SECONDS)
         recent = profile.burst * math.exp(-since_last / BURST_TAU_SECONDS)
-        # The hourly rate predicts hourly/60 transactions in the last minute;
-        # a burst is how far above that the sender is, in Poisson std devs.
+        # The hourly rate predicts hourly/60 transactions in the last minute.
         expected = hourly * (BURST_TAU_SECONDS / RATE_TAU_SECONDS)
         burst_z = (recent - expected) / math.sqrt(expected + 1.0)
         profile.tx_per_hour = hourly + 1.0
@@ -222,43 +322,158 @@ def extract(
     else:
         profile.tx_per_hour = profile.burst = 1.0
         burst_z = 0.0
-    alpha = max(1.0 / (profile.n_tx + 1), VALUE_ALPHA_MIN)
-    delta = log_value - profile.value_mean
-    profile.value_mean += alpha * delta
-    profile.value_var = (1 - alpha) * (profile.value_var + alpha * delta * delta)
-    if profile.n_tx:
-        profile.fan_out += NOVELTY_ALPHA * (new_counterparty - profile.fan_out)
+
+    counterparty = call.counterparty
+    new_counterparty = counterparty is not None and remember_counterparty(profile, digest(counterparty))
+    profile.fan_out += NOVELTY_ALPHA * ((1.0 if new_counterparty else 0.0) - profile.fan_out)
+    is_token, amount = _moved(tx, call)
+    if is_token:
+        z, profile.token_mean, profile.token_var = _running(profile.token_n, profile.token_mean,
+                                                             profile.token_var, amount)
+        profile.token_n += 1
     else:
-        profile.fan_out = new_counterparty
-    if new_counterparty:
-        profile.recent = (to_key,) + profile.recent[: RECENT_COUNTERPARTIES - 1]
+        z, profile.value_mean, profile.value_var = _running(profile.n_tx - profile.token_n, profile.value_mean,
+                                                             profile.value_var, amount)
     profile.n_tx += 1
     profile.last_seen = max(profile.last_seen, now)
 
     gas_price = tx.gas_price_wei / WEI_PER_GWEI
     premium = tx.priority_fee_wei / WEI_PER_GWEI
+    ratio = 0.0
     if market is not None:
         going = market.median()
-        if going is not None and gas_price - going > premium:
-            premium = gas_price - going
+        if going is not None:
+            if gas_price - going > premium:
+                premium = gas_price - going
+            ratio = premium / going if going > 0 else 0.0
         market.add(gas_price)
 
-    raw = (
-        _log10(1.0 + tx.value_wei / WEI_PER_ETH),
-        _log10(1.0 + premium),
-        0.0 if tx.to else 1.0,
-        1.0 if tx.value_wei < DUST_WEI and not tx.input_bytes and tx.to else 0.0,
+    grant = 0.0
+    if call.kind == "approval" and not call.revoke and new_counterparty:
+        grant = 1.0 if call.unlimited else 0.5
+    return (
+        z if new_counterparty and z > 0.0 else 0.0,
+        _log10(1.0 + tx.value_wei / WEI_PER_ETH) if first else 0.0,
+        _log10(1.0 + ratio),
         _log10(1.0 + burst_z) if burst_z > 0.0 else 0.0,
-    )
-    x = {}
-    for (name, lo, inv), value in zip(_SCALE, raw):
-        s = (value - lo) * inv
-        x[name] = 0.0 if s < 0.0 else (1.0 if s > 1.0 else s)
-    return x, profile
+        grant,
+        0.0 if tx.to else 1.0,
+    ), profile, new_counterparty
 
 
-def unscale(name: str, scaled: float) -> float:
-    """The human-unit value of a scaled feature, for explanations."""
-    f = FEATURES[FEATURE_NAMES.index(name)]
-    value = f.lo + scaled * (f.hi - f.lo)
-    return 10**value - 1.0 if f.log else value
+class Edge(NamedTuple):
+    """One transaction as the receiving side sees it: what the edges topic carries.
+
+    `receiver` is the address the edge is keyed (and partitioned) by: the
+    counterparty, or the owner a call moves or grants from. `other` is the
+    address the receiver meets in it: the sender for the counterparty, the
+    counterparty for the owner (a zero-value transferFrom(owner, lookalike, 0)
+    puts the look-alike into the owner's history).
+    """
+
+    tx_hash: str
+    receiver: str
+    other: str
+    role: str  # "to" or "owner"
+    kind: str
+    method: str
+    token: str | None
+    value_wei: int
+    sender: str
+    sender_fresh: bool  # the sender had sent nothing before
+    event_time: float
+    block_number: int | None
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps((EDGE_VERSION, *self[:7], str(self.value_wei), *self[8:]))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Edge:
+        """Decode an edge; anything malformed raises ValueError (the edges topic is input too)."""
+        try:
+            fields = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"malformed edge: {exc}") from None
+        if not isinstance(fields, list) or len(fields) != 13 or fields[0] != EDGE_VERSION:
+            raise ValueError("not an edge of this version")
+        _, h, receiver, other, role, kind, method, token, value, sender, fresh, t, block = fields
+        strings = (h, receiver, other, role, kind, method, sender)
+        if (not all(isinstance(v, str) for v in strings) or not (token is None or isinstance(token, str))
+                or not isinstance(value, str) or not value.isdigit() or len(value) > 40
+                or not isinstance(fresh, bool) or not isinstance(t, (int, float))
+                or not (block is None or isinstance(block, int))
+                or len(receiver) != 42 or len(other) != 42 or role not in ("to", "owner")):
+            raise ValueError("malformed edge fields")
+        return cls(h, receiver, other, role, kind, method, token, int(value), sender, fresh, float(t), block)
+
+
+EDGE_VERSION = 1
+
+
+# Only what moves value or grants rights reaches the receiving side: a call's
+# `to` is a contract that every user of a dapp calls (in real traffic such
+# receivers have 16+ distinct senders an hour at the 90th percentile), which
+# says nothing about the contract and drowns the receivers that matter.
+EDGE_KINDS = frozenset({"eth_transfer", "token_transfer", "approval"})
+
+
+def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float) -> list[Edge]:
+    """The edges a scored transaction sends to the receiving side."""
+    if call.kind not in EDGE_KINDS:
+        return []
+    out = []
+    counterparty, owner = call.counterparty, call.owner
+    if counterparty is not None and counterparty != tx.sender:
+        out.append(Edge(tx.hash, counterparty, tx.sender, "to", call.kind, call.method, call.token,
+                        tx.value_wei, tx.sender, sender_fresh, now, tx.block_number))
+    if owner is not None and owner != tx.sender and owner != counterparty and counterparty is not None:
+        out.append(Edge(tx.hash, owner, counterparty, "owner", call.kind, call.method, call.token,
+                        tx.value_wei, tx.sender, sender_fresh, now, tx.block_number))
+    return out
+
+
+def _recent_distinct(entries: tuple, d: str, now: float, window: float) -> tuple[tuple, int]:
+    """Add (d, now) to a bounded list of distinct (digest, time); count those within the window."""
+    kept = [(d, now)] + [(e, t) for e, t in entries if e != d and t >= now - window]
+    kept = tuple(kept[:RECENT_INBOUND])
+    return kept, len(kept)
+
+
+def extract_receiver(edge: Edge, profile: AddressProfile | None, now: float,
+                     ) -> tuple[list[float], AddressProfile, str | None]:
+    """Receiver features of an edge, the updated profile, and the counterparty digest `other` imitates."""
+    raw, profile, imitates = receiver_raw(edge, profile, now)
+    return _scale(RECEIVER, raw), profile, imitates
+
+
+def receiver_raw(edge: Edge, profile: AddressProfile | None, now: float,
+                 ) -> tuple[tuple[float, ...], AddressProfile, str | None]:
+    """`extract_receiver` before scaling."""
+    if profile is None:
+        profile = new_profile(now)
+    other = digest(edge.other)
+    # Before `other` joins the history: a look-alike of a real counterparty.
+    imitates = imitated(other, profile.counterparties)
+    remember_counterparty(profile, other)
+    age = max(0.0, now - profile.first_seen)
+    fresh = 1.0 - min(1.0, _log10(1.0 + age) / _log10(1.0 + FRESH_SECONDS))
+    senders = 0
+    approvers = 0
+    if edge.role == "to":
+        profile.in_senders, senders = _recent_distinct(profile.in_senders, other, now, INBOUND_WINDOW_SECONDS)
+        profile.in_fresh_share += NOVELTY_ALPHA * ((1.0 if edge.sender_fresh else 0.0) - profile.in_fresh_share)
+        profile.in_n += 1
+    if edge.kind == "approval" and edge.role == "to":
+        profile.approvers, approvers = _recent_distinct(
+            profile.approvers, digest(edge.sender), now, APPROVAL_WINDOW_SECONDS)
+    else:
+        approvers = sum(1 for _, t in profile.approvers if t >= now - APPROVAL_WINDOW_SECONDS)
+    profile.last_seen = max(profile.last_seen, now)
+    value_eth = edge.value_wei / WEI_PER_ETH if edge.role == "to" else 0.0
+    return (
+        _log2(1.0 + senders),
+        profile.in_fresh_share,
+        _log2(1.0 + approvers),
+        fresh,
+        _log10(1.0 + value_eth) if age < INBOUND_WINDOW_SECONDS else 0.0,
+    ), profile, imitates

@@ -320,6 +320,113 @@ class CompiledHST:
                 at = stop
         return scores
 
+    def score_learn_where(self, X: np.ndarray, may_learn: np.ndarray | None = None,
+                          threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Score every row in order; learn a row iff `may_learn[i]` and its score <= `threshold`.
+
+        Exactly River's loop `score = score_one(x); if may_learn[i] and score
+        <= threshold: learn_one(x)`: a skipped row is scored at its position
+        (against the masses of the window then in force) and learns nothing,
+        in particular it does not advance the window's counter. Returns the
+        scores and which rows were learned. `may_learn` None: every row may
+        learn; `threshold` None: no score bar (then this is `score_learn`).
+
+        Which rows are learned decides where the pivots fall, and the scores
+        after a pivot depend on it, so a batch cannot be scored in one piece:
+        it is scored in chunks of a little more than the `window_size -
+        counter` rows the window still needs; the chunk is cut after its
+        row that completes the window (if any), its admissible rows up to
+        there are learned, the window pivots, and the rest is scored again
+        against the new masses. Paths do not depend on masses: they are
+        computed once per block. A chunk whose rows are all skipped is kept
+        whole and the next chunk starts after it.
+        """
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.features):
+            raise ValueError(f"X must have shape (n, {len(self.features)}), got {X.shape}")
+        n = X.shape[0]
+        if may_learn is None:
+            may_learn = np.ones(n, dtype=bool)
+        else:
+            may_learn = np.asarray(may_learn)
+            if may_learn.shape != (n,) or may_learn.dtype != np.bool_:
+                raise ValueError(f"may_learn must be a bool array of shape ({n},), got "
+                                 f"{may_learn.dtype} {may_learn.shape}")
+        bar = np.inf if threshold is None else float(threshold)
+        scores = np.empty(n, dtype=np.float64)
+        learned = np.zeros(n, dtype=bool)
+        if n <= _SMALL:
+            self._score_learn_where_small(X, may_learn.tolist(), bar, scores, learned)
+            return scores, learned
+        for start in range(0, n, _BLOCK):
+            block = X[start: start + _BLOCK]
+            paths = self._paths(block)
+            at = 0
+            while at < len(block):
+                need = self.window_size - self.counter  # learned rows until the pivot
+                stop = min(len(block), at + need + (need >> 3) + 16)  # room for ~11% skipped rows
+                piece = paths[:, :, at:stop]
+                s = self._score(piece)
+                ok = may_learn[start + at: start + stop] & (s <= bar)
+                count = np.cumsum(ok)
+                if count[-1] >= need:  # the window completes inside: cut after that row
+                    take = int(np.searchsorted(count, need)) + 1
+                    s, ok = s[:take], ok[:take]
+                    piece = piece[:, :, :take]
+                    got = need
+                else:
+                    take, got = len(s), int(count[-1])
+                scores[start + at: start + at + take] = s
+                learned[start + at: start + at + take] = ok
+                if got:
+                    self._learn(piece if got == take else piece[:, :, ok])
+                    self.counter += got
+                    if self.counter == self.window_size:
+                        self._pivot()
+                at += take
+        return scores, learned
+
+    def _score_learn_where_small(self, X: np.ndarray, may_learn: list[bool], bar: float,
+                                 scores: np.ndarray, learned: np.ndarray) -> None:
+        """score_learn_where for a few events, River's walk on lists (see `_score_learn_small`)."""
+        if self._lists is None:
+            self._lists = self._feature.tolist(), self._threshold.tolist()
+        if self._r_list is None:
+            self._r_list = self._r_mass.tolist()
+        feature, threshold = self._lists
+        r_mass = self._r_list
+        n_trees, height, nodes, size_limit = self.n_trees, self.height, self.n_nodes, self.size_limit
+        levels = range(height)
+        for e, row in enumerate(X.tolist()):
+            total = 0
+            path = []
+            visit = path.append
+            for t in range(n_trees):
+                g = t * nodes
+                offset = 2 - g
+                going = True
+                visit(g)
+                for depth in levels:
+                    if going:
+                        r = r_mass[g]
+                        total += r << depth
+                        going = r >= size_limit
+                    g = 2 * g + offset - (row[feature[g]] < threshold[g])
+                    visit(g)
+                if going:
+                    total += r_mass[g] << height
+            score = 0.0 if self.first_window else 1 - total / self.max_score
+            scores[e] = score
+            if may_learn[e] and score <= bar:
+                learned[e] = True
+                self._pending.extend(path)
+                self.counter += 1
+                if self.counter == self.window_size:
+                    self._pivot()
+                    r_mass = self._r_list = self._r_mass.tolist()
+        if len(self._pending) > _MAX_PENDING:
+            self._flush()
+
     # -- state ------------------------------------------------------------------------------
 
     def to_arrays(self) -> dict[str, Any]:

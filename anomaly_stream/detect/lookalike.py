@@ -123,3 +123,26 @@ def find_lookalike(candidate: str, known: Iterable[str], prefix: int = PREFIX, s
         if lead < 40 and lead >= prefix and trail >= suffix and lead + trail > best_shared:
             best, best_shared = address, lead + trail
     return best
+
+
+# -- the compact form kept in address profiles ---------------------------------
+# A profile remembers its recent counterparties as 12-character digests (the
+# first and last 6 hex characters), 12 bytes instead of 42 each. Two
+# different addresses with the same digest would need a 48-bit vanity match,
+# far beyond the 6-9 characters real poisoners match (the table above), so a
+# digest stands for its address; PREFIX and SUFFIX must stay within 6.
+DIGEST_HALF = 6
+assert PREFIX <= DIGEST_HALF and SUFFIX <= DIGEST_HALF
+
+
+def digest(address: str) -> str:
+    return address[2:2 + DIGEST_HALF] + address[-DIGEST_HALF:]
+
+
+def imitated(candidate: str, known: Iterable[str]) -> str | None:
+    """The digest in `known` that the digest `candidate` imitates, or None."""
+    head, tail = candidate[:PREFIX], candidate[-SUFFIX:]
+    for d in known:
+        if d != candidate and d[:PREFIX] == head and d[-SUFFIX:] == tail:
+            return d
+    return None

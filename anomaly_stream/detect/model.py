@@ -1,37 +1,89 @@
-"""One partition's detector: River half-space trees, an adaptive threshold, explanations.
+"""One partition's detector: half-space trees that learn only what they do not flag, an adaptive threshold.
 
 Free of Faust: the worker, the backtest and the benchmarks all drive the same
-`PartitionModel` with the same calls, and its whole state pickles into one
-checkpoint (a few hundred KiB at the default size).
+`PartitionModel` with the same calls.
 
-Per event: `x = features.extract(tx, profile, now, model.market)` (the
-partition's fee market lives here so it is checkpointed with the trees),
-`score = model.score_learn(x)` (score before learn), then
-`score > model.threshold` flags it. The threshold is fixed for a batch and
-recomputed by `end_batch`: it is the (1 - target flag rate) quantile of the
-recent scores (a histogram whose counts decay with a half-life in events),
-and never below the absolute floor. No flag is raised during warm-up.
+Per batch: the caller builds the batch's feature rows `X` (n x
+len(model.features), in [0, 1], the partition's `model.market` feeding the
+fee features), then `scores = model.score_learn(X, may_learn)`; row i is
+flagged iff `scores[i] > model.threshold` (the threshold in force for the
+whole batch); then `model.end_batch()` recomputes the threshold.
+
+The trees are River's `HalfSpaceTrees` (seed `config.seed + partition`, so
+replicas do not share blind spots) run as `CompiledHST` arrays: the same
+scores to the bit, for a batch at once.
+
+Protection. A row is learned only if it may (`may_learn[i]`, the caller's
+veto) and it was not flagged (`score <= threshold`). Half-space trees learn
+whatever they see: a drain of 20 transactions to one corner of the feature
+space fills that corner's mass within the window and its later transactions
+stop scoring high. Not learning flagged rows keeps them anomalous (River's
+anomaly filters call this protecting the detector). The threshold itself is
+the (1 - target flag rate) quantile of the recent scores, so a flood of
+outliers would lift it until the flood passes as normal and is learned; the
+ceiling `max_threshold` bounds it: whatever scores above the ceiling stays
+flagged and unlearned. The cost: a legitimate regime change whose events
+score above the ceiling is never learned either, and keeps being flagged;
+`drift` (below) is the signal to watch for it.
+
+Threshold. A histogram of all scored rows' scores whose counts decay with a
+half-life in events; at `end_batch` the quantile above, then the ceiling,
+then the floor (`score_floor` wins over the ceiling if set above it). No
+flag is raised during warm-up (threshold 1.0: every admissible row learns).
+
+Drift. `drift` is the raw quantile (before the ceiling and floor) minus an
+exponentially smoothed reference of its past values (half-life
+`halflife_events`, updated at each `end_batch`), in score units: positive
+when recent traffic scores higher than over the last half-life or so (a
+flood, a market shift, trees learning less), negative when lower. A
+persistent `drift` well above zero while `quantile > max_threshold` means
+the ceiling is holding something back. 0.0 until the first warm batch.
+
+Checkpoints (`to_bytes` / `from_bytes`): never pickle. A versioned binary
+encoding, with an HMAC-SHA256 over all of it when `config.checkpoint_key` is
+set, checked before anything is decoded:
+
+    b"APMC" | version u16 | flags u16 | header length u32 | JSON header |
+    CompiledHST bytes (hst.py's own format, unsigned) |
+    [32-byte HMAC-SHA256 over everything before it, if flags & 1]
+
+The JSON header holds the config's values (never the key), the partition,
+feature names, counters, threshold state, histogram, fee market and the
+explanation sample (a list of lists).
 """
 
 from __future__ import annotations
 
-import pickle
-import statistics
+import hashlib
+import hmac
+import json
+import math
+import struct
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 
-from river.anomaly import HalfSpaceTrees
+import numpy as np
 
 from ..settings import Settings
 from .features import FEATURE_NAMES, FeeMarket, unscale
+from .hst import CheckpointError, CompiledHST
+
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "MAGIC", "ModelConfig", "PartitionModel"]
 
 BINS = 1000
-SAMPLE_EVERY = 8  # every 8th feature vector joins the sample used to explain flags
+SAMPLE_EVERY = 8  # every 8th scored row joins the sample used to explain flags
 SAMPLE_SIZE = 512
-# 2: the fee market and the feature names joined the state. A checkpoint of
-# another version or feature set was trained on other inputs: it is
-# discarded and the partition starts over (warm-up again).
-CHECKPOINT_VERSION = 2
+MAGIC = b"APMC"
+# 3: the non-executable encoding (1 and 2 were pickles, now refused with CheckpointError).
+CHECKPOINT_VERSION = 3
+_PREFIX = struct.Struct("<4sHHI")  # magic, version, flags, header length
+_FLAG_HMAC = 1
+_TAG_SIZE = hashlib.sha256().digest_size
+_MAX_HEADER = 1 << 22
+# The tree shape: a checkpoint whose trees differ in any of these is stale, not corrupt.
+_SHAPE = ("n_trees", "height", "window_size", "seed")
+# Settings that only steer the threshold: a restored model recomputes it when they change.
+_THRESHOLD_SETTINGS = ("warmup_events", "target_flag_rate", "score_floor", "max_threshold")
 
 
 @dataclass(frozen=True)
@@ -48,87 +100,144 @@ class ModelConfig:
     # The threshold follows roughly the last 20k scores: long enough for a
     # stable tail quantile, short enough to follow a drifting gas market.
     halflife_events: int = 20_000
+    # The threshold's ceiling: a flood of outliers cannot lift it above this,
+    # so rows scoring above it are always flagged and never learned. The
+    # normal 2% quantile of generated-like traffic is about 0.7, outliers at
+    # a far corner of the feature space score 0.98-0.99.
+    max_threshold: float = 0.98
+    # HMAC-SHA256 key of the checkpoints (None: unsigned). Not in repr: it must not reach a log.
+    checkpoint_key: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings) -> ModelConfig:
+        key = getattr(settings, "model_checkpoint_key", "") or ""
         return cls(
             n_trees=settings.model_n_trees, height=settings.model_height,
             window_size=settings.model_window_size, seed=settings.model_seed,
             warmup_events=settings.model_warmup_events,
             target_flag_rate=settings.target_flag_rate, score_floor=settings.score_floor,
+            checkpoint_key=key.encode() if key else None,  # the str's UTF-8 bytes; "" = unsigned
         )
+
+
+# The config values a checkpoint records (all but the key), with their JSON types.
+_CONFIG_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name != "checkpoint_key")
+_CONFIG_INTS = ("n_trees", "height", "window_size", "seed", "warmup_events", "halflife_events")
 
 
 class PartitionModel:
-    def __init__(self, config: ModelConfig, partition: int = 0):
+    """Score-then-learn over batches, learning only unflagged rows the caller allows."""
+
+    def __init__(self, config: ModelConfig, partition: int = 0, features: tuple[str, ...] = FEATURE_NAMES):
         self.config = config
-        # Each partition's trees get their own seed so replicas do not share blind spots.
-        self.hst = HalfSpaceTrees(
-            n_trees=config.n_trees, height=config.height,
-            window_size=config.window_size, seed=config.seed + partition,
-        )
-        self.hist = [0.0] * BINS
-        self.seen = 0
+        self.partition = partition
+        self.features = tuple(features)  # X's columns, what the trees are built on
+        self.hst = CompiledHST.new(n_trees=config.n_trees, height=config.height,
+                                   window_size=config.window_size, seed=config.seed + partition,
+                                   features=self.features)
+        self.hist = np.zeros(BINS, dtype=np.float64)
+        self.seen = 0  # rows scored
+        self.learned = 0  # rows learned (the others were flagged or vetoed by may_learn)
         self._since_batch = 0
         self.threshold = 1.0  # nothing can be flagged until the first end_batch after warm-up
-        self.sample: deque[dict[str, float]] = deque(maxlen=SAMPLE_SIZE)
-        self._typical: dict[str, tuple[float, float]] | None = None  # per batch: median, MAD
-        self.partition = partition
-        self.features = FEATURE_NAMES  # what the trees were built on
-        self.market = FeeMarket()  # the partition's recent gas prices, an input of extract
+        self.quantile: float | None = None  # the raw quantile of the last warm end_batch
+        self.drift = 0.0
+        self._reference: float | None = None  # the smoothed quantile drift is measured against
+        self.sample: deque[tuple[float, ...]] = deque(maxlen=SAMPLE_SIZE)
+        self._typical: tuple[np.ndarray, np.ndarray] | None = None  # per batch: median, MAD per column
+        self.market = FeeMarket()  # the partition's recent gas prices, an input of the features
 
     @property
     def warm(self) -> bool:
-        return self.seen >= max(self.config.warmup_events, self.config.window_size)
+        """Warm-up is over: enough rows scored, and one full window learned (scores are 0 before it)."""
+        return self.seen >= self.config.warmup_events and self.learned >= self.config.window_size
 
-    def score_learn(self, x: dict[str, float]) -> float:
-        score = self.hst.score_one(x)
-        self.hst.learn_one(x)
-        self.seen += 1
-        self._since_batch += 1
-        self.hist[min(int(score * BINS), BINS - 1)] += 1.0
-        if not self.seen % SAMPLE_EVERY:
-            self.sample.append(x)
-        return score
+    def score_learn(self, X: np.ndarray, may_learn: np.ndarray | None = None) -> np.ndarray:
+        """Score every row in order, then learn it iff `may_learn[i]` and its score <= `threshold`.
+
+        X: (n, len(features)) finite floats (features in [0, 1]); `may_learn`:
+        n bools, default all True. Exactly River's `score_one` per row, with
+        `learn_one` on the learned rows only (see `CompiledHST.score_learn_where`).
+        Returns the n scores; `threshold` is unchanged until `end_batch`.
+        """
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.features):
+            raise ValueError(f"X must have shape (n, {len(self.features)}), got {X.shape}")
+        if not np.isfinite(X).all():
+            raise ValueError("X has non-finite values")
+        n = len(X)
+        if may_learn is not None:
+            may_learn = np.asarray(may_learn, dtype=bool)
+        scores, learned = self.hst.score_learn_where(X, may_learn, self.threshold)
+        if not n:
+            return scores
+        first = self.seen
+        self.seen += n
+        self._since_batch += n
+        self.learned += int(np.count_nonzero(learned))
+        bins = np.minimum((scores * BINS).astype(np.intp), BINS - 1)
+        np.maximum(bins, 0, out=bins)
+        self.hist += np.bincount(bins, minlength=BINS)
+        # Rows whose 1-based position in the stream is a multiple of SAMPLE_EVERY.
+        self.sample.extend(map(tuple, X[(-first - 1) % SAMPLE_EVERY:: SAMPLE_EVERY].tolist()))
+        return scores
 
     def end_batch(self) -> None:
-        """Decay the score histogram by the batch's length and recompute the threshold."""
+        """Decay the score histogram by the batch's length, recompute the threshold and drift."""
         if not self._since_batch:
             return
         decay = 0.5 ** (self._since_batch / self.config.halflife_events)
         self._since_batch = 0
         self._typical = None
-        hist = self.hist
-        total = 0.0
-        for i in range(BINS):
-            hist[i] *= decay
-            total += hist[i]
-        if not self.warm or total <= 0:
+        self.hist *= decay
+        quantile = self._quantile()
+        if quantile is None:
             self.threshold = 1.0
             return
-        # Walk down from the top bin until the target share of mass is above us.
-        budget = total * self.config.target_flag_rate
-        above = 0.0
-        i = BINS - 1
-        while i > 0 and above + hist[i] <= budget:
-            above += hist[i]
-            i -= 1
-        # Scores strictly above the upper edge of bin i are flagged.
-        self.threshold = max((i + 1) / BINS, self.config.score_floor)
+        self.quantile = quantile
+        if self._reference is None:
+            self._reference = quantile
+            self.drift = 0.0
+        else:
+            self.drift = quantile - self._reference
+            self._reference += (1.0 - decay) * (quantile - self._reference)
+        self._apply(quantile)
 
-    def explain(self, x: dict[str, float], top: int = 3) -> list[dict]:
-        """The features furthest from their recent median, in robust std devs."""
+    def _quantile(self) -> float | None:
+        """The upper edge of the lowest bin with at most the target share of mass above it; None if cold."""
+        total = float(self.hist.sum())
+        if not self.warm or total <= 0:
+            return None
+        budget = total * self.config.target_flag_rate
+        above = np.cumsum(self.hist[::-1])[::-1]  # above[i]: the mass of bins i and up
+        over = np.flatnonzero(above[1:] > budget)  # bins i >= 1 with too much mass from i up
+        i = int(over[-1]) + 1 if over.size else 0
+        return (i + 1) / BINS  # scores strictly above the upper edge of bin i are flagged
+
+    def _apply(self, quantile: float) -> None:
+        config = self.config
+        self.threshold = max(min(quantile, config.max_threshold), config.score_floor)
+
+    def explain(self, x: np.ndarray | dict, top: int = 3) -> list[dict]:
+        """The features furthest from their recent median, in robust std devs.
+
+        `x`: a row of X (in `features` order) or a dict by feature name.
+        """
         if not self.sample:
             return []
+        if isinstance(x, dict):
+            values = [float(x[name]) for name in self.features]
+        else:
+            values = np.asarray(x, dtype=np.float64).reshape(-1).tolist()
+            if len(values) != len(self.features):
+                raise ValueError(f"x has {len(values)} values, expected {len(self.features)}")
         if self._typical is None:
-            self._typical = {}
-            for name in x:
-                column = [s[name] for s in self.sample]
-                median = statistics.median(column)
-                self._typical[name] = median, statistics.median(abs(v - median) for v in column)
+            sample = np.array(self.sample, dtype=np.float64)
+            median = np.median(sample, axis=0)
+            self._typical = median, np.median(np.abs(sample - median), axis=0)
+        medians, mads = self._typical
         rows = []
-        for name, value in x.items():
-            median, mad = self._typical[name]
+        for name, value, median, mad in zip(self.features, values, medians.tolist(), mads.tolist()):
             z = (value - median) / (1.4826 * mad + 0.01)
             rows.append((abs(z), name, value, median, z))
         rows.sort(reverse=True)
@@ -138,32 +247,226 @@ class PartitionModel:
             for _, name, value, median, z in rows[:top]
         ]
 
+    # -- checkpoints ------------------------------------------------------------------------
+
     def to_bytes(self) -> bytes:
-        # The checkpoint is only ever read back from our own changelog topic.
-        return pickle.dumps((CHECKPOINT_VERSION, self.__dict__), protocol=pickle.HIGHEST_PROTOCOL)
+        """The versioned, non-executable checkpoint (module doc), signed with `config.checkpoint_key`."""
+        market = self.market
+        header = {
+            "config": {name: getattr(self.config, name) for name in _CONFIG_FIELDS},
+            "partition": self.partition, "features": list(self.features),
+            "seen": self.seen, "learned": self.learned, "since_batch": self._since_batch,
+            "threshold": self.threshold, "quantile": self.quantile, "drift": self.drift,
+            "reference": self._reference, "hist": self.hist.tolist(),
+            "market": {"size": market.size, "ring": list(market.ring), "sorted": list(market.sorted),
+                       "next": market.next},
+            "sample": [list(row) for row in self.sample],
+        }
+        head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+        key = self.config.checkpoint_key
+        flags = _FLAG_HMAC if key is not None else 0
+        body = b"".join((_PREFIX.pack(MAGIC, CHECKPOINT_VERSION, flags, len(head)), head, self.hst.to_bytes()))
+        if key is not None:
+            body += hmac.new(key, body, hashlib.sha256).digest()
+        return body
 
     @classmethod
-    def from_bytes(cls, raw: bytes, config: ModelConfig | None = None) -> PartitionModel:
-        """Restore a checkpoint; a stale one (other version, features or trees) starts over.
+    def from_bytes(cls, raw: bytes, config: ModelConfig | None = None, partition: int | None = None,
+                   *, features: tuple[str, ...] = FEATURE_NAMES) -> PartitionModel:
+        """Restore a checkpoint to continue exactly where it stopped.
 
-        With `config`, the restored model runs with it: the threshold settings
-        (target flag rate, floor, warm-up, half-life) simply apply; a change of
-        tree shape (trees, height, window, seed) discards the trained trees.
+        `config` (default: the checkpoint's values, unsigned) is the config
+        the model runs with: its key verifies the HMAC, its threshold
+        settings apply at once (the threshold is recomputed when they
+        differ). `partition` default: the checkpoint's. `features`: the
+        columns the caller will pass (default FEATURE_NAMES).
+
+        CheckpointError (nothing is trusted): not bytes, wrong magic or
+        version (including the pickles of versions 1 and 2), truncation,
+        bad JSON, missing or wrong-typed fields, inconsistent state
+        (counters, sample rows, fee market, trees vs header), HMAC missing
+        (a key is configured but the blob is unsigned), present without a
+        key to check it, or not matching.
+
+        A fresh model (same config and partition) for a valid but stale
+        checkpoint: features other than `features`, or trees of another
+        shape than the config's (n_trees, height, window_size, or a seed
+        other than config.seed + partition, a changed partition included).
         """
-        version, state = pickle.loads(raw)  # noqa: S301 - our own changelog, see to_bytes
-        if version not in (1, CHECKPOINT_VERSION):
-            raise ValueError(f"unknown model checkpoint version {version}")
-        old_config: ModelConfig = state["config"]
-        partition = state.get("partition", state["hst"].seed - old_config.seed)
-        config = config or old_config
-        shape = ("n_trees", "height", "window_size", "seed")
-        if (version != CHECKPOINT_VERSION or state.get("features") != FEATURE_NAMES
-                or any(getattr(config, k) != getattr(old_config, k) for k in shape)):
-            return cls(config, partition)
+        key = config.checkpoint_key if config is not None else None
+        body = _verified_body(raw, key)
+        header, tree_bytes = _split(body)
+        state = _decode_header(header)
+        stored_config = ModelConfig(**state["config"])
+        try:
+            hst = CompiledHST.from_bytes(tree_bytes)
+        except CheckpointError as exc:
+            raise CheckpointError(f"trees: {exc}") from None
+        if hst.features != state["features"] or (hst.n_trees, hst.height, hst.window_size, hst.seed) != (
+                stored_config.n_trees, stored_config.height, stored_config.window_size,
+                stored_config.seed + state["partition"]):
+            raise CheckpointError("the trees do not match the header's features, shape or seed")
+        learned, window = state["learned"], stored_config.window_size
+        if hst.counter != learned % window or hst.first_window != (learned < window):
+            raise CheckpointError(f"the trees' window (counter {hst.counter}) does not match {learned} learned rows")
+        config = config if config is not None else replace(stored_config, checkpoint_key=None)
+        partition = state["partition"] if partition is None else partition
+        features = tuple(features)
+        if state["features"] != features or any(getattr(config, k) != getattr(stored_config, k) for k in _SHAPE) \
+                or partition != state["partition"]:
+            return cls(config, partition, features)  # stale but honest: start over
         model = cls.__new__(cls)
-        model.__dict__.update(state)
         model.config = config
+        model.partition = partition
+        model.features = features
+        model.hst = hst
+        model.hist = np.array(state["hist"], dtype=np.float64)
+        model.seen, model.learned, model._since_batch = state["seen"], learned, state["since_batch"]
+        model.threshold, model.quantile, model.drift = state["threshold"], state["quantile"], state["drift"]
+        model._reference = state["reference"]
+        model.sample = deque(map(tuple, state["sample"]), maxlen=SAMPLE_SIZE)
+        model._typical = None
+        market = FeeMarket(state["market"]["size"])
+        market.ring, market.sorted, market.next = (state["market"][k] for k in ("ring", "sorted", "next"))
+        model.market = market
+        if any(getattr(config, k) != getattr(stored_config, k) for k in _THRESHOLD_SETTINGS):
+            quantile = model._quantile()
+            if quantile is None:
+                model.threshold = 1.0
+            else:
+                model.quantile = quantile
+                model._apply(quantile)
         return model
+
+
+def _verified_body(raw, key: bytes | None) -> bytes:
+    """The blob without its tag, the HMAC checked first when a key is configured."""
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise CheckpointError(f"expected bytes, got {type(raw).__name__}")
+    raw = bytes(raw)
+    if key is not None:
+        if len(raw) < _PREFIX.size + _TAG_SIZE:
+            raise CheckpointError("truncated: too short to carry an HMAC")
+        body, tag = raw[:-_TAG_SIZE], raw[-_TAG_SIZE:]
+        if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), tag):
+            raise CheckpointError("HMAC mismatch: tampered, truncated, unsigned or signed with another key")
+    if len(raw) < _PREFIX.size:
+        raise CheckpointError(f"truncated: {len(raw)} bytes, shorter than the {_PREFIX.size}-byte prefix")
+    magic, version, flags, _ = _PREFIX.unpack_from(raw)
+    if magic != MAGIC:
+        raise CheckpointError(f"bad magic {magic!r}, not a model checkpoint (an old pickle?)")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(f"unsupported checkpoint version {version} (this code reads {CHECKPOINT_VERSION})")
+    if flags & ~_FLAG_HMAC:
+        raise CheckpointError(f"unknown flags {flags:#x}")
+    signed = bool(flags & _FLAG_HMAC)
+    if key is not None and not signed:  # a valid tag over an unsigned blob: refuse all the same
+        raise CheckpointError("checkpoint carries no HMAC but a key is configured")
+    if key is None and signed:
+        raise CheckpointError("checkpoint carries an HMAC: a key is needed to verify it")
+    return raw[:-_TAG_SIZE] if signed else raw
+
+
+def _split(body: bytes) -> tuple[dict, bytes]:
+    head_len = _PREFIX.unpack_from(body)[3]
+    if head_len > _MAX_HEADER or _PREFIX.size + head_len > len(body):
+        raise CheckpointError(f"truncated: header of {head_len} bytes does not fit")
+    try:
+        header = json.loads(body[_PREFIX.size: _PREFIX.size + head_len], parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError included
+        raise CheckpointError(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError("header is not a JSON object")
+    return header, body[_PREFIX.size + head_len:]
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a finite number")
+
+
+_HEADER_KEYS = {"config", "partition", "features", "seen", "learned", "since_batch", "threshold", "quantile",
+                "drift", "reference", "hist", "market", "sample"}
+
+
+def _decode_header(header: dict) -> dict:
+    """The header's fields type- and range-checked (CheckpointError saying which is wrong)."""
+    if set(header) != _HEADER_KEYS:
+        raise CheckpointError(f"header keys {sorted(header)} are not the expected ones")
+    config = header["config"]
+    if not isinstance(config, dict) or set(config) != set(_CONFIG_FIELDS):
+        raise CheckpointError("config does not hold the expected fields")
+    for name in _CONFIG_FIELDS:
+        value = config[name]
+        if name in _CONFIG_INTS:
+            _check_int(f"config.{name}", value, 1 if name in ("n_trees", "window_size", "halflife_events") else 0)
+            if name == "seed" and value < 0:
+                raise CheckpointError("config.seed is negative")
+        else:
+            config[name] = _check_float(f"config.{name}", value)
+    features = header["features"]
+    if (not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features)
+            or len(set(features)) != len(features)):
+        raise CheckpointError("features must be a list of distinct names")
+    state = {"config": config, "features": tuple(features)}
+    for name in ("partition", "seen", "learned", "since_batch"):
+        state[name] = _check_int(name, header[name], 0)
+    if not state["learned"] <= state["seen"] or state["since_batch"] > state["seen"]:
+        raise CheckpointError("learned and since_batch cannot exceed seen")
+    threshold = _check_float("threshold", header["threshold"])
+    if not 0.0 <= threshold <= 1.0:
+        raise CheckpointError(f"threshold {threshold} outside [0, 1]")
+    state["threshold"] = threshold
+    state["drift"] = _check_float("drift", header["drift"])
+    for name in ("quantile", "reference"):
+        state[name] = None if header[name] is None else _check_float(name, header[name])
+    hist = header["hist"]
+    if not isinstance(hist, list) or len(hist) != BINS:
+        raise CheckpointError(f"hist must be a list of {BINS} numbers")
+    state["hist"] = [_check_float("hist", v) for v in hist]
+    if min(state["hist"]) < 0:
+        raise CheckpointError("hist has negative counts")
+    sample = header["sample"]
+    if not isinstance(sample, list) or len(sample) > SAMPLE_SIZE:
+        raise CheckpointError(f"sample must be a list of at most {SAMPLE_SIZE} rows")
+    width = len(features)
+    for row in sample:
+        if not isinstance(row, list) or len(row) != width:
+            raise CheckpointError(f"sample rows must be lists of {width} numbers")
+    state["sample"] = [[_check_float("sample", v) for v in row] for row in sample]
+    state["market"] = _decode_market(header["market"])
+    return state
+
+
+def _decode_market(market) -> dict:
+    """FeeMarket's public fields, with its invariants: ring of at most size, sorted its sorted copy."""
+    if not isinstance(market, dict) or set(market) != {"size", "ring", "sorted", "next"}:
+        raise CheckpointError("market must hold size, ring, sorted and next")
+    size = _check_int("market.size", market["size"], 1)
+    ring, ordered = market["ring"], market["sorted"]
+    if not isinstance(ring, list) or not isinstance(ordered, list) or len(ring) > size:
+        raise CheckpointError("market ring and sorted must be lists, the ring at most size long")
+    ring = [_check_float("market.ring", v) for v in ring]
+    ordered = [_check_float("market.sorted", v) for v in ordered]
+    if ordered != sorted(ring):
+        raise CheckpointError("market.sorted is not the ring sorted")
+    position = _check_int("market.next", market["next"], 0)
+    if position >= size or (len(ring) < size and position):
+        raise CheckpointError(f"market.next {position} is not a position of a full ring of {size}")
+    return {"size": size, "ring": ring, "sorted": ordered, "next": position}
+
+
+def _check_int(name: str, value, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise CheckpointError(f"{name} must be an int >= {low}, got {str(value)[:40]}")
+    return value
+
+
+def _check_float(name: str, value) -> float:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= 2**53:
+        return float(value)
+    if not isinstance(value, float) or not math.isfinite(value):
+        raise CheckpointError(f"{name} must be a finite number, got {str(value)[:40]}")
+    return value
 
 
 def _round(value: float) -> float:

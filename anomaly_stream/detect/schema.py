@@ -69,6 +69,7 @@ class Tx(NamedTuple):
     nonce: int
     input_bytes: int
     selector: str | None
+    input: str  # the calldata as received (hex); semantics.decode_call reads it
     block_number: int | None
     block_timestamp: int | None
     gas_used: int | None
@@ -138,6 +139,7 @@ def validate(obj: dict) -> Tx:
         nonce=_quantity(obj, "nonce", MAX_NONCE),
         input_bytes=(len(data) - 2) // 2,
         selector=data[:10].lower() if len(data) >= 10 else None,
+        input=data,
         block_number=_quantity(obj, "blockNumber", MAX_BLOCK_NUMBER, optional=True),
         block_timestamp=timestamp,
         gas_used=gas_used,

@@ -8,11 +8,12 @@ with the app (`on_start`, `on_stop`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import faust
 
 from ..chain.enrich import Enricher
+from ..detect import watchlist
 from ..serve import views
 from ..serve.cache import Cache
 from ..settings import Settings
@@ -90,6 +91,20 @@ class TableStore(Store):
         return raw
 
 
+def watch_lists(table: Any) -> Callable[[str], dict[str, str] | None]:
+    """The detector's view of the watch-list table: address -> {list: label}."""
+    def listed(address: str) -> dict[str, str] | None:
+        raw = table.data.get(address.encode())
+        if raw is None:
+            return None
+        try:
+            return {name: entry.label for name, entry in watchlist.decode_value(raw).items()}
+        except ValueError:
+            return None  # a malformed value names nothing; `watchlist load` writes only valid ones
+
+    return listed
+
+
 def create_app(settings: Settings) -> App:
     app = App(
         settings.app_id,
@@ -119,6 +134,7 @@ def create_app(settings: Settings) -> App:
     partitions = settings.kafka_input_partitions
     raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": partitions}
     transactions = app.topic(settings.kafka_input_topic, **raw)
+    edges = app.topic(settings.edges_topic, **raw)
 
     # bytes keys and values make Faust use its raw codec: table keys hash to the
     # same partitions as the input topic's keys, which table routing relies on.
@@ -130,14 +146,22 @@ def create_app(settings: Settings) -> App:
         "anomaly-buffer", partitions=partitions, value_type=bytes,
     ).tumbling(buffer_window_seconds(settings), expires=ttl).table
 
+    # Every replica holds every watch-listed address: `anomaly-stream watchlist load`
+    # writes the compacted watchlist topic, one agent copies it into a GlobalTable,
+    # whose changelog every replica reads. (Writing the table's changelog directly
+    # would skip the replica holding it active: robinhood/faust#541.)
+    watchlist_updates = app.topic(settings.kafka_watchlist_topic, partitions=1,
+                                  key_serializer="raw", value_serializer="raw")
+    watchlist_table = app.GlobalTable("watchlist", key_type=bytes, value_type=bytes, partitions=1)
+
     cache = Cache(settings)
     app.worker = Worker(
         settings,
-        Topics(settings.kafka_input_topic, settings.kafka_anomalies_topic, settings.dlq_topic),
+        Topics(settings.kafka_input_topic, settings.kafka_anomalies_topic, settings.dlq_topic, settings.edges_topic),
         Stores(TableStore(profiles), TableStore(checkpoints), TableStore(anomaly_buffer)),
-        FaustSink(app), cache, Enricher(settings, cache),
+        FaustSink(app), cache, Enricher(settings, cache), listed=watch_lists(watchlist_table),
     )
-    agents.register(app, transactions)
+    agents.register(app, transactions, edges, watchlist_updates, watchlist_table)
     views.register(app, profiles, anomaly_buffer)
     return app
 

@@ -129,7 +129,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self._read_offset = ReadOffsets()
         self._holes: dict[TP, tuple[int, int]] = {}
-        self.batch_topics = frozenset({self.app.settings.kafka_input_topic})
+        settings = self.app.settings
+        self.batch_topics = frozenset({settings.kafka_input_topic, settings.edges_topic})
 
     async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
         if self.in_transaction:

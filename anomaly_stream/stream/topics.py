@@ -27,7 +27,7 @@ class TopicMismatch(RuntimeError):
 
 
 def topic_names(settings: Settings) -> list[str]:
-    return [settings.kafka_input_topic, settings.kafka_anomalies_topic, settings.dlq_topic]
+    return [settings.kafka_input_topic, settings.kafka_anomalies_topic, settings.dlq_topic, settings.edges_topic]
 
 
 @asynccontextmanager
@@ -69,6 +69,10 @@ async def ensure_topics(settings: Settings) -> None:
             if name not in present:
                 await create_topic(admin, name, settings.kafka_input_partitions,
                                    settings.kafka_topic_replication_factor)
+        # One partition: a small list every replica holds whole (app.py), compacted:
+        # the latest value of each address is its lists.
+        await create_topic(admin, settings.kafka_watchlist_topic, 1, settings.kafka_topic_replication_factor,
+                           {"cleanup.policy": "compact"})
         found = await _partition_count(admin, settings.kafka_input_topic)
         if found != settings.kafka_input_partitions:
             raise TopicMismatch(

@@ -28,12 +28,13 @@ from typing import Any, Callable, MutableMapping, Protocol, Sequence
 
 import orjson
 import structlog
+from aiokafka.partitioner import murmur2
 from faust.windows import TumblingWindow
 
 from .. import metrics
-from ..detect.detector import BatchResult, Record, encode, process_batch
-from ..detect.features import AddressProfile
-from ..detect.model import ModelConfig, PartitionModel
+from ..detect.detector import BatchResult, Listed, Record, encode, nothing_listed, process_batch, process_edges
+from ..detect.features import PERSPECTIVE_FEATURES, RECEIVER, SENDER, AddressProfile
+from ..detect.model import CheckpointError, ModelConfig, PartitionModel
 from .state import TableBound, delete_through, write_through
 
 log = structlog.get_logger(__name__)
@@ -93,6 +94,7 @@ class Topics:
     transactions: str
     anomalies: str
     dlq: str
+    edges: str  # keyed by the receiving address, co-partitioned with transactions
 
 
 @dataclass
@@ -115,7 +117,7 @@ class Worker:
 
     def __init__(self, settings, topics: Topics, stores: Stores, sink: Sink,
                  cache: Cache | None = None, enricher: Enricher | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, listed: Listed = nothing_listed):
         self.settings = settings
         self.topics = topics
         self.stores = stores
@@ -123,10 +125,12 @@ class Worker:
         self.cache = cache
         self.enricher = enricher
         self.clock = clock
+        self.listed = listed  # the watch-lists (a GlobalTable in the worker)
         self.config = ModelConfig.from_settings(settings)
-        self.models: dict[int, PartitionModel] = {}
-        self.saved_at: dict[int, float] = {}  # when each model was last checkpointed
-        self.saved_seen: dict[int, int] = {}
+        # One model per (perspective, partition), checkpointed under checkpoint_key.
+        self.models: dict[tuple[str, int], PartitionModel] = {}
+        self.saved_at: dict[tuple[str, int], float] = {}  # when each model was last checkpointed
+        self.saved_seen: dict[tuple[str, int], int] = {}
         self.profiles_bound = TableBound(
             stores.profiles, settings.address_state_ttl_seconds,
             settings.address_state_max_per_partition, _locate_profile)
@@ -149,23 +153,45 @@ class Worker:
         return None if raw is None else AddressProfile.from_bytes(raw)
 
     async def handle(self, partition: int, records: Sequence[Record], require_key: bool = True) -> BatchResult:
+        """A batch of the transactions topic: scored as the senders' acts; edges go to the receivers."""
         started = time.perf_counter()
         model = self.model(partition)
-        result = process_batch(model, records, self.lookup, partition, require_key, self.clock)
+        result = process_batch(model, records, self.lookup, partition, require_key, self.clock, self.listed)
+        for edge in result.edges:
+            key = edge.receiver.encode()
+            await self.sink.send(self.topics.edges, key, edge.to_bytes(), source_partition=partition,
+                                 partition=self.partition_of(key))
+        await self._finish(SENDER, partition, records, result, started)
+        return result
+
+    async def handle_edges(self, partition: int, records: Sequence[Record]) -> BatchResult:
+        """A batch of the edges topic: scored as events of the receiving addresses."""
+        started = time.perf_counter()
+        model = self.model(partition, RECEIVER)
+        result = process_edges(model, records, self.lookup, partition, self.clock, self.listed)
+        await self._finish(RECEIVER, partition, records, result, started)
+        return result
+
+    def partition_of(self, key: bytes) -> int:
+        """The partition the Java client and aiokafka give a key: what co-partitioning relies on."""
+        return (murmur2(key) & 0x7FFFFFFF) % self.settings.kafka_input_partitions
+
+    async def _finish(self, perspective: str, partition: int, records: Sequence[Record],
+                      result: BatchResult, started: float) -> None:
         await self._dead_letter(partition, result)
-        for sender, record in result.rekeyed:
-            await self.sink.send(self.topics.transactions, sender.encode(), record.value,
-                                 source_partition=partition)
+        topic = self.topics.transactions if perspective == SENDER else self.topics.edges
+        for key, record in result.rekeyed:
+            await self.sink.send(topic, key.encode(), record.value, source_partition=partition)
         await self._write_profiles(partition, result)
         if result.anomalies:
             await self._publish_anomalies(partition, result.anomalies)
         now = self.clock()
         self.watermarks[partition] = max(self.watermarks.get(partition, 0.0), result.latest_event_time)
-        if self.checkpoint_due(partition, now):
-            await self.checkpoint(partition, now)
+        if self.checkpoint_due((perspective, partition), now):
+            await self.checkpoint((perspective, partition), now)
         self.last_progress = time.monotonic()
-        _count(len(records), result, model, time.perf_counter() - started, partition)
-        return result
+        _count(perspective, len(records), result, self.models[perspective, partition],
+               time.perf_counter() - started, partition)
 
     async def _dead_letter(self, partition: int, result: BatchResult) -> None:
         for dead in result.dead_letters:
@@ -214,37 +240,48 @@ class Worker:
 
     # -- models --
 
-    def model(self, partition: int) -> PartitionModel:
-        model = self.models.get(partition)
+    def model(self, partition: int, perspective: str = SENDER) -> PartitionModel:
+        key = (perspective, partition)
+        model = self.models.get(key)
         if model is None:
-            raw = self.stores.checkpoints.data.get(b"%d" % partition)
-            if raw is None:
-                model = PartitionModel(self.config, partition)
-                log.info("model_created", partition=partition)
-            else:
-                model = PartitionModel.from_bytes(raw, self.config)
-                log.info("model_restored", partition=partition, seen=model.seen, threshold=model.threshold)
-            self.models[partition] = model
-            self.saved_at[partition] = self.clock()
-            self.saved_seen[partition] = model.seen
+            features = PERSPECTIVE_FEATURES[perspective]
+            raw = self.stores.checkpoints.data.get(checkpoint_key(key))
+            model = None
+            if raw is not None:
+                try:
+                    model = PartitionModel.from_bytes(raw, self.config, features=features)
+                    log.info("model_restored", perspective=perspective, partition=partition,
+                             seen=model.seen, threshold=model.threshold)
+                except CheckpointError as exc:
+                    # Forged, corrupt or unsigned: never trusted, never fatal.
+                    metrics.MODEL_CHECKPOINTS_REJECTED.labels(exc.reason).inc()
+                    log.warning("model_checkpoint_rejected", perspective=perspective, partition=partition,
+                                reason=exc.reason)
+            if model is None:
+                model = PartitionModel(self.config, partition, features=features)
+                log.info("model_created", perspective=perspective, partition=partition)
+            self.models[key] = model
+            self.saved_at[key] = self.clock()
+            self.saved_seen[key] = model.seen
         return model
 
-    def checkpoint_due(self, partition: int, now: float) -> bool:
-        return (now - self.saved_at.get(partition, now) >= self.settings.model_checkpoint_interval_seconds
-                and self.models[partition].seen != self.saved_seen.get(partition))
+    def checkpoint_due(self, key: tuple[str, int], now: float) -> bool:
+        return (now - self.saved_at.get(key, now) >= self.settings.model_checkpoint_interval_seconds
+                and self.models[key].seen != self.saved_seen.get(key))
 
-    async def checkpoint(self, partition: int, now: float, in_transaction: bool = True) -> None:
-        """Write the model to the table and its changelog partition.
+    async def checkpoint(self, key: tuple[str, int], now: float, in_transaction: bool = True) -> None:
+        """Write a model to the table and its changelog partition.
 
         In the partition's transaction (exactly_once) unless Faust has already
         committed everything the model learned from (`release`).
         """
-        key, value = b"%d" % partition, self.models[partition].to_bytes()
-        self.stores.checkpoints.data[key] = value
-        await self.sink.send(self.stores.checkpoints.changelog, key, value,
+        partition = key[1]
+        raw_key, value = checkpoint_key(key), self.models[key].to_bytes()
+        self.stores.checkpoints.data[raw_key] = value
+        await self.sink.send(self.stores.checkpoints.changelog, raw_key, value,
                              source_partition=partition if in_transaction else None, partition=partition)
-        self.saved_at[partition] = now
-        self.saved_seen[partition] = self.models[partition].seen
+        self.saved_at[key] = now
+        self.saved_seen[key] = self.models[key].seen
 
     async def release(self, partitions: set[int]) -> None:
         """Checkpoint and drop the models of partitions this worker no longer owns.
@@ -254,11 +291,11 @@ class Worker:
         goes out on its own, consistent with the committed offsets.
         """
         now = self.clock()
-        for partition in partitions & self.models.keys():
-            await self.checkpoint(partition, now, in_transaction=False)
-            del self.models[partition]
-            self.saved_at.pop(partition, None)
-            self.saved_seen.pop(partition, None)
+        for key in [k for k in self.models if k[1] in partitions]:
+            await self.checkpoint(key, now, in_transaction=False)
+            del self.models[key]
+            self.saved_at.pop(key, None)
+            self.saved_seen.pop(key, None)
         self.indexed = None  # the next sweep rebuilds the bounds for what is left
 
     # -- bounds --
@@ -285,10 +322,10 @@ class Worker:
         metrics.ADDRESS_PROFILES.set(len(self.profiles_bound))
         metrics.ANOMALY_BUFFER_SIZE.set(len(self.buffer_bound))
         # A partition whose traffic stopped still gets its last batches checkpointed.
-        for partition in list(self.models):
-            if self.checkpoint_due(partition, now):
-                await self.checkpoint(partition, now)
-            metrics.MODEL_CHECKPOINT_AGE.labels(partition).set(now - self.saved_at[partition])
+        for key in list(self.models):
+            if self.checkpoint_due(key, now):
+                await self.checkpoint(key, now)
+            metrics.MODEL_CHECKPOINT_AGE.labels(*key).set(now - self.saved_at[key])
 
     def stalled(self, lag: int, now: float | None = None) -> bool:
         """Liveness: records are waiting and no batch finished within the bound."""
@@ -296,17 +333,28 @@ class Worker:
         return lag > 0 and now - self.last_progress > self.settings.liveness_stall_seconds
 
 
-def _count(n: int, result: BatchResult, model: PartitionModel, seconds: float, partition: int) -> None:
-    metrics.TRANSACTIONS_CONSUMED.inc(n)
-    metrics.TRANSACTIONS_PROCESSED.inc(result.processed)
-    metrics.TRANSACTIONS_REKEYED.inc(len(result.rekeyed))
+def checkpoint_key(key: tuple[str, int]) -> bytes:
+    perspective, partition = key
+    # The sender model keeps the key it had before there were two perspectives.
+    return b"%d" % partition if perspective == SENDER else b"%s:%d" % (perspective.encode(), partition)
+
+
+def _count(perspective: str, n: int, result: BatchResult, model: PartitionModel, seconds: float,
+           partition: int) -> None:
+    if perspective == SENDER:
+        metrics.TRANSACTIONS_CONSUMED.inc(n)
+        metrics.TRANSACTIONS_PROCESSED.inc(result.processed)
+        metrics.TRANSACTIONS_REKEYED.inc(len(result.rekeyed))
+    else:
+        metrics.EDGES_PROCESSED.inc(result.processed)
     metrics.ANOMALIES_PUBLISHED.inc(len(result.anomalies))
     metrics.BATCH_SIZE.observe(n)
     metrics.BATCH_SECONDS.observe(seconds)
-    metrics.MODEL_THRESHOLD.labels(partition).set(model.threshold)
-    metrics.MODEL_EVENTS_SEEN.labels(partition).set(model.seen)
+    metrics.MODEL_THRESHOLD.labels(perspective, partition).set(model.threshold)
+    metrics.MODEL_THRESHOLD_DRIFT.labels(perspective, partition).set(model.drift)
+    metrics.MODEL_EVENTS_SEEN.labels(perspective, partition).set(model.seen)
     for score in result.scores[::16]:
-        metrics.ANOMALY_SCORE.observe(score)
+        metrics.ANOMALY_SCORE.labels(perspective).observe(score)
 
 
 def _locate_profile(key: bytes, value: bytes) -> tuple[int, float]:

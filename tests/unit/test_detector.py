@@ -7,21 +7,26 @@ import json
 import orjson
 import pytest
 
+from anomaly_stream.detect import detector
 from anomaly_stream.detect.detector import (
     ANOMALY_SCHEMA,
     DeadLetter,
     Record,
-    anomaly_document,
+    alert_key,
     encode,
     process_batch,
+    process_edges,
+    severity,
 )
-from anomaly_stream.detect.features import AddressProfile
+from anomaly_stream.detect.features import PERSPECTIVE_FEATURES, RECEIVER, AddressProfile
 from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 from anomaly_stream.detect.model import ModelConfig, PartitionModel
 
 DOCUMENT_KEYS = {
     "schema", "tx_hash", "address", "to", "value_wei", "value_eth", "gas_price_gwei",
     "block_number", "event_time", "detected_at", "score", "threshold", "explanation", "source",
+    "perspective", "sender", "counterparty", "kind", "method", "token", "token_amount",
+    "reasons", "severity", "alert_key",
 }
 
 
@@ -137,6 +142,8 @@ def test_anomaly_documents_have_the_documented_keys(txs):
         assert doc["detected_at"] == 123.5
         assert doc["score"] == round(score, 6)
         assert doc["threshold"] == -1.0
+        assert doc["perspective"] == "sender" and doc["reasons"][0]["rule"] == "model"
+        assert doc["severity"] in ("low", "medium", "high") and len(doc["alert_key"]) == 20
         assert doc["source"] == {"partition": 6, "offset": record.offset, "timestamp": 5.0}
         assert isinstance(doc["explanation"], list)
         for row in doc["explanation"]:
@@ -162,33 +169,30 @@ def test_threshold_is_fixed_for_the_batch_and_updated_after(txs):
     assert all(doc["threshold"] == round(threshold, 6) for doc in second.anomalies)
 
 
-def test_anomaly_document_direct():
-    from anomaly_stream.detect.schema import Tx
-
-    tx = Tx("0x" + "aa" * 32, "0x" + "bb" * 20, None, 3 * 10**18, 21000, 25 * 10**9, 10**9, 1, 0,
-            None, None, None, None, None)
-    doc = anomaly_document(tx, Record(9, None, b"", 77.0), 1, 0.98765432, 0.9, [], 78.0)
-    assert set(doc) == DOCUMENT_KEYS
-    assert doc["to"] is None and doc["block_number"] is None
-    assert doc["event_time"] == 77.0
-    assert doc["value_eth"] == 3.0 and doc["value_wei"] == "3000000000000000000"
-    assert doc["gas_price_gwei"] == 25.0
-    assert doc["score"] == 0.987654
+def test_severity_and_alert_key():
+    model_reason = [{"rule": "model"}]
+    assert severity(model_reason, 0.99, 0.9) == "medium" and severity(model_reason, 0.91, 0.9) == "low"
+    assert severity([{"rule": "model"}, {"rule": "watchlist"}], 0.1, 0.9) == "high"
+    t = 1_700_000_000
+    key = alert_key("sender", "0xab", model_reason, t)
+    assert key == alert_key("sender", "0xab", model_reason, t + 60), "an episode is one alert"
+    assert key != alert_key("receiver", "0xab", model_reason, t)
+    assert key != alert_key("sender", "0xab", [{"rule": "watchlist"}], t)
 
 
-def test_a_failure_inside_scoring_dead_letters_that_message_only(txs):
+def test_a_failure_inside_scoring_dead_letters_that_message_only(txs, monkeypatch):
     model = PartitionModel(ModelConfig())
-    real = model.score_learn
+    real = detector.extract_sender
     poisoned = txs[1]["hash"]
     calls = []
 
-    def flaky(x):
-        calls.append(x)
+    def flaky(*args):
+        calls.append(args)
         if len(calls) == 2:
             raise ZeroDivisionError("boom")
-        return real(x)
+        return real(*args)
 
-    model.score_learn = flaky
+    monkeypatch.setattr(detector, "extract_sender", flaky)
     result = process_batch(model, [keyed(tx, i) for i, tx in enumerate(txs[:5])], no_profiles, 0)
     assert result.processed == 4
     [dead] = result.dead_letters
@@ -209,12 +213,12 @@ def test_the_fee_market_is_the_models_and_sees_only_scored_transactions(txs):
 
 def test_a_legacy_overbid_is_priced_against_the_market(txs):
     # A warm model on ordinary traffic, then a legacy (type 0) transaction without a
-    # priority fee paying 40 gwei over the going price: the premium feature sees it.
+    # priority fee paying ten times the going price: the premium feature sees it.
     model = PartitionModel(ModelConfig(warmup_events=250, window_size=250))
     stream = TrafficGenerator(GeneratorConfig(seed=8, scenario_rates={})).take(1_500)
     process_batch(model, [keyed(tx, i) for i, tx in enumerate(stream)], no_profiles, 0, require_key=False)
     going = model.market.median()
-    tx = dict(stream[-1], type="0x0", gasPrice=hex(int((going + 40) * 1e9)), hash="0x" + "ab" * 32)
+    tx = dict(stream[-1], type="0x0", gasPrice=hex(int(going * 10 * 1e9)), hash="0x" + "ab" * 32)
     for field in ("maxFeePerGas", "maxPriorityFeePerGas"):
         tx.pop(field, None)
     result = process_batch(model, [keyed(tx, 5_000)], no_profiles, 0)
@@ -222,3 +226,98 @@ def test_a_legacy_overbid_is_priced_against_the_market(txs):
     ordinary = [s for s in process_batch(model, [keyed(t, 6_000 + i) for i, t in enumerate(stream[:200])],
                                          no_profiles, 0, require_key=False).scores]
     assert result.scores[0] > sorted(ordinary)[int(0.95 * len(ordinary))]
+
+
+# -- rules, the receiving side, protection ----------------------------------------
+
+TOKEN = "0xdac17f958d2ee523a2206206994597c13d831ec7"
+
+
+def word(x) -> str:
+    return (x[2:] if isinstance(x, str) else f"{x:x}").rjust(64, "0")
+
+
+def tx_from(sender: str, to: str | None, value: int = 10**17, data: str = "0x", n: int = 0, t: int = 1_700_000_000):
+    return {"hash": "0x" + f"{n:064x}", "from": sender, "to": to, "value": hex(value), "gas": "0x5208",
+            "gasPrice": hex(20 * 10**9), "nonce": "0x1", "input": data, "blockTimestamp": hex(t)}
+
+
+def test_a_watch_listed_counterparty_is_an_anomaly_whatever_the_score_and_is_not_learned(txs):
+    model = PartitionModel(ModelConfig())
+    bad = "0x" + "66" * 20
+    data = "0xa9059cbb" + word(bad) + word(10**6)
+    tx = tx_from(txs[0]["from"], TOKEN, 0, data)
+    result = process_batch(model, [keyed(tx, 1)], no_profiles, 0,
+                           listed=lambda a: {"ofac": "SDN"} if a == bad else None)
+    [doc] = result.anomalies
+    assert doc["reasons"] == [{"rule": "watchlist", "list": "ofac", "label": "SDN", "role": "counterparty",
+                               "address": bad}]
+    assert doc["severity"] == "high" and doc["counterparty"] == bad and doc["token"] == TOKEN
+    assert model.learned == 0, "a flagged transaction is not learned"
+
+
+def test_paying_a_lookalike_of_a_real_counterparty_is_flagged_on_the_senders_side():
+    model = PartitionModel(ModelConfig())
+    me, real = "0x" + "11" * 20, "0x12" + "0" * 34 + "abcd"
+    fake = "0x12" + "f" * 34 + "abcd"
+    profiles = {}
+    first = process_batch(model, [keyed(tx_from(me, real, n=1), 1)], profiles.get, 0)
+    profiles.update(first.profiles)
+    assert not first.anomalies
+    second = process_batch(model, [keyed(tx_from(me, fake, n=2), 2)], profiles.get, 0)
+    [doc] = second.anomalies
+    assert doc["reasons"][0]["rule"] == "lookalike" and doc["reasons"][0]["address"] == fake
+
+
+def test_poisoning_from_a_lookalike_is_flagged_on_the_receivers_side():
+    sender_model = PartitionModel(ModelConfig())
+    receiver_model = PartitionModel(ModelConfig(), features=PERSPECTIVE_FEATURES[RECEIVER])
+    victim, real = "0x" + "11" * 20, "0x12" + "0" * 34 + "abcd"
+    poisoner = "0x12" + "f" * 34 + "abcd"
+    profiles = {}
+    paid = process_batch(sender_model, [keyed(tx_from(victim, real, n=1), 1)], profiles.get, 0)
+    profiles.update(paid.profiles)
+    # The poisoner's zero-value transferFrom(victim, lookalike, 0): the edge to the owner.
+    data = "0x23b872dd" + word(victim) + word(poisoner) + word(0)
+    poison = process_batch(sender_model, [keyed(tx_from("0x" + "99" * 20, TOKEN, 0, data, n=2), 2)],
+                           profiles.get, 0)
+    profiles.update(poison.profiles)
+    to_owner = [e for e in poison.edges if e.receiver == victim]
+    records = [Record(i, e.receiver.encode(), e.to_bytes(), 1.0) for i, e in enumerate(to_owner)]
+    result = process_edges(receiver_model, records, profiles.get, 0)
+    [doc] = result.anomalies
+    assert doc["perspective"] == "receiver" and doc["address"] == victim
+    assert doc["reasons"][0]["rule"] == "lookalike" and doc["reasons"][0]["address"] == poisoner
+
+
+def test_funds_from_a_listed_address_mark_the_receiver_and_its_contract_creation():
+    sender_model = PartitionModel(ModelConfig())
+    receiver_model = PartitionModel(ModelConfig(), features=PERSPECTIVE_FEATURES[RECEIVER])
+    mixer, fresh = "0x" + "77" * 20, "0x" + "88" * 20
+    listed = {mixer: {"ofac": "Tornado Cash"}}.get
+    profiles = {}
+    funding = process_batch(sender_model, [keyed(tx_from(mixer, fresh, 10**18, n=1), 1)], profiles.get, 0,
+                            listed=listed)
+    profiles.update(funding.profiles)
+    edges = [Record(0, e.receiver.encode(), e.to_bytes(), 1.0) for e in funding.edges]
+    received = process_edges(receiver_model, edges, profiles.get, 0, listed=listed)
+    profiles.update(received.profiles)
+    assert profiles[fresh].funded_by == "ofac"
+    creation = process_batch(sender_model, [keyed(tx_from(fresh, None, 0, "0x6080", n=2), 2)], profiles.get, 0)
+    [doc] = creation.anomalies
+    assert doc["reasons"][0] == {"rule": "funded_by_watchlist", "list": "ofac", "role": "sender", "address": fresh}
+
+
+def test_a_malformed_edge_is_dead_lettered():
+    model = PartitionModel(ModelConfig(), features=PERSPECTIVE_FEATURES[RECEIVER])
+    result = process_edges(model, [Record(3, b"k", b"[1,2,3]", 1.0)], no_profiles, 0)
+    assert result.processed == 0 and [d.reason for d in result.dead_letters] == ["malformed_edge"]
+
+
+def test_a_decoder_crash_is_a_dead_letter_not_a_worker_crash(monkeypatch):
+    def crash(raw):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(detector, "decode", crash)
+    result = process_batch(PartitionModel(ModelConfig()), [Record(1, b"k", b"{}", 1.0)], no_profiles, 0)
+    assert [d.reason for d in result.dead_letters] == ["processing_error"]

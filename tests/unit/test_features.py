@@ -1,255 +1,239 @@
-"""Tests for feature extraction and sender profiles (anomaly_stream.detect.features)."""
+"""Tests for feature extraction and address profiles (anomaly_stream.detect.features)."""
 
 from __future__ import annotations
 
 import math
 import pickle
-import statistics
 
-import orjson
 import pytest
 
 from anomaly_stream.detect.features import (
-    BURST_TAU_SECONDS,
-    FEATURE_NAMES,
     FEATURES,
     MARKET_WINDOW,
-    RATE_TAU_SECONDS,
+    PERSPECTIVE_FEATURES,
+    RECEIVER,
     RECENT_COUNTERPARTIES,
+    RECENT_INBOUND,
+    SENDER,
     AddressProfile,
+    Edge,
     FeeMarket,
-    extract,
+    edges_of,
+    extract_receiver,
+    extract_sender,
     unscale,
 )
-from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
-from anomaly_stream.detect.schema import WEI_PER_ETH, WEI_PER_GWEI, Tx, decode
+from anomaly_stream.detect.lookalike import digest
+from anomaly_stream.detect.schema import WEI_PER_ETH, WEI_PER_GWEI, Tx
+from anomaly_stream.detect.semantics import decode_call
 
-SENDER = "0x" + "ab" * 20
+ME = "0x" + "ab" * 20
 T0 = 1_700_000_000.0
+TOKEN = "0xdac17f958d2ee523a2206206994597c13d831ec7"
 
 
-def make_tx(to: str | None = "0x" + "cd" * 20, value_wei: int = 10**17, **changes) -> Tx:
+def make_tx(to: str | None = "0x" + "cd" * 20, value_wei: int = 10**17, data: str = "0x", **changes) -> Tx:
     fields = dict(
-        hash="0x" + "12" * 32, sender=SENDER, to=to, value_wei=value_wei, gas=21_000,
-        gas_price_wei=20 * WEI_PER_GWEI, priority_fee_wei=WEI_PER_GWEI, nonce=5, input_bytes=0,
-        selector=None, block_number=1, block_timestamp=None, gas_used=21_000, status=1,
+        hash="0x" + "12" * 32, sender=ME, to=to, value_wei=value_wei, gas=21_000,
+        gas_price_wei=20 * WEI_PER_GWEI, priority_fee_wei=WEI_PER_GWEI, nonce=5, input_bytes=(len(data) - 2) // 2,
+        selector=data[:10] if len(data) >= 10 else None, input=data, block_number=1, block_timestamp=None,
+        gas_used=21_000, status=1,
     )
     fields.update(changes)
     return Tx(**fields)
 
 
 def addr(i: int) -> str:
-    return "0x" + f"{i:08x}" + "00" * 16
+    return "0x" + "00" * 16 + f"{i:08x}"
 
 
-def run(txs_and_times, profile=None):
-    xs = []
-    for tx, t in txs_and_times:
-        x, profile = extract(tx, profile, t)
-        xs.append(x)
-    return xs, profile
+def word(x: int | str) -> str:
+    return (x[2:] if isinstance(x, str) else f"{x:x}").rjust(64, "0")
 
 
-def test_feature_table_is_consistent():
-    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == len(FEATURES)
-    for f in FEATURES:
-        assert f.hi > f.lo
+def transfer(recipient: str, amount: int) -> str:
+    return "0xa9059cbb" + word(recipient) + word(amount)
 
 
-def test_generated_stream_features_are_in_unit_range_and_ordered():
-    profiles: dict[str, AddressProfile] = {}
+def approve(spender: str, amount: int) -> str:
+    return "0x095ea7b3" + word(spender) + word(amount)
+
+
+def send(tx: Tx, profile=None, t=T0, market=None):
+    call = decode_call(tx.to, tx.value_wei, tx.input)
+    x, profile, new = extract_sender(tx, call, profile, t, market)
+    return dict(zip(PERSPECTIVE_FEATURES[SENDER], x)), profile, new
+
+
+def test_feature_tables_are_consistent():
+    for perspective, features in FEATURES.items():
+        names = [f.name for f in features]
+        assert len(set(names)) == len(names) == len(PERSPECTIVE_FEATURES[perspective])
+        assert all(f.lo < f.hi for f in features)
+
+
+def test_every_feature_is_in_unit_range_for_extreme_inputs():
     market = FeeMarket()
-    for obj in TrafficGenerator(GeneratorConfig(seed=5)).take(3_000):
-        tx = decode(orjson.dumps(obj))
-        x, profile = extract(tx, profiles.get(tx.sender), tx.block_timestamp, market)
-        profiles[tx.sender] = profile
-        assert tuple(x) == FEATURE_NAMES
-        for name, value in x.items():
-            assert 0.0 <= value <= 1.0, (name, value)
-            assert not math.isnan(value)
+    for _ in range(MARKET_WINDOW):
+        market.add(20.0)
+    x, _, _ = send(make_tx(value_wei=10**27, priority_fee_wei=10**13, gas_price_wei=10**13), market=market)
+    assert all(0.0 <= v <= 1.0 for v in x.values())
+    assert x["fresh_sender_value_eth"] == 1.0 and x["fee_premium_ratio"] == 1.0
 
 
-def test_extreme_inputs_are_clipped_into_unit_range():
-    big = make_tx(to=None, value_wei=10**27, gas=10**9, gas_price_wei=10**16, priority_fee_wei=10**16,
-                  nonce=2**64 - 1, input_bytes=1 << 20, selector="0xffffffff", gas_used=10**9)
-    small = make_tx(value_wei=0, gas=0, gas_price_wei=0, priority_fee_wei=0, nonce=0, gas_used=None)
-    for tx in (big, small):
-        for t in (T0, T0 - 10**9, T0 + 10**9):
-            x, _ = extract(tx, AddressProfile(first_seen=T0, last_seen=T0, n_tx=3), t)
-            assert all(0.0 <= v <= 1.0 for v in x.values()), x
-    x, _ = extract(big, None, T0, FeeMarket())
-    assert x["value_eth"] == x["fee_premium_gwei"] == x["contract_creation"] == 1.0
-    assert x["dust_transfer"] == 0.0
-    x, _ = extract(small, None, T0, FeeMarket())
-    assert x["value_eth"] == x["fee_premium_gwei"] == x["contract_creation"] == 0.0
-    assert x["dust_transfer"] == 1.0
-    # A gas price far below the going price is no negative premium: it clips at 0.
-    market = FeeMarket()
-    market.add(10**6)
-    x, _ = extract(small, None, T0, market)
-    assert x["fee_premium_gwei"] == 0.0
-    # A sender quiet for over three years is no burst.
-    x, _ = extract(small, AddressProfile(first_seen=T0 - 10**9, last_seen=T0 - 10**9, n_tx=3, burst=50.0), T0)
-    assert x["burst"] == 0.0
+def test_a_first_time_sender_moving_a_lot_stands_out_and_one_with_history_does_not():
+    x, profile, new = send(make_tx(value_wei=5000 * WEI_PER_ETH))
+    assert new and x["fresh_sender_value_eth"] > 0.9
+    x, _, _ = send(make_tx(value_wei=5000 * WEI_PER_ETH, to=addr(2)), profile, T0 + 60)
+    assert x["fresh_sender_value_eth"] == 0.0, "the second transaction is no first one"
 
 
-def test_first_transaction_of_a_new_sender():
-    x, profile = extract(make_tx(), None, T0)
-    # Being first seen is not itself a feature: 8% of ordinary traffic is.
-    assert x["burst"] == 0.0  # no history to burst against
-    assert x["value_eth"] == pytest.approx(math.log10(1.1) / 3)
-    assert x["fee_premium_gwei"] == 0.0  # a 1 gwei tip is ordinary
-    assert x["contract_creation"] == 0.0 and x["dust_transfer"] == 0.0
-    assert profile.fan_out == 1.0  # its counterparty was new
-    assert profile.recent == (make_tx().to[:10],)
-    assert profile.n_tx == 1
-    assert profile.first_seen == profile.last_seen == T0
-    assert profile.tx_per_hour == 1.0
-    assert profile.burst == 1.0
-    assert profile.value_mean == pytest.approx(math.log10(1 + 10**17 / WEI_PER_GWEI))
-    assert profile.value_var == 0.0
+def test_value_to_a_new_counterparty_is_measured_against_the_senders_own_amounts():
+    profile = None
+    for i in range(10):
+        _, profile, _ = send(make_tx(value_wei=10**17, to=addr(i)), profile, T0 + i * 600)
+    x, _, _ = send(make_tx(value_wei=300 * WEI_PER_ETH, to=addr(99)), profile, T0 + 7000)
+    assert x["value_to_new_counterparty"] > 0.5
+    x, _, _ = send(make_tx(value_wei=300 * WEI_PER_ETH, to=addr(3)), profile, T0 + 7100)
+    assert x["value_to_new_counterparty"] == 0.0, "a known counterparty is not new"
 
 
-def test_existing_profile_is_updated_in_place():
-    _, profile = extract(make_tx(), None, T0)
-    x, same = extract(make_tx(), profile, T0 + 60)
-    assert same is profile
-    assert profile.n_tx == 2
-    assert profile.last_seen == T0 + 60
-    assert profile.tx_per_hour == pytest.approx(math.exp(-60 / RATE_TAU_SECONDS) + 1)
-    assert x["burst"] > 0.0  # two in a minute from a sender with no habit yet
+def test_token_amounts_are_the_calldatas_not_the_eth_value():
+    profile = None
+    for i in range(5):
+        _, profile, _ = send(make_tx(to=TOKEN, value_wei=0, data=transfer(addr(i), 10**8)), profile, T0 + i)
+    assert profile.token_n == 5 and profile.n_tx == 5
+    assert profile.token_mean == pytest.approx(math.log10(1 + 10**8), rel=0.01)
+    x, profile, new = send(make_tx(to=TOKEN, value_wei=0, data=transfer(addr(50), 10**14)), profile, T0 + 10)
+    assert new and x["value_to_new_counterparty"] == 1.0
+    assert digest(addr(50)) == profile.counterparties[0], "the recipient, not the token contract"
 
 
-def test_repeated_counterparty_is_not_new():
-    _, profile = run([(make_tx(to=addr(1)), T0), (make_tx(to=addr(1)), T0 + 10)])
-    assert profile.fan_out == pytest.approx(0.8)  # 1 + 0.2 * (0 - 1): the repeat was not new
-    assert profile.recent == (addr(1)[:10],)
-    extract(make_tx(to=addr(2)), profile, T0 + 20)
-    assert profile.fan_out == pytest.approx(0.84)  # 0.8 + 0.2 * (1 - 0.8)
-    assert profile.recent == (addr(2)[:10], addr(1)[:10])
+def test_an_unlimited_grant_to_a_new_spender():
+    x, profile, _ = send(make_tx(to=TOKEN, value_wei=0, data=approve(addr(7), 2**256 - 1)))
+    assert x["grant_to_new_spender"] == 1.0
+    x, _, _ = send(make_tx(to=TOKEN, value_wei=0, data=approve(addr(7), 5)), profile, T0 + 1)
+    assert x["grant_to_new_spender"] == 0.0, "the spender is known now"
+    x, _, _ = send(make_tx(to=TOKEN, value_wei=0, data=approve(addr(8), 5)), profile, T0 + 2)
+    assert x["grant_to_new_spender"] == 0.5
+    x, _, _ = send(make_tx(to=TOKEN, value_wei=0, data=approve(addr(9), 0)), profile, T0 + 3)
+    assert x["grant_to_new_spender"] == 0.0, "a revocation grants nothing"
 
 
-def test_repeated_contract_creation_counts_as_same_counterparty():
-    _, profile = run([(make_tx(to=None), T0), (make_tx(to=None), T0 + 1)])
-    assert profile.recent == ("create",)
-    assert profile.fan_out == pytest.approx(0.8)
-
-
-def test_recent_counterparties_are_bounded_and_forget_the_oldest():
-    n = RECENT_COUNTERPARTIES + 1
-    xs, profile = run([(make_tx(to=addr(i)), T0 + i) for i in range(n)])
-    assert len(profile.recent) == RECENT_COUNTERPARTIES
-    assert addr(0)[:10] not in profile.recent  # pushed out by the newer ones
-    extract(make_tx(to=addr(n - 1)), profile, T0 + n + 1)
-    assert len(profile.recent) == RECENT_COUNTERPARTIES and profile.recent[0] == addr(n - 1)[:10]
-
-
-def test_fan_out_rises_with_new_counterparties_and_falls_with_repeats():
-    fans, profile = [], None
-    for i in range(20):
-        _, profile = extract(make_tx(to=addr(1)), profile, T0 + i)
-        fans.append(profile.fan_out)
-    assert fans[0] == 1.0
-    assert all(b < a for a, b in zip(fans, fans[1:]))
-    assert fans[-1] < 0.05
-    _, profile = run([(make_tx(to=addr(i)), T0 + i) for i in range(20)])
-    assert profile.fan_out == 1.0
-
-
-def test_burst_raises_tx_per_hour():
-    burst, profile = run([(make_tx(), T0 + i) for i in range(10)])
-    spaced, _ = run([(make_tx(), T0 + 3600 * i) for i in range(10)])
-    rates = [x["burst"] for x in burst]
-    assert all(b > a for a, b in zip(rates, rates[1:]))
-    assert burst[-1]["burst"] > spaced[-1]["burst"] + 0.1
-    # Ten transactions within ten seconds: close to 10 per hour.
-    assert profile.tx_per_hour == pytest.approx(10, abs=0.1)
-
-
-def test_activity_rate_decays_after_a_quiet_period():
-    xs, profile = run([(make_tx(), T0 + i) for i in range(50)])
-    busy, busy_count = profile.tx_per_hour, profile.burst
-    assert xs[-1]["burst"] > 0.5  # fifty in fifty seconds from a new sender is a burst
-    x, profile = extract(make_tx(), profile, T0 + 10 * 3600)
-    # Both the hourly rate and the last-minute count have decayed to (almost) nothing,
-    # then counted this one transaction.
-    assert profile.tx_per_hour < 1.01 < busy
-    assert profile.burst == pytest.approx(1.0) and busy_count > 30
-    assert x["burst"] == 0.0  # one transaction after ten quiet hours is no burst
+def test_counterparties_are_bounded_most_recent_first():
+    profile = None
+    for i in range(RECENT_COUNTERPARTIES + 3):
+        _, profile, _ = send(make_tx(to=addr(i)), profile, T0 + i)
+    assert len(profile.counterparties) == RECENT_COUNTERPARTIES
+    assert profile.counterparties[0] == digest(addr(RECENT_COUNTERPARTIES + 2))
+    _, profile, new = send(make_tx(to=addr(RECENT_COUNTERPARTIES)), profile, T0 + 100)
+    assert not new and profile.counterparties[0] == digest(addr(RECENT_COUNTERPARTIES))
 
 
 def test_burst_rises_for_a_quiet_sender_sending_rapidly():
-    # A sender that sends about once a day, then ten transactions two seconds apart.
-    history = [(make_tx(), T0 + 86_400 * i) for i in range(5)]
-    xs, profile = run(history)
-    assert all(x["burst"] == 0.0 for x in xs)
-    start = T0 + 86_400 * 5
-    burst, _ = run([(make_tx(), start + 2 * i) for i in range(10)], profile)
-    scores = [x["burst"] for x in burst]
-    assert scores[0] == 0.0  # the first of them still looks like the daily habit
-    assert all(b > a for a, b in zip(scores, scores[1:]))
-    # Nine earlier sends (decayed: ~7.8) in the last minute against ~0.15 expected: z ~ 7, log10(8) / 1.5.
-    assert scores[-1] > 0.55
+    profile = None
+    for i in range(5):
+        _, profile, _ = send(make_tx(to=addr(i)), profile, T0 + i * 3600)
+    xs = []
+    for i in range(20):
+        x, profile, _ = send(make_tx(to=addr(100 + i)), profile, T0 + 5 * 3600 + i)
+        xs.append(x["burst"])
+    assert xs[-1] > 0.3 and xs[-1] > xs[0]
 
 
-def test_burst_stays_low_for_a_steadily_busy_sender():
-    # One transaction every ten seconds for four hours. The hourly rate takes a few hours
-    # (its time constant is one) to learn the habit; after that the last-minute count is
-    # what the hourly rate predicts, so it is no burst however busy the sender is.
-    xs, profile = run([(make_tx(), T0 + 10 * i) for i in range(4 * 360)])
-    assert profile.tx_per_hour > 350
-    assert all(x["burst"] == 0.0 for x in xs[-360:])
-    assert all(x["burst"] < 0.05 for x in xs[-720:])
-    # The same sender speeding up tenfold is a burst.
-    fast, _ = run([(make_tx(), T0 + 10 * 4 * 360 + i) for i in range(30)], profile)
-    assert fast[-1]["burst"] > 0.3
+def test_fee_premium_is_relative_to_the_going_price():
+    market = FeeMarket()
+    for _ in range(MARKET_WINDOW):
+        market.add(200.0)
+    x, _, _ = send(make_tx(gas_price_wei=210 * WEI_PER_GWEI, priority_fee_wei=0), market=market)
+    assert x["fee_premium_ratio"] == 0.0, "5% over a 200 gwei market is ordinary"
+    market = FeeMarket()
+    for _ in range(MARKET_WINDOW):
+        market.add(2.0)
+    x, _, _ = send(make_tx(gas_price_wei=12 * WEI_PER_GWEI, priority_fee_wei=0), market=market)
+    assert x["fee_premium_ratio"] > 0.4, "five times the going price is not"
 
 
-def test_burst_value_matches_the_poisson_z_score():
-    profile = AddressProfile(first_seen=T0 - 86_400, last_seen=T0 - 30, n_tx=40, tx_per_hour=12.0, burst=6.0)
-    x, profile = extract(make_tx(), profile, T0)
-    recent = 6.0 * math.exp(-30 / BURST_TAU_SECONDS)
-    expected = 12.0 * math.exp(-30 / RATE_TAU_SECONDS) * BURST_TAU_SECONDS / RATE_TAU_SECONDS
-    z = (recent - expected) / math.sqrt(expected + 1)
-    assert x["burst"] == pytest.approx(math.log10(1 + z) / 1.5)
-    assert profile.burst == pytest.approx(recent + 1)
-    assert profile.tx_per_hour == pytest.approx(12.0 * math.exp(-30 / RATE_TAU_SECONDS) + 1)
+def test_contract_creation():
+    x, _, _ = send(make_tx(to=None, data="0x6080"))
+    assert x["contract_creation"] == 1.0
 
 
-def test_profile_tracks_the_senders_value_statistics():
-    # Not a model input any more (a two-sided z-score flagged senders paying less than usual),
-    # but kept in the profile the API shows.
-    history = [(make_tx(value_wei=int((0.1 + 0.01 * (i % 5)) * WEI_PER_ETH)), T0 + 60 * i) for i in range(30)]
-    _, profile = run(history)
-    assert profile.value_mean == pytest.approx(math.log10(0.12 * WEI_PER_ETH / WEI_PER_GWEI), abs=0.02)
-    assert 0.0 < math.sqrt(profile.value_var) < 0.1
-    _, profile = run([(make_tx(value_wei=WEI_PER_ETH), T0 + i) for i in range(10)])
-    assert profile.value_var == pytest.approx(0.0, abs=1e-12)
+def test_edges_go_to_the_counterparty_and_the_owner():
+    owner, recipient = addr(1), addr(2)
+    data = "0x23b872dd" + word(owner) + word(recipient) + word(0)
+    tx = make_tx(to=TOKEN, value_wei=0, data=data)
+    call = decode_call(tx.to, tx.value_wei, tx.input)
+    edges = edges_of(tx, call, True, T0)
+    assert [(e.receiver, e.other, e.role) for e in edges] == [(recipient, ME, "to"), (owner, recipient, "owner")]
+    assert Edge.from_bytes(edges[1].to_bytes()) == edges[1]
+    plain_call = make_tx(to=TOKEN, value_wei=0, data="0xd0e30db0")
+    assert edges_of(plain_call, decode_call(TOKEN, 0, "0xd0e30db0"), False, T0) == []
 
 
-def test_out_of_order_event_time_never_goes_backwards():
-    _, profile = extract(make_tx(), None, T0)
-    x, profile = extract(make_tx(), profile, T0 - 100)
-    assert profile.last_seen == T0
-    assert profile.burst == pytest.approx(2.0)  # nothing decayed: no time went by
-    assert x["burst"] > 0.0
+@pytest.mark.parametrize("raw", [b"", b"[]", b"{}", b"[1,2]", b"not json", b'[1,"a","b","c","to","k","m",null,"x"'])
+def test_a_malformed_edge_raises_value_error(raw):
+    with pytest.raises(ValueError):
+        Edge.from_bytes(raw)
 
 
-def test_scaled_values_of_known_inputs():
-    tx = make_tx(value_wei=10**18, gas=100_000, gas_used=50_000, gas_price_wei=99 * WEI_PER_GWEI,
-                 priority_fee_wei=9 * WEI_PER_GWEI, nonce=999, input_bytes=99, selector="0xffff0000")
-    x, _ = extract(tx, None, T0)
-    assert tuple(x) == FEATURE_NAMES
-    lim = {f.name: f for f in FEATURES}
+def edge(receiver: str, other: str, t: float, kind: str = "eth_transfer", value: int = 10**17,
+         fresh: bool = True, sender: str | None = None) -> Edge:
+    return Edge("0x" + "34" * 32, receiver, other, "to", kind, "", None, value, sender or other, fresh, t, 1)
 
-    def scaled(name, v):
-        return (v - lim[name].lo) / (lim[name].hi - lim[name].lo)
 
-    assert x["value_eth"] == pytest.approx(scaled("value_eth", math.log10(2)))  # 1 ETH
-    assert x["fee_premium_gwei"] == pytest.approx(scaled("fee_premium_gwei", 1))  # no market: the 9 gwei tip
-    assert x["dust_transfer"] == 0.0
-    assert x["contract_creation"] == 0.0
-    assert x["burst"] == 0.0
+def receive(e: Edge, profile=None):
+    x, profile, imitates = extract_receiver(e, profile, e.event_time)
+    return dict(zip(PERSPECTIVE_FEATURES[RECEIVER], x)), profile, imitates
+
+
+def test_a_fresh_collector_swept_by_many_fresh_addresses():
+    profile = None
+    for i in range(30):
+        x, profile, _ = receive(edge(ME, addr(i), T0 + i * 10), profile)
+    assert x["inbound_senders_hour"] == 1.0 and x["inbound_fresh_share"] > 0.9 and x["receiver_fresh"] > 0.5
+    assert len(profile.in_senders) == RECENT_INBOUND
+    x, profile, _ = receive(edge(ME, addr(500), T0 + 3 * 3600), profile)
+    assert x["inbound_senders_hour"] == 0.0, "an hour later they are no longer recent"
+
+
+def test_approvals_from_many_owners_to_one_spender():
+    profile = None
+    for i in range(10):
+        x, profile, _ = receive(edge(ME, addr(i), T0 + i * 60, kind="approval", value=0), profile)
+    assert x["approvers_6h"] > 0.7
+
+
+def test_a_lookalike_of_a_real_counterparty_is_named():
+    real = "0x12" + "0" * 34 + "abcd"
+    fake = "0x12" + "f" * 34 + "abcd"
+    _, profile, imitates = receive(edge(ME, real, T0))
+    assert imitates is None
+    _, profile, imitates = receive(edge(ME, fake, T0 + 60, value=0), profile)
+    assert imitates == digest(real)
+
+
+def test_profile_bytes_round_trip_both_sides():
+    _, profile, _ = send(make_tx(to=TOKEN, value_wei=0, data=transfer(addr(3), 10**9)))
+    _, profile, _ = receive(edge(ME, addr(4), T0 + 5, kind="approval"), profile)
+    profile.funded_by = "ofac"
+    restored = AddressProfile.from_bytes(profile.to_bytes())
+    assert restored == profile
+
+
+def test_a_profile_of_the_previous_version_still_loads():
+    old = b'[1.0,2.0,3,0.5,1.2,0.1,0.3,["0xcdcdcdcd"],1,4,0.2]'
+    profile = AddressProfile.from_bytes(old)
+    assert (profile.n_tx, profile.partition, profile.burst, profile.counterparties) == (3, 4, 0.2, ())
+
+
+@pytest.mark.parametrize("name", [f.name for fs in FEATURES.values() for f in fs])
+def test_unscale_maps_the_limits_back(name):
+    f = next(f for fs in FEATURES.values() for f in fs if f.name == name)
+    low, high = unscale(name, 0.0), unscale(name, 1.0)
+    assert low < high
+    if f.transform == "log10":
+        assert low == pytest.approx(10**f.lo - 1)
 
 
 def test_fee_market_median_follows_the_last_window():
@@ -284,117 +268,3 @@ def test_fee_market_matches_a_brute_force_median_and_pickles():
     assert restored.median() == market.median()
 
 
-def test_fee_premium_of_legacy_and_eip1559_transactions():
-    market = FeeMarket()
-    for _ in range(MARKET_WINDOW):
-        market.add(20.0)  # the going price: 20 gwei
-    # A legacy transaction has no priority fee: its premium is its price above the market.
-    legacy = make_tx(gas_price_wei=45 * WEI_PER_GWEI, priority_fee_wei=0)
-    x, _ = extract(legacy, None, T0, market)
-    assert unscale("fee_premium_gwei", x["fee_premium_gwei"]) == pytest.approx(25)
-    assert market.median() == 20.0  # one overbid does not move the median
-    assert market.sorted[-1] == 45.0  # but it joined the window, after being scored
-    # An EIP-1559 transaction: the larger of its tip and its price above the market.
-    x, _ = extract(make_tx(gas_price_wei=21 * WEI_PER_GWEI, priority_fee_wei=30 * WEI_PER_GWEI), None, T0, market)
-    assert unscale("fee_premium_gwei", x["fee_premium_gwei"]) == pytest.approx(30)
-    x, _ = extract(make_tx(gas_price_wei=60 * WEI_PER_GWEI, priority_fee_wei=2 * WEI_PER_GWEI), None, T0, market)
-    assert unscale("fee_premium_gwei", x["fee_premium_gwei"]) == pytest.approx(40)
-    # Ordinary: paying the going price plus a small tip.
-    x, _ = extract(make_tx(gas_price_wei=20 * WEI_PER_GWEI, priority_fee_wei=WEI_PER_GWEI // 2), None, T0, market)
-    assert x["fee_premium_gwei"] == 0.0
-
-
-def test_fee_premium_separates_generated_drains_and_spikes_from_normal_traffic():
-    market = FeeMarket()
-    premiums: dict[str, list[float]] = {}
-    for obj in TrafficGenerator(GeneratorConfig(seed=3)).take(30_000):
-        tx = decode(orjson.dumps(obj))
-        x, _ = extract(tx, None, tx.block_timestamp, market)
-        premiums.setdefault(obj["label"] or "normal", []).append(x["fee_premium_gwei"])
-    normal = sorted(premiums["normal"])
-    assert statistics.median(normal) == 0.0  # three quarters of traffic pay under 1 gwei above the market
-    assert normal[int(0.999 * len(normal))] < 0.25
-    assert min(premiums["wallet_drain"]) > normal[int(0.999 * len(normal))]
-    assert min(premiums["gas_price_spike"]) == 1.0
-
-
-@pytest.mark.parametrize(
-    "value_wei, input_bytes, to, dust",
-    [(0, 0, "0x" + "cd" * 20, 1.0), (10**13 - 1, 0, "0x" + "cd" * 20, 1.0), (10**13, 0, "0x" + "cd" * 20, 0.0),
-     (0, 4, "0x" + "cd" * 20, 0.0), (0, 0, None, 0.0)],
-)
-def test_dust_transfer(value_wei, input_bytes, to, dust):
-    x, _ = extract(make_tx(to=to, value_wei=value_wei, input_bytes=input_bytes), None, T0)
-    assert x["dust_transfer"] == dust
-
-
-def test_profile_bytes_round_trip():
-    xs, profile = run([(make_tx(to=addr(i % 3), value_wei=10**15 * (i + 1)), T0 + 7.5 * i) for i in range(12)])
-    profile.anomalies = 3
-    profile.partition = 5
-    restored = AddressProfile.from_bytes(profile.to_bytes())
-    assert restored == profile
-    assert isinstance(restored.recent, tuple)
-    # The restored profile gives exactly the same next features.
-    a, _ = extract(make_tx(to=addr(7)), profile, T0 + 1000)
-    b, _ = extract(make_tx(to=addr(7)), restored, T0 + 1000)
-    assert a == b
-
-
-def test_profile_as_dict():
-    _, profile = run([(make_tx(), T0), (make_tx(), T0 + 1)])
-    d = profile.as_dict()
-    assert set(d) == {"first_seen", "last_seen", "n_tx", "tx_per_hour", "value_gwei_log_mean",
-                      "value_gwei_log_std", "fan_out", "anomalies"}
-    assert d["n_tx"] == 2
-    orjson.dumps(d)
-
-
-@pytest.mark.parametrize(
-    "name, tx, human",
-    [
-        ("value_eth", make_tx(value_wei=5 * WEI_PER_ETH), 5),
-        ("value_eth", make_tx(value_wei=250 * WEI_PER_ETH), 250),
-        ("fee_premium_gwei", make_tx(priority_fee_wei=3 * WEI_PER_GWEI), 3),
-        ("fee_premium_gwei", make_tx(priority_fee_wei=37 * WEI_PER_GWEI), 37),
-        ("contract_creation", make_tx(to=None), 1),
-    ],
-)
-def test_unscale_inverts_scaling(name, tx, human):
-    x, _ = extract(tx, None, T0)
-    assert unscale(name, x[name]) == pytest.approx(human, rel=1e-9)
-
-
-def test_unscale_of_history_features():
-    profile = AddressProfile(first_seen=T0 - 86_400, last_seen=T0 - 30, n_tx=4, tx_per_hour=3.0, burst=4.0)
-    x, profile = extract(make_tx(), profile, T0)
-    # `burst` unscales to the Poisson z-score, not to the decayed count kept in the profile.
-    recent = 4.0 * math.exp(-30 / BURST_TAU_SECONDS)
-    expected = 3.0 * math.exp(-30 / RATE_TAU_SECONDS) / 60
-    assert unscale("burst", x["burst"]) == pytest.approx((recent - expected) / math.sqrt(expected + 1))
-    assert profile.burst == pytest.approx(recent + 1)
-
-
-@pytest.mark.parametrize("scaled, human", [(0.0, 0.0), (1.0, 1.0)])
-def test_unscale_binary_features(scaled, human):
-    assert unscale("dust_transfer", scaled) == unscale("contract_creation", scaled) == human
-
-
-def test_unscale_limits():
-    for f in FEATURES:
-        expected_lo = 10**f.lo - 1 if f.log else f.lo
-        expected_hi = 10**f.hi - 1 if f.log else f.hi
-        assert unscale(f.name, 0.0) == pytest.approx(expected_lo)
-        assert unscale(f.name, 1.0) == pytest.approx(expected_hi)
-
-
-def test_unscale_unknown_feature_raises():
-    with pytest.raises(ValueError):
-        unscale("no_such_feature", 0.5)
-
-
-def test_profile_written_before_burst_field_still_loads():
-    old = orjson.dumps((T0, T0 + 5, 3, 1.5, 8.0, 0.1, 0.5, ["0xabcdef01"], 1, 4))
-    profile = AddressProfile.from_bytes(old)
-    assert (profile.n_tx, profile.recent, profile.anomalies, profile.partition) == (3, ("0xabcdef01",), 1, 4)
-    assert profile.burst == 0.0

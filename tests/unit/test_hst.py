@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from river.anomaly import HalfSpaceTrees
 
-from anomaly_stream.detect.features import FEATURE_NAMES
 from anomaly_stream.detect.hst import FORMAT_VERSION, MAGIC, CheckpointError, CompiledHST
 
-FEATURES = list(FEATURE_NAMES)
+# Five named columns (the detector's feature set changes; these tests do not depend on it).
+FEATURES = ["value", "premium", "creation", "dust", "burst"]
 DEFAULT = {"n_trees": 20, "height": 6, "window_size": 250, "seed": 42}  # ModelConfig's
 KEY = b"k" * 32
 FUZZ = settings(max_examples=300, deadline=None, database=None,
@@ -197,6 +197,93 @@ def test_bad_inputs():
     trained.learn_one({"x": 0.5, "y": 0.5})
     with pytest.raises(ValueError, match="splits on"):
         CompiledHST.from_river(trained, ["x"])
+
+
+# -- score_learn_where: learn only admissible rows -----------------------------------------------
+
+
+def river_where(hst: HalfSpaceTrees, X: np.ndarray, may_learn: np.ndarray, thresholds, sizes,
+                features=FEATURES) -> tuple[np.ndarray, np.ndarray]:
+    """River's loop that learns a row iff it may and its score <= the threshold of its batch."""
+    scores, learned = [], []
+    rows = iter(zip(X.tolist(), may_learn.tolist()))
+    for size, threshold in zip(sizes, thresholds):
+        for _ in range(size):
+            row, may = next(rows)
+            x = dict(zip(features, row))
+            score = hst.score_one(x)
+            scores.append(score)
+            learned.append(bool(may and score <= threshold))
+            if learned[-1]:
+                hst.learn_one(x)
+    return np.array(scores, dtype=np.float64), np.array(learned)
+
+
+def compiled_where(model: CompiledHST, X, may_learn, thresholds, sizes) -> tuple[np.ndarray, np.ndarray]:
+    scores, learned, at = [], [], 0
+    for size, threshold in zip(sizes, thresholds):
+        s, l = model.score_learn_where(X[at: at + size], may_learn[at: at + size], threshold)
+        scores.append(s)
+        learned.append(l)
+        at += size
+    return np.concatenate(scores), np.concatenate(learned)
+
+
+@pytest.mark.parametrize("config", [
+    DEFAULT,
+    {"n_trees": 5, "height": 3, "window_size": 10, "seed": 3},  # many pivots inside one chunk
+    {"n_trees": 3, "height": 2, "window_size": 1, "seed": 0},  # a pivot after every learned row
+])
+def test_score_learn_where_equals_the_river_loop(config):
+    rng = np.random.default_rng(12)
+    n = 12_000 if config is DEFAULT else 4_000
+    X = clusters(rng, n)
+    may_learn = rng.random(n) < 0.7
+    may_learn[1_000:1_600] = False  # a long run of vetoed rows: chunks that learn nothing
+    sizes = random_sizes(rng, n)
+    thresholds = [None if rng.random() < 0.2 else float(rng.uniform(0.3, 0.9)) for _ in sizes]
+    hst = HalfSpaceTrees(**config)
+    expected, expected_learned = river_where(hst, X, may_learn, [np.inf if t is None else t for t in thresholds],
+                                             sizes)
+    model = CompiledHST.new(features=FEATURES, **config)
+    scores, learned = compiled_where(model, X, may_learn, thresholds, sizes)
+    assert np.array_equal(scores, expected)
+    assert np.array_equal(learned, expected_learned)
+    assert 0.3 * n < learned.sum() < 0.7 * n and (may_learn & ~learned).any()  # flags skipped rows too
+    assert_same_state(model, hst)
+
+
+def test_score_learn_where_all_skipped_rows_advance():
+    model = CompiledHST.new(features=FEATURES, **DEFAULT)
+    X = np.random.default_rng(13).random((9_000, 5))
+    model.score_learn(X[:400])
+    state = model.to_arrays()
+    scores, learned = model.score_learn_where(X[400:9_000], np.zeros(8_600, dtype=bool))
+    assert not learned.any() and model.counter == 150
+    again = CompiledHST.from_arrays(state)
+    assert np.array_equal(scores, again.score_learn_where(X[400:9_000], threshold=-1.0)[0])  # no row passes
+    for name, value in state.items():
+        now = model.to_arrays()[name]
+        assert np.array_equal(now, value) if isinstance(value, np.ndarray) else now == value
+
+
+def test_score_learn_where_defaults_are_score_learn(default_run):
+    X, expected, _ = default_run
+    model = CompiledHST.new(features=FEATURES, **DEFAULT)
+    scores, learned = model.score_learn_where(X[:3_000])
+    assert np.array_equal(scores, expected[:3_000]) and learned.all()
+    singles = [model.score_learn_where(X[i: i + 1])[0][0] for i in range(3_000, 3_020)]
+    assert np.array_equal(singles, expected[3_000:3_020])
+
+
+def test_score_learn_where_bad_masks():
+    model = CompiledHST.new(features=FEATURES, **DEFAULT)
+    with pytest.raises(ValueError, match="may_learn"):
+        model.score_learn_where(np.zeros((3, 5)), np.ones(4, dtype=bool))
+    with pytest.raises(ValueError, match="may_learn"):
+        model.score_learn_where(np.zeros((3, 5)), np.ones(3))
+    scores, learned = model.score_learn_where(np.zeros((0, 5)), np.zeros(0, dtype=bool))
+    assert scores.shape == learned.shape == (0,)
 
 
 # -- checkpoints --------------------------------------------------------------------------------

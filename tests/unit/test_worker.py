@@ -11,7 +11,7 @@ from anomaly_stream.settings import Settings
 from anomaly_stream.stream.worker import MemorySink, Store, Stores, Topics, Worker
 from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
-TOPICS = Topics("tx", "anomalies", "tx-dlq")
+TOPICS = Topics("tx", "anomalies", "tx-dlq", "tx-edges")
 
 
 class Clock:
