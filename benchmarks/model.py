@@ -1,33 +1,40 @@
 """The model's hot path alone: River's HalfSpaceTrees vs `CompiledHST.score_learn`, same events, same scores.
 
     .venv/bin/python benchmarks/model.py [--count 100000] [--repeats 5] [--single-count 10000]
-                                         [--data uniform features] [--short]
+                                         [--data uniform skewed] [--short]
                                          [--json benchmarks/results/model.json]
 
 No Kafka, no services, one core. The default model (`ModelConfig`: 20 trees
 of height 6, window 250, seed 42) sees `--count` events of each data set:
-`uniform` (5 independent uniform features) and `features` (the 5 model
-features of generated traffic: `TrafficGenerator(seed=42)` through
-`features.extract` with per-sender profiles and the fee market, as the
-detector computes them). Per repeat and data set:
+`uniform` (independent uniform features) and `skewed` (rows shaped like the
+detector's features: mostly 0, a skewed tail, some 0/1 indicators, 1%
+outliers; synthetic, so that this file does not follow every change of
+`features.py`), as many columns as `FEATURE_NAMES`. Per repeat and data set:
 
 1. River: `score_one` then `learn_one` per event (dicts built beforehand);
 2. `CompiledHST.score_learn` from a fresh model, in batches of 100, 500 and
    5000 over the same events, and in batches of 1 (the per-call overhead)
    over the first `--single-count` of them (its events/s does not depend on
-   the count; 100k single calls would double the run).
+   the count; 100k single calls would double the run);
+3. the whole `PartitionModel`: `score_learn(X)` then `end_batch()` per batch
+   of 500 (protection: flagged rows are not learned; histogram, sample,
+   threshold), against the old per-event path on River: per event
+   `score_one`, `learn_one` unless flagged, the histogram bin and every
+   8th event into the sample, with the batch's threshold taken from the
+   PartitionModel run.
 
 Every compiled run's scores are checked equal (==) to River's of the same
 repeat, and the ratio to River is computed within the repeat; medians over
 `--repeats` are printed and written. The checkpoint sizes of the trained
 model are measured too: `CompiledHST.to_bytes` (with and without an HMAC
 key) against a pickle of River's trained `HalfSpaceTrees`, with the encode
-and decode times.
+and decode times, and `PartitionModel.to_bytes` (trees, histogram, a full
+explanation sample, fee market).
 
-Each data set takes about 50 s at the defaults on the 2-core machine (River
-is 80% of it), so `--data` runs one at a time; results of data sets already
-in `--json` and not run now are kept (each data set's ratios come from its
-own run). `--short`: 20k events, 2 repeats, 5k single calls.
+Each data set takes about a minute at the defaults on the 2-core machine
+(River is most of it), so `--data` runs one at a time; results of data sets
+already in `--json` and not run now are kept (each data set's ratios come
+from its own run). `--short`: 20k events, 2 repeats, 5k single calls.
 """
 
 from __future__ import annotations
@@ -39,23 +46,18 @@ import platform
 import statistics
 import sys
 import time
+from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import orjson
+import river
+from river.anomaly import HalfSpaceTrees
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import river  # noqa: E402
-from river.anomaly import HalfSpaceTrees  # noqa: E402
-from throughput import write_result  # noqa: E402
-
-from anomaly_stream.detect.features import FEATURE_NAMES, FeeMarket, extract  # noqa: E402
-from anomaly_stream.detect.hst import CompiledHST  # noqa: E402
-from anomaly_stream.detect.model import ModelConfig  # noqa: E402
-from anomaly_stream.detect.schema import decode  # noqa: E402
-from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator  # noqa: E402
+from common import write_result  # first: it puts the repository root on sys.path
+from anomaly_stream.detect.features import FEATURE_NAMES
+from anomaly_stream.detect.hst import CompiledHST
+from anomaly_stream.detect.model import BINS, SAMPLE_EVERY, SAMPLE_SIZE, ModelConfig, PartitionModel
 
 BATCHES = (1, 100, 500, 5000)
 CONFIG = ModelConfig()
@@ -63,23 +65,27 @@ SHAPE = {"n_trees": CONFIG.n_trees, "height": CONFIG.height,
          "window_size": CONFIG.window_size, "seed": CONFIG.seed}
 
 
+PARTITION_BATCH = 500
+
+
 def uniform(count: int) -> np.ndarray:
     return np.random.default_rng(42).random((count, len(FEATURE_NAMES)))
 
 
-def generated_features(count: int) -> np.ndarray:
-    """The detector's feature vectors of generated traffic (one partition's view of it)."""
-    profiles: dict = {}
-    market = FeeMarket()
-    rows = []
-    for i, raw in enumerate(TrafficGenerator(GeneratorConfig(seed=42)).take(count)):
-        tx = decode(orjson.dumps(raw))
-        x, profiles[tx.sender] = extract(tx, profiles.get(tx.sender), tx.block_timestamp or float(i), market)
-        rows.append([x[name] for name in FEATURE_NAMES])
-    return np.array(rows, dtype=np.float64)
+def skewed(count: int) -> np.ndarray:
+    """Rows shaped like the detector's features (the generator of tests/unit/test_model.py), 1% outliers."""
+    rng = np.random.default_rng(42)
+    X = np.zeros((count, len(FEATURE_NAMES)))
+    rates = (0.5, 0.25, 0.1, 0.05, 0.02, 0.01, 0.3, 0.15)
+    for j in range(X.shape[1]):
+        on = rng.random(count) < rates[j % len(rates)]
+        X[on, j] = 1.0 if j % 4 == 3 else rng.beta(1.5, 6, int(on.sum()))
+    outliers = rng.random(count) < 0.01
+    X[outliers] = rng.random((int(outliers.sum()), X.shape[1]))
+    return X
 
 
-DATASETS = {"uniform": uniform, "features": generated_features}
+DATASETS = {"uniform": uniform, "skewed": skewed}
 
 
 def river_run(X: np.ndarray) -> tuple[float, np.ndarray, HalfSpaceTrees]:
@@ -128,6 +134,58 @@ def checkpoint_sizes(hst: HalfSpaceTrees) -> dict:
     }
 
 
+def partition_run(X: np.ndarray) -> tuple[float, np.ndarray, list[float], PartitionModel]:
+    """The whole PartitionModel: score_learn then end_batch per batch; the thresholds in force per batch."""
+    model = PartitionModel(CONFIG)
+    out, thresholds = [], []
+    started = time.perf_counter()
+    for at in range(0, len(X), PARTITION_BATCH):
+        thresholds.append(model.threshold)
+        out.append(model.score_learn(X[at: at + PARTITION_BATCH]))
+        model.end_batch()
+    seconds = time.perf_counter() - started
+    return seconds, np.concatenate(out), thresholds, model
+
+
+def river_partition_run(X: np.ndarray, thresholds: list[float]) -> tuple[float, np.ndarray]:
+    """The old per-event path on River, protected as the new one: skip learning a flagged event."""
+    events = [dict(zip(FEATURE_NAMES, row)) for row in X.tolist()]
+    hst = HalfSpaceTrees(**SHAPE)
+    hist = [0.0] * BINS
+    sample: deque = deque(maxlen=SAMPLE_SIZE)
+    scores = []
+    seen = 0
+    started = time.perf_counter()
+    for b, threshold in enumerate(thresholds):
+        for x in events[b * PARTITION_BATCH: (b + 1) * PARTITION_BATCH]:
+            score = hst.score_one(x)
+            if score <= threshold:
+                hst.learn_one(x)
+            seen += 1
+            hist[min(int(score * BINS), BINS - 1)] += 1.0
+            if not seen % SAMPLE_EVERY:
+                sample.append(x)
+            scores.append(score)
+    seconds = time.perf_counter() - started
+    return seconds, np.array(scores, dtype=np.float64)
+
+
+def partition_bench(name: str, X: np.ndarray) -> dict:
+    seconds, scores, thresholds, model = partition_run(X)
+    river_s, expected = river_partition_run(X, thresholds)
+    if not np.array_equal(scores, expected):
+        raise AssertionError(f"{name}: PartitionModel scores differ from the River loop's")
+    flagged = int(np.sum(scores > np.repeat(thresholds, PARTITION_BATCH)[: len(scores)]))
+    keyed = PartitionModel.from_bytes(model.to_bytes(), CONFIG)
+    keyed.config = replace(CONFIG, checkpoint_key=b"\x07" * 32)
+    return {"batch": PARTITION_BATCH, "ev_per_s": len(X) / seconds,
+            "ms_per_batch": 1e3 * seconds / -(-len(X) // PARTITION_BATCH),
+            "river_per_event_ev_per_s": len(X) / river_s,
+            "river_per_event_ms_per_batch": 1e3 * river_s / -(-len(X) // PARTITION_BATCH),
+            "ratio": river_s / seconds, "flagged_not_learned": flagged, "learned": model.learned,
+            "checkpoint_bytes": len(model.to_bytes()), "checkpoint_hmac_bytes": len(keyed.to_bytes())}
+
+
 def bench(name: str, X: np.ndarray, repeats: int, single_count: int) -> dict:
     runs = []
     hst = None
@@ -150,8 +208,16 @@ def bench(name: str, X: np.ndarray, repeats: int, single_count: int) -> dict:
     print(f"{name} median: River {median['river_ev_per_s']:,.0f} ev/s; "
           + ", ".join(f"batch {b} {median[f'batch_{b}_ev_per_s']:,.0f} ev/s ({median[f'batch_{b}_ratio']:.2f}x)"
                       for b in BATCHES))
+    partition = [partition_bench(name, X) for _ in range(repeats)]
+    part = {k: statistics.median(r[k] for r in partition) for k in partition[0]}
+    print(f"{name} PartitionModel.score_learn + end_batch, batches of {PARTITION_BATCH}: "
+          f"{part['ev_per_s']:,.0f} ev/s ({part['ms_per_batch']:.2f} ms a batch) vs the per-event River path "
+          f"{part['river_per_event_ev_per_s']:,.0f} ev/s ({part['river_per_event_ms_per_batch']:.1f} ms): "
+          f"{part['ratio']:.1f}x; {part['flagged_not_learned']:,.0f} flagged rows not learned; "
+          f"checkpoint {part['checkpoint_bytes']:,.0f} B ({part['checkpoint_hmac_bytes']:,.0f} B with HMAC)")
     return {"events": len(X), "single_call_events": min(single_count, len(X)),
-            "scores_identical": True, "runs": runs, "median": median, "checkpoint": checkpoint_sizes(hst)}
+            "scores_identical": True, "runs": runs, "median": median, "checkpoint": checkpoint_sizes(hst),
+            "partition_model": {"runs": partition, "median": part}}
 
 
 def main() -> int:
@@ -159,7 +225,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--single-count", type=int, default=10_000, help="events for the batch-1 timing")
-    parser.add_argument("--data", nargs="+", choices=sorted(DATASETS), default=["uniform", "features"])
+    parser.add_argument("--data", nargs="+", choices=sorted(DATASETS), default=["uniform", "skewed"])
     parser.add_argument("--short", action="store_true", help="20k events, 2 repeats, 5k single calls")
     parser.add_argument("--json", default="benchmarks/results/model.json")
     opts = parser.parse_args()
@@ -178,7 +244,7 @@ def main() -> int:
             old = json.loads(previous.read_text())
         except ValueError:
             old = {}
-        if all(old.get(k) == result[k] for k in ("model", "count", "repeats", "river")):
+        if all(old.get(k) == result[k] for k in ("model", "count", "repeats", "river", "features")):
             result["datasets"].update({k: v for k, v in old.get("datasets", {}).items() if k not in opts.data})
     for name in opts.data:
         started = time.perf_counter()

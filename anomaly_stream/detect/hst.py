@@ -38,6 +38,12 @@ so the per-event total is the same integer in int64 here; then
 does. Comparisons `value < threshold` are between the same float64 values;
 `not (value < threshold)` (go right) also matches River for NaN.
 
+`score_learn_where(X, may_learn, threshold)` is River's loop that learns a
+row only if it may and it scored at most `threshold` (the detector's
+protection: flagged rows are not learned). Pivots then fall after
+`window_size` learned rows, which depends on the scores: the batch is
+scored in chunks that end at the row completing the window (see there).
+
 Missing features are not supported: River walks a missing feature towards
 the child with the larger `l_mass`, which makes paths depend on the masses.
 X must carry every feature (a column per name, in `features` order); the

@@ -104,7 +104,7 @@ class ModelConfig:
     # so rows scoring above it are always flagged and never learned. The
     # normal 2% quantile of generated-like traffic is about 0.7, outliers at
     # a far corner of the feature space score 0.98-0.99.
-    max_threshold: float = 0.98
+    max_threshold: float = Settings.max_threshold
     # HMAC-SHA256 key of the checkpoints (None: unsigned). Not in repr: it must not reach a log.
     checkpoint_key: bytes | None = field(default=None, repr=False)
 
@@ -116,6 +116,7 @@ class ModelConfig:
             window_size=settings.model_window_size, seed=settings.model_seed,
             warmup_events=settings.model_warmup_events,
             target_flag_rate=settings.target_flag_rate, score_floor=settings.score_floor,
+            max_threshold=getattr(settings, "max_threshold", Settings.max_threshold),
             checkpoint_key=key.encode() if key else None,  # the str's UTF-8 bytes; "" = unsigned
         )
 
@@ -398,9 +399,8 @@ def _decode_header(header: dict) -> dict:
     for name in _CONFIG_FIELDS:
         value = config[name]
         if name in _CONFIG_INTS:
-            _check_int(f"config.{name}", value, 1 if name in ("n_trees", "window_size", "halflife_events") else 0)
-            if name == "seed" and value < 0:
-                raise CheckpointError("config.seed is negative")
+            low = 1 if name in ("n_trees", "window_size", "halflife_events") else -(2**63) if name == "seed" else 0
+            _check_int(f"config.{name}", value, low)
         else:
             config[name] = _check_float(f"config.{name}", value)
     features = header["features"]

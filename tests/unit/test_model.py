@@ -333,6 +333,12 @@ def test_checkpoint_without_config_uses_its_own_values():
     same_run(restored, model, generated_like(np.random.default_rng(19), 600))
 
 
+def test_checkpoint_with_a_negative_seed():
+    model = trained(ModelConfig(warmup_events=500, seed=-7), partition=1, n=600)
+    restored = PartitionModel.from_bytes(model.to_bytes(), model.config)
+    assert restored.seen == 600 and restored.hst.seed == -6
+
+
 def test_checkpoint_size():
     model = trained(n=25_000)
     raw = model.to_bytes()
@@ -618,7 +624,8 @@ def test_config_from_settings():
     c = ModelConfig.from_settings(s)
     assert (c.n_trees, c.height, c.window_size, c.seed, c.warmup_events, c.target_flag_rate, c.score_floor) == (
         5, 6, 100, 7, 50, 0.01, 0.3)
-    assert c.checkpoint_key is None and c.max_threshold == 0.98
+    assert c.checkpoint_key is None and c.max_threshold == 0.98 == Settings.max_threshold
+    assert ModelConfig.from_settings(Settings(max_threshold=0.9)).max_threshold == 0.9
     keyed = ModelConfig.from_settings(SimpleNamespace(**{**vars(s), "model_checkpoint_key": "s3cret"}))
     assert keyed.checkpoint_key == b"s3cret" and "s3cret" not in repr(keyed)
     unkeyed = ModelConfig.from_settings(SimpleNamespace(**{**vars(s), "model_checkpoint_key": ""}))
