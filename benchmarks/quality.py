@@ -30,7 +30,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anomaly_stream.tools.backtest import replay_jsonl, report  # noqa: E402
+from anomaly_stream.tools.backtest import replay, report  # noqa: E402
 from anomaly_stream.tools.generate import SCENARIOS, GeneratorConfig, TrafficGenerator  # noqa: E402
 from anomaly_stream.detect.model import ModelConfig  # noqa: E402
 

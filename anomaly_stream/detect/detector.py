@@ -85,6 +85,7 @@ class BatchResult:
     profiles: dict[str, AddressProfile] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)  # the tx hash of each score
     latest_event_time: float = 0.0
 
 
@@ -244,6 +245,7 @@ def _judge(model: PartitionModel, rows: list, may_learn: list, pending: list[_Sc
     X = np.asarray(rows, dtype=np.float64)
     scores = model.score_learn(X, np.asarray(may_learn, dtype=bool))
     result.scores = scores.tolist()
+    result.hashes = [item.tx.tx_hash if item.call is None else item.tx.hash for item in pending]
     profiles = result.profiles
     for i, (item, score) in enumerate(zip(pending, result.scores)):
         if item.now > result.latest_event_time:

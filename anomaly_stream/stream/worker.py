@@ -224,7 +224,9 @@ class Worker:
         items = []
         for document in anomalies:
             value = encode(document)
-            key = (document["tx_hash"], window)
+            # A transaction flagged from both sides is two anomalies: one entry each.
+            suffix = "" if document["perspective"] == SENDER else ":" + document["perspective"]
+            key = (document["tx_hash"] + suffix, window)
             items.append((key, value))
             self.buffer_bound.touch(partition, key, document["detected_at"])
         await write_through(self.sink, self.stores.anomaly_buffer, partition, items)

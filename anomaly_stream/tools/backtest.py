@@ -5,14 +5,18 @@
                                  [--features col1,col2,...] [--scale online|none]
     python -m anomaly_stream.tools.backtest --export-shuttle OUT.csv   (tools.shuttle)
 
-JSONL mode (the default): one transaction per line in the documented schema,
-read in file order. Each line goes to the partition Kafka's default
-partitioner would give its sender key (murmur2, as the Java client and
-aiokafka's DefaultPartitioner), and each partition's lines are scored in
-batches by `detector.process_batch` (the function the worker runs) with
-one `PartitionModel` per partition and the sender profiles kept as their
-changelog bytes, exactly as the worker stores them. Lines that fail
+Transactions mode (the default): a file or folder in any format
+`tools.readers` knows (the project's JSONL, ethereum-etl CSV and JSON
+exports, raw JSON-RPC blocks or transaction arrays, trace block files;
+gzip too), in chain order. Each transaction goes to the partition Kafka's
+default partitioner would give its sender key (murmur2, as the Java client
+and aiokafka's DefaultPartitioner), and each partition's transactions are
+handed in batches to the worker's own `Worker.handle`, whose edges go to
+`Worker.handle_edges` in their partitions (`replay`): the same code, models,
+profiles and rules as the worker, with an in-memory sink. Messages that fail
 validation are the worker's dead letters and are counted as such.
+`--watchlist FILE:NAME` applies a list as `anomaly-stream watchlist load`
+would; `--scores OUT.csv` writes every score with its threshold.
 
 CSV numeric mode (`--features`): the named columns go straight to one
 `PartitionModel`, scaled into [0, 1] by a running min/max (`--scale online`,
@@ -32,6 +36,7 @@ precision-recall and score distributions (`plots.detection`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import math
 import sys
@@ -44,10 +49,14 @@ import numpy as np
 import orjson
 from aiokafka.partitioner import murmur2
 
-from ..detect.detector import Record, process_batch
-from ..detect.features import AddressProfile
+from ..detect.detector import Record, nothing_listed
+from ..detect.features import RECEIVER, SENDER
 from ..detect.model import ModelConfig, PartitionModel
+from ..stream.worker import Store, Stores, Topics, Worker
+from ..detect import watchlist
+from ..settings import Settings
 from .evaluation import FPR_POINTS, NORMAL, evaluate
+from .readers import iter_records
 from .shuttle import export_shuttle
 
 DEFAULT_BATCH_SIZE = 500
@@ -71,8 +80,12 @@ class Outcome:
     warm: list[bool] = field(default_factory=list)  # the model was past warm-up
     lines: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0  # time spent in process_batch / score_learn
+    seconds: float = 0.0  # time spent in the worker's handle / score_learn
     partitions: int = 1
+    hashes: list[str] = field(default_factory=list)
+    rows: list[tuple] = field(default_factory=list)  # (hash, partition, perspective, score, threshold)
+    reasons: dict[str, int] = field(default_factory=dict)  # anomalies by reason
+    anomalies: list[dict] = field(default_factory=list)
 
 
 def _label_name(value) -> str:
@@ -81,61 +94,117 @@ def _label_name(value) -> str:
     return value if isinstance(value, str) else "anomalous"
 
 
-def replay_jsonl(
+class ReplaySink:
+    """The worker's output in a replay: anomalies kept, edges routed to their partitions, the rest counted."""
+
+    def __init__(self, worker_topics, partitions: int):
+        self.topics = worker_topics
+        self.edges: list[list[Record]] = [[] for _ in range(partitions)]
+        self.anomalies: list[dict] = []
+        self.sent = 0
+
+    async def send(self, topic, key, value, *, source_partition, partition=None, headers=None) -> None:
+        self.sent += 1
+        if topic == self.topics.edges:
+            queue = self.edges[partition]
+            queue.append(Record(len(queue), key, value, 0.0))
+        elif topic == self.topics.anomalies:
+            self.anomalies.append(orjson.loads(value))
+
+
+def _event_time(obj: dict, first_block: list, fallback: float) -> float:
+    """The block time; for files without one (JSON-RPC blocks), 12 s slots from the first block."""
+    ts = obj.get("blockTimestamp")
+    if isinstance(ts, str) and ts[:2] == "0x":
+        try:
+            return float(int(ts, 16))
+        except ValueError:
+            return fallback
+    if isinstance(ts, int):
+        return float(ts)
+    block = obj.get("blockNumber")
+    if isinstance(block, str) and block[:2] == "0x":
+        try:
+            number = int(block, 16)
+        except ValueError:
+            return fallback
+        if not first_block:
+            first_block.append((number, fallback))
+        start, base = first_block[0]
+        return base + 12.0 * (number - start)
+    return fallback
+
+
+def replay(
     lines: Iterable[bytes],
-    config: ModelConfig,
+    settings,
     partitions: int = 4,
     batch_size: int = DEFAULT_BATCH_SIZE,
     label_field: str | None = None,
+    listed=None,
 ) -> Outcome:
-    """Score every line as the worker would: per-partition batches through process_batch."""
-    out = Outcome(partitions=partitions)
-    models = [PartitionModel(config, p) for p in range(partitions)]
-    stores: list[dict[str, bytes]] = [{} for _ in range(partitions)]
-    pending: list[list[tuple[Record, str]]] = [[] for _ in range(partitions)]
-    offsets = [0] * partitions
-    fallback_time = time.time()
-    dead = out.dead_letters
+    """Score every line with the worker's own code (`worker.Worker`), partitioned as Kafka would.
 
-    def flush(p: int) -> None:
-        batch = pending[p]
+    Each partition's transactions are handed to `Worker.handle` in batches;
+    the edges it emits are handed to `Worker.handle_edges` right after, in
+    their own partitions, as the receive agent would see them. A transaction
+    is flagged when either perspective flags it; its score for the ROC is its
+    largest margin over the threshold in force (1 + margin for a rule hit, so
+    rules rank above any model score).
+    """
+    return asyncio.run(_replay(lines, settings, partitions, batch_size, label_field, listed))
+
+
+async def _replay(lines, settings, partitions, batch_size, label_field, listed) -> Outcome:
+    settings = settings.replace(kafka_input_partitions=partitions,
+                                model_checkpoint_interval_seconds=1e12)  # no checkpoints in a replay
+    topics = Topics("transactions", "anomalies", "transactions-dlq", "transactions-edges")
+    sink = ReplaySink(topics, partitions)
+    stores = Stores(Store({}, "profiles"), Store({}, "checkpoints"), Store({}, "buffer"))
+    worker = Worker(settings, topics, stores, sink, listed=listed or nothing_listed)
+    out = Outcome(partitions=partitions)
+    pending: list[list[Record]] = [[] for _ in range(partitions)]
+    offsets = [0] * partitions
+    labels: dict[str, str] = {}
+    order: list[str] = []
+    warm: dict[str, bool] = {}
+    margin: dict[str, float] = {}
+    first_block: list = []
+    fallback = time.time()
+
+    async def flush(p: int) -> None:
+        batch, pending[p] = pending[p], []
         if not batch:
             return
-        pending[p] = []
-        store = stores[p]
-        model = models[p]
-        warm = model.warm  # flags are only possible when the batch started warm
-
-        def lookup(sender: str, _get=store.get, _load=AddressProfile.from_bytes):
-            raw = _get(sender)
-            return None if raw is None else _load(raw)
-
-        records = [r for r, _ in batch]
+        model = worker.model(p)
+        was_warm, threshold = model.warm, model.threshold
         started = time.perf_counter()
-        result = process_batch(model, records, lookup, p, require_key=False)
+        result = await worker.handle(p, batch, require_key=False)
+        edge_results = []
+        for q in range(partitions):
+            edges, sink.edges[q] = sink.edges[q], []
+            if edges:
+                receiver = worker.model(q, RECEIVER)
+                edge_results.append((q, receiver.threshold, await worker.handle_edges(q, edges)))
         out.seconds += time.perf_counter() - started
-        for profile_sender, profile in result.profiles.items():
-            store[profile_sender] = profile.to_bytes()
-        bad = {d.record.offset for d in result.dead_letters}
         for d in result.dead_letters:
-            dead[d.reason] = dead.get(d.reason, 0) + 1
-        hit = {a["source"]["offset"] for a in result.anomalies}
-        scores = iter(result.scores)
-        for record, label in batch:
-            if record.offset in bad:
-                continue
-            out.scores.append(next(scores))
-            out.flagged.append(record.offset in hit)
-            out.labels.append(label)
-            out.warm.append(warm)
+            out.dead_letters[d.reason] = out.dead_letters.get(d.reason, 0) + 1
+        for h, score in zip(result.hashes, result.scores):
+            order.append(h)
+            warm[h] = was_warm
+            margin[h] = max(margin.get(h, -1.0), score - threshold)
+            out.rows.append((h, p, SENDER, score, threshold))
+        for q, t, edge_result in edge_results:
+            for h, score in zip(edge_result.hashes, edge_result.scores):
+                margin[h] = max(margin.get(h, -1.0), score - t)
+                out.rows.append((h, q, RECEIVER, score, t))
 
     for raw in lines:
         raw = raw.strip()
         if not raw:
             continue
         out.lines += 1
-        key = None
-        label = NORMAL
+        key, label, t = None, NORMAL, fallback
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -143,25 +212,34 @@ def replay_jsonl(
         if isinstance(obj, dict):
             sender = obj.get("from")
             if isinstance(sender, str):
-                key = sender.encode()
+                key = sender.lower().encode()
             if label_field is not None:
                 label = _label_name(obj.get(label_field))
-            ts = obj.get("blockTimestamp")
-            if isinstance(ts, str) and ts[:2] == "0x":
-                try:
-                    fallback_time = float(int(ts, 16))
-                except ValueError:
-                    pass
-            elif isinstance(ts, int):
-                fallback_time = float(ts)
+            t = fallback = _event_time(obj, first_block, fallback)
+            if isinstance(obj.get("hash"), str):
+                labels[obj["hash"].lower()] = label
         # A keyless message goes to partition 0 here (Kafka would pick one at random).
         p = kafka_partition(key, partitions) if key is not None else 0
-        pending[p].append((Record(offsets[p], key, raw, fallback_time), label))
+        pending[p].append(Record(offsets[p], key, raw, t))
         offsets[p] += 1
         if len(pending[p]) >= batch_size:
-            flush(p)
+            await flush(p)
     for p in range(partitions):
-        flush(p)
+        await flush(p)
+    flagged = {d["tx_hash"] for d in sink.anomalies}
+    for d in sink.anomalies:
+        if any(r["rule"] != "model" for r in d["reasons"]):
+            margin[d["tx_hash"]] = max(margin.get(d["tx_hash"], -1.0), 1.0 + d["score"] - d["threshold"])
+        for reason in d["reasons"]:
+            key = reason["rule"] if reason["rule"] != "model" else f"model:{reason['perspective']}"
+            out.reasons[key] = out.reasons.get(key, 0) + 1
+    for h in order:
+        out.hashes.append(h)
+        out.scores.append(margin[h])
+        out.flagged.append(h in flagged)
+        out.labels.append(labels.get(h, NORMAL))
+        out.warm.append(warm[h])
+    out.anomalies = sink.anomalies
     return out
 
 
@@ -173,13 +251,35 @@ def replay_csv(
     scale: str = "online",
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Outcome:
-    """Feed numeric columns straight to one PartitionModel (score, then learn)."""
+    """Feed numeric columns straight to one PartitionModel, in batches (score, then learn)."""
     out = Outcome(partitions=1)
-    model = PartitionModel(config, 0)
-    lo = {c: math.inf for c in columns}
-    hi = {c: -math.inf for c in columns}
-    threshold = model.threshold
-    in_batch = 0
+    model = PartitionModel(config, 0, features=tuple(columns))
+    lo = np.full(len(columns), np.inf)
+    hi = np.full(len(columns), -np.inf)
+    batch: list[list[float]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        started = time.perf_counter()
+        X = np.asarray(batch, dtype=np.float64)
+        if scale == "online":
+            # River's MinMaxScaler, row by row: update the running range, then scale into it.
+            for row in X:
+                np.minimum(lo, row, out=lo)
+                np.maximum(hi, row, out=hi)
+                span = hi - lo
+                row[:] = np.where(span > 0, (row - lo) / np.where(span > 0, span, 1.0), 0.0)
+        X = np.clip(X, 0.0, 1.0)
+        warm, threshold = model.warm, model.threshold
+        scores = model.score_learn(X)
+        model.end_batch()
+        out.seconds += time.perf_counter() - started
+        out.scores.extend(scores.tolist())
+        out.flagged.extend((scores > threshold).tolist())
+        out.warm.extend([warm] * len(scores))
+        batch.clear()
+
     for row in rows:
         out.lines += 1
         try:
@@ -187,30 +287,11 @@ def replay_csv(
         except (KeyError, TypeError, ValueError):
             out.dead_letters["bad_row"] = out.dead_letters.get("bad_row", 0) + 1
             continue
-        started = time.perf_counter()
-        x = {}
-        for c, v in zip(columns, values):
-            if scale == "online":
-                # River's MinMaxScaler: update the running range, then scale into it.
-                if v < lo[c]:
-                    lo[c] = v
-                if v > hi[c]:
-                    hi[c] = v
-                span = hi[c] - lo[c]
-                v = (v - lo[c]) / span if span > 0 else 0.0
-            x[c] = 0.0 if v < 0.0 else (1.0 if v > 1.0 else v)
-        warm = model.warm
-        score = model.score_learn(x)
-        in_batch += 1
-        if in_batch >= batch_size:
-            model.end_batch()
-            threshold = model.threshold
-            in_batch = 0
-        out.seconds += time.perf_counter() - started
-        out.scores.append(score)
-        out.flagged.append(score > threshold)
+        batch.append(values)
         out.labels.append(_label_name(_truthy(row.get(label_field))) if label_field else NORMAL)
-        out.warm.append(warm)
+        if len(batch) >= batch_size:
+            flush()
+    flush()
     return out
 
 
@@ -258,6 +339,30 @@ def report(outcome: Outcome, labelled: bool, warm_only: bool = False) -> dict:
 # -- command -------------------------------------------------------------------
 
 
+def load_watchlists(specs: Sequence[str]):
+    """`--watchlist FILE:NAME` options as the detector's `listed` lookup."""
+    lists: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        path, _, name = spec.rpartition(":")
+        if not path or not name:
+            raise SystemExit(f"--watchlist takes FILE:NAME, got {spec!r}")
+        for entry in watchlist.parse(path, name):
+            lists.setdefault(entry.address, {})[name] = entry.label
+    return lists.get if lists else None
+
+
+def write_scores(path: str, outcome: Outcome) -> None:
+    flagged = {h for h, f in zip(outcome.hashes, outcome.flagged) if f}
+    label = dict(zip(outcome.hashes, outcome.labels))
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(("hash", "partition", "perspective", "score", "threshold", "flagged", "label"))
+        for h, p, perspective, score, threshold in outcome.rows:
+            # flagged: the transaction was an anomaly, by either perspective or a rule.
+            out.writerow((h, p, perspective, f"{score:.6f}", f"{threshold:.6f}", int(h in flagged),
+                          label.get(h, NORMAL)))
+
+
 def _config(settings) -> ModelConfig:
     return ModelConfig.from_settings(settings) if settings is not None else ModelConfig()
 
@@ -269,7 +374,15 @@ def main(argv: Sequence[str] | None = None, settings=None) -> int:
     use; without it the `ModelConfig` defaults apply.
     """
     parser = argparse.ArgumentParser(prog="anomaly-stream backtest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", nargs="?", help="JSONL transactions, or CSV with --features")
+    parser.add_argument("path", nargs="?", help="transactions: a file or folder in any format of `readers` "
+                                                "(JSONL, ethereum-etl CSV/JSON, JSON-RPC blocks, trace blocks; "
+                                                "gzip too), or CSV with --features")
+    parser.add_argument("--format", default="auto", help="force the input format (see tools.readers)")
+    parser.add_argument("--scores", metavar="OUT.csv", help="one row per scored transaction and perspective: "
+                                                            "hash, partition, perspective, score, threshold, "
+                                                            "flagged, label")
+    parser.add_argument("--watchlist", action="append", default=[], metavar="FILE:NAME",
+                        help="apply a watch-list file as list NAME (repeatable)")
     parser.add_argument("--label-field", help="field whose truthy value marks an anomaly")
     parser.add_argument("--report", help="write the report as JSON here")
     parser.add_argument("--plot", help="write a PNG of ROC curves per label, precision-recall and score "
@@ -306,10 +419,15 @@ def main(argv: Sequence[str] | None = None, settings=None) -> int:
                 rows = (r for i, r in zip(range(opts.limit), rows))
             outcome = replay_csv(rows, columns, config, opts.label_field, opts.scale, opts.batch_size)
     else:
-        with open(opts.path, "rb") as f:
-            lines = f if not opts.limit else (line for _, line in zip(range(opts.limit), f))
-            outcome = replay_jsonl(lines, config, partitions, opts.batch_size, opts.label_field)
+        lines = iter_records(opts.path, opts.format)
+        if opts.limit:
+            lines = (line for _, line in zip(range(opts.limit), lines))
+        outcome = replay(lines, settings or Settings(), partitions, opts.batch_size, opts.label_field,
+                         load_watchlists(opts.watchlist))
+        if opts.scores:
+            write_scores(opts.scores, outcome)
     summary = report(outcome, labelled=opts.label_field is not None, warm_only=opts.warm_only)
+    summary["anomalies_by_reason"] = dict(sorted(outcome.reasons.items()))
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     if opts.report:
         Path(opts.report).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

@@ -194,9 +194,10 @@ def counter(worker, name: str) -> float:
     return worker.metrics().get(name, 0.0)
 
 
-def per_partition(worker, name: str) -> dict[int, float]:
-    prefix = f"{name}{{partition="
-    return {int(k[len(prefix):-1]): v for k, v in worker.metrics().items() if k.startswith(prefix)}
+def per_partition(worker, name: str, perspective: str = "sender") -> dict[int, float]:
+    prefix, suffix = f"{name}{{partition=", f",perspective={perspective}}}"
+    return {int(k[len(prefix):-len(suffix)]): v for k, v in worker.metrics().items()
+            if k.startswith(prefix) and k.endswith(suffix)}
 
 
 def dead_lettered(worker) -> float:

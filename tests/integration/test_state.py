@@ -83,7 +83,7 @@ def test_model_checkpoint_survives_sigkill(workers):
     txs, _ = stream_with_outliers(12_000, 4)
     run(produce(env["KAFKA_INPUT_TOPIC"], keyed(txs)))
     first.wait_metric("transactions_processed_total", len(txs))
-    seen_before = {k: v for k, v in first.metrics().items() if k.startswith("model_events_seen{")}
+    seen_before = {k: v for k, v in first.metrics().items() if k.startswith("model_events_seen{") and "perspective=sender" in k}
     assert sum(seen_before.values()) == len(txs)
     # Wait for a checkpoint taken after the last batch.
     wait_until(lambda: max(v for k, v in first.metrics().items()
@@ -98,7 +98,7 @@ def test_model_checkpoint_survives_sigkill(workers):
     normal = TrafficGenerator(GeneratorConfig(seed=99, scenario_rates={})).take(200)
     run(produce(env["KAFKA_INPUT_TOPIC"], keyed(normal + fresh)))
     second.wait_metric("transactions_processed_total", len(normal) + len(fresh))
-    seen_after = {k: v for k, v in second.metrics().items() if k.startswith("model_events_seen{")}
+    seen_after = {k: v for k, v in second.metrics().items() if k.startswith("model_events_seen{") and "perspective=sender" in k}
     assert sum(seen_after.values()) >= sum(seen_before.values()) * 0.9 + len(normal)
     flagged = {orjson_loads(r.value)["tx_hash"] for r in run(consume_all(env["KAFKA_ANOMALIES_TOPIC"]))}
     assert len({o["hash"] for o in fresh} & flagged) >= 6
