@@ -30,6 +30,7 @@ from pathlib import Path
 
 from common import MACHINE, PARTITIONS, arguments, fresh_deployment, rss_mb, write_result
 from anomaly_stream.detect.features import AddressProfile
+from anomaly_stream.detect.lookalike import digest
 from anomaly_stream.stream.topics import admin_client, create_topic
 from anomaly_stream.tools.backtest import kafka_partition
 from tests.support import KAFKA, WorkerProcess
@@ -44,7 +45,8 @@ def profile_record(i: int, rng: random.Random) -> tuple[bytes, bytes, int]:
     profile = AddressProfile(
         first_seen=t - rng.uniform(0, 86_400), last_seen=t, n_tx=rng.randint(1, 50),
         tx_per_hour=rng.random(), value_mean=rng.uniform(0, 12), value_var=rng.random(),
-        fan_out=rng.random(), recent=tuple("0x%06x" % rng.getrandbits(24) for _ in range(rng.randint(0, 8))),
+        fan_out=rng.random(), counterparties=tuple(digest("0x%040x" % rng.getrandbits(160))
+                                                   for _ in range(rng.randint(0, 8))),
         anomalies=0, partition=partition, burst=rng.random(),
     )
     return key, profile.to_bytes(), partition
