@@ -166,8 +166,8 @@ class Settings:
             raise SettingsError("MODEL_HEIGHT above 16 makes checkpoints too big for a Kafka message")
         if not 0.0 < self.target_flag_rate < 0.5:
             raise SettingsError(f"TARGET_FLAG_RATE must be in (0, 0.5), got {self.target_flag_rate}")
-        if not 0.0 < self.max_threshold <= 1.0 or self.max_threshold < self.score_floor:
-            raise SettingsError(f"MAX_THRESHOLD must be in (SCORE_FLOOR, 1], got {self.max_threshold}")
+        if not 0.0 < self.max_threshold <= 1.0:  # a SCORE_FLOOR above it wins (model.end_batch)
+            raise SettingsError(f"MAX_THRESHOLD must be in (0, 1], got {self.max_threshold}")
         if not 0.0 <= self.score_floor <= 1.0:
             raise SettingsError(f"SCORE_FLOOR must be in [0, 1], got {self.score_floor}")
         if self.kafka_heartbeat_interval_seconds >= self.kafka_session_timeout_seconds:

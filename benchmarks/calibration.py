@@ -12,22 +12,19 @@ limits in `anomaly_stream.detect.features` apply to) and of the burst count
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import arguments, write_result
 
-from anomaly_stream.detect.features import (  # noqa: E402
+from anomaly_stream.detect.features import (
     PERSPECTIVE_FEATURES, RECEIVER, SENDER, FeeMarket, edges_of, receiver_raw, sender_raw,
 )
-from anomaly_stream.detect.schema import InvalidTransaction, decode  # noqa: E402
-from anomaly_stream.detect.semantics import decode_call  # noqa: E402
-from anomaly_stream.tools.readers import read_transactions  # noqa: E402
+from anomaly_stream.detect.schema import InvalidTransaction, decode
+from anomaly_stream.detect.semantics import decode_call
+from anomaly_stream.tools.readers import read_transactions
 
 SETS = ("mainnet-2017-ethereum-etl", "mainnet-2024-rpc-blocks", "mainnet-2020-22-mev-blocks")
 PERCENTILES = (50, 90, 99, 99.9)
@@ -59,7 +56,7 @@ def replay(path: Path) -> dict[str, list[float]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments("calibration", short="(no effect: the real sets are small)")
     parser.add_argument("--traffic", type=Path,
                         default=Path(__file__).resolve().parents[2] / "shared" / "data" / "traffic")
     opts = parser.parse_args()
@@ -75,7 +72,7 @@ def main() -> int:
             result[name][column] = {"n": len(v), "percentiles": dict(zip(map(str, PERCENTILES), q)),
                                     "share_nonzero": share}
             print(f"  {column:40s} n={len(v):6d} nonzero={share:.4f} p50/90/99/99.9={q}")
-    write_result("calibration", result)
+    write_result(opts.json, result)
     return 0
 
 

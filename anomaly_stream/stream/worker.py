@@ -251,7 +251,7 @@ class Worker:
             model = None
             if raw is not None:
                 try:
-                    model = PartitionModel.from_bytes(raw, self.config, features=features)
+                    model = PartitionModel.from_bytes(raw, self.config, partition, features=features)
                     log.info("model_restored", perspective=perspective, partition=partition,
                              seen=model.seen, threshold=model.threshold)
                 except CheckpointError as exc:

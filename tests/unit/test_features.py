@@ -191,17 +191,25 @@ def test_a_fresh_collector_swept_by_many_fresh_addresses():
     profile = None
     for i in range(30):
         x, profile, _ = receive(edge(ME, addr(i), T0 + i * 10), profile)
-    assert x["inbound_senders_hour"] == 1.0 and x["inbound_fresh_share"] > 0.9 and x["receiver_fresh"] > 0.5
+    assert x["fresh_fan_in"] > 0.5 and profile.in_fresh_share > 0.9
     assert len(profile.in_senders) == RECENT_INBOUND
     x, profile, _ = receive(edge(ME, addr(500), T0 + 3 * 3600), profile)
-    assert x["inbound_senders_hour"] == 0.0, "an hour later they are no longer recent"
+    assert x["fresh_fan_in"] == 0.0, "hours later they are no longer recent, nor the collector fresh"
 
 
 def test_approvals_from_many_owners_to_one_spender():
     profile = None
     for i in range(10):
         x, profile, _ = receive(edge(ME, addr(i), T0 + i * 60, kind="approval", value=0), profile)
-    assert x["approvers_6h"] > 0.7
+    assert x["fresh_approvers"] > 0.5
+
+
+def test_a_third_party_moving_an_owners_tokens_to_a_stranger():
+    e = Edge("0x" + "34" * 32, ME, addr(9), "owner", "token_transfer", "transferFrom", TOKEN, 0, addr(8), True, T0, 1)
+    x, profile, _ = receive(e)
+    assert x["pulled_by_third_party"] == 1.0
+    x, _, _ = receive(e._replace(event_time=T0 + 1), profile)
+    assert x["pulled_by_third_party"] == 0.0, "the recipient is known now"
 
 
 def test_a_lookalike_of_a_real_counterparty_is_named():
