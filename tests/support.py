@@ -41,6 +41,7 @@ def deployment_env(**overrides) -> dict[str, str]:
         "APP_ID": name,
         "KAFKA_INPUT_TOPIC": f"{name}-transactions",
         "KAFKA_ANOMALIES_TOPIC": f"{name}-anomalies",
+        "KAFKA_WATCHLIST_TOPIC": f"{name}-watchlist",
         "KAFKA_INPUT_PARTITIONS": "4",
         "KAFKA_SESSION_TIMEOUT_SECONDS": "6",
         "KAFKA_HEARTBEAT_INTERVAL_SECONDS": "1",

@@ -271,3 +271,11 @@ def entries(address: str, raw: bytes | None) -> list[Entry]:
     """The stored value of `address` as Entries, by list name."""
     normalized = encode_key(address).decode("ascii")
     return [Entry(normalized, name, listing.label) for name, listing in sorted(decode_value(raw).items())]
+
+
+def valid_record(key: bytes, value: bytes) -> bool:
+    """A watchlist topic record as `anomaly-stream watchlist` writes it: an address key, a valid value."""
+    try:
+        return normalize_address(key.decode("ascii")) == key.decode("ascii") and bool(decode_value(value))
+    except (UnicodeDecodeError, ValueError):
+        return False

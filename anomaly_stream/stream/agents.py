@@ -9,12 +9,8 @@ offset is never committed ahead of what its message produced.
 
 from __future__ import annotations
 
-from .. import metrics
-from ..detect import watchlist
-from ..detect.watchlist import normalize_address
 
-
-def register(app, transactions, edges, watchlist_updates, watchlist_table) -> None:
+def register(app, transactions, edges) -> None:
     worker = app.worker
     input_topic = app.settings.kafka_input_topic
 
@@ -38,25 +34,6 @@ def register(app, transactions, edges, watchlist_updates, watchlist_table) -> No
                 await worker.handle_edges(batch.partition, batch.records)
                 batches.current_event.ack()
 
-    @app.agent(watchlist_updates, name="watch")
-    async def watch(updates):
-        """Copy the watchlist topic into the global table every replica reads."""
-        async for event in updates.events():
-            key, value = event.key, event.value
-            if not isinstance(key, bytes) or normalize_address(key.decode("ascii", "replace")) is None:
-                metrics.WATCHLIST_UPDATES.labels("rejected").inc()
-                continue
-            if value is None:
-                watchlist_table.pop(key, None)
-            else:
-                try:
-                    watchlist.decode_value(value)
-                except ValueError:
-                    metrics.WATCHLIST_UPDATES.labels("rejected").inc()
-                    continue
-                watchlist_table[key] = value
-            metrics.WATCHLIST_UPDATES.labels("applied").inc()
-
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
         await worker.release({tp.partition for tp in revoked if tp.topic == input_topic})
@@ -71,7 +48,6 @@ def register(app, transactions, edges, watchlist_updates, watchlist_table) -> No
 
     @app.timer(app.settings.state_sweep_interval_seconds)
     async def enforce_bounds() -> None:
-        metrics.WATCHLIST_ENTRIES.set(len(watchlist_table.data))
         if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
             return
         await worker.sweep(frozenset(

@@ -19,6 +19,7 @@ from ..serve.cache import Cache
 from ..settings import Settings
 from . import agents
 from .consumer import BatchingTransport
+from .replica import ReplicatedTopic
 from .topics import ensure_topics
 from .worker import Store, Stores, Topics, Worker, buffer_window_seconds
 
@@ -28,6 +29,7 @@ class App(faust.App):
 
     settings: Settings
     worker: Worker
+    watchlist: ReplicatedTopic
 
     def _new_transport(self):
         return BatchingTransport(self.conf.broker_consumer, self)
@@ -40,8 +42,10 @@ class App(faust.App):
     async def on_start(self) -> None:
         await super().on_start()
         await self.worker.cache.start()
+        await self.watchlist.start()
 
     async def on_stop(self) -> None:
+        await self.watchlist.stop()
         await self.worker.enricher.stop()
         await self.worker.cache.stop()
         await super().on_stop()
@@ -63,13 +67,23 @@ class FaustSink:
     def __init__(self, app: App):
         self.app = app
 
-    async def send(self, topic, key, value, *, source_partition, partition=None, headers=None) -> None:
+    def _transactional_id(self, source_partition):
         app = self.app
-        transactional_id = None
         if app.in_transaction and source_partition is not None:
             group = app.assignor.group_for_topic(app.settings.kafka_input_topic)
-            transactional_id = f"{app.conf.id}-{group}-{source_partition}"
-        await app.producer.send(topic, key, value, partition, None, headers, transactional_id=transactional_id)
+            return f"{app.conf.id}-{group}-{source_partition}"
+        return None
+
+    async def send(self, topic, key, value, *, source_partition, partition=None, headers=None) -> None:
+        await self.app.producer.send(topic, key, value, partition, None, headers,
+                                     transactional_id=self._transactional_id(source_partition))
+
+    async def send_many(self, topic, messages, *, source_partition) -> None:
+        """`send` of each (key, value, partition), in order: the same producer calls, one transaction lookup."""
+        transactional_id = self._transactional_id(source_partition)
+        send = self.app.producer.send
+        for key, value, partition in messages:
+            await send(topic, key, value, partition, None, None, transactional_id=transactional_id)
 
 
 class TableStore(Store):
@@ -92,15 +106,12 @@ class TableStore(Store):
 
 
 def watch_lists(table: Any) -> Callable[[str], dict[str, str] | None]:
-    """The detector's view of the watch-list table: address -> {list: label}."""
+    """The detector's view of the watch-lists: address -> {list: label} (values validated on arrival)."""
     def listed(address: str) -> dict[str, str] | None:
         raw = table.data.get(address.encode())
         if raw is None:
             return None
-        try:
-            return {name: entry.label for name, entry in watchlist.decode_value(raw).items()}
-        except ValueError:
-            return None  # a malformed value names nothing; `watchlist load` writes only valid ones
+        return {name: entry.label for name, entry in watchlist.decode_value(raw).items()}
 
     return listed
 
@@ -146,22 +157,18 @@ def create_app(settings: Settings) -> App:
         "anomaly-buffer", partitions=partitions, value_type=bytes,
     ).tumbling(buffer_window_seconds(settings), expires=ttl).table
 
-    # Every replica holds every watch-listed address: `anomaly-stream watchlist load`
-    # writes the compacted watchlist topic, one agent copies it into a GlobalTable,
-    # whose changelog every replica reads. (Writing the table's changelog directly
-    # would skip the replica holding it active: robinhood/faust#541.)
-    watchlist_updates = app.topic(settings.kafka_watchlist_topic, partitions=1,
-                                  key_serializer="raw", value_serializer="raw")
-    watchlist_table = app.GlobalTable("watchlist", key_type=bytes, value_type=bytes, partitions=1)
+    # Every replica holds every watch-listed address (replica.py says why not a GlobalTable).
+    app.watchlist = ReplicatedTopic(settings.kafka_bootstrap_servers, settings.kafka_watchlist_topic,
+                                    watchlist.valid_record)
 
     cache = Cache(settings)
     app.worker = Worker(
         settings,
         Topics(settings.kafka_input_topic, settings.kafka_anomalies_topic, settings.dlq_topic, settings.edges_topic),
         Stores(TableStore(profiles), TableStore(checkpoints), TableStore(anomaly_buffer)),
-        FaustSink(app), cache, Enricher(settings, cache), listed=watch_lists(watchlist_table),
+        FaustSink(app), cache, Enricher(settings, cache), listed=watch_lists(app.watchlist),
     )
-    agents.register(app, transactions, edges, watchlist_updates, watchlist_table)
+    agents.register(app, transactions, edges)
     views.register(app, profiles, anomaly_buffer)
     return app
 

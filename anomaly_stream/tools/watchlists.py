@@ -7,8 +7,8 @@
 The lists live in the compacted `KAFKA_WATCHLIST_TOPIC` (one partition,
 keyed by address; the value names every list the address is on, see
 `detect.watchlist`). The command reads the topic to its end, computes each
-address's new value and writes only what changed; every worker copies the
-topic into a GlobalTable and applies it from its next batch. A transaction
+address's new value and writes only what changed; every worker follows the
+topic (`stream.replica`) and applies it from its next batch. A transaction
 whose sender, recipient, spender or token recipient is listed is an anomaly
 whatever its score.
 """

@@ -172,6 +172,10 @@ def test_topics_cover_every_topic_the_worker_uses():
     for name in [cm["KAFKA_INPUT_TOPIC"], cm["KAFKA_ANOMALIES_TOPIC"], dlq, *changelogs]:
         assert name in declared, f"no KafkaTopic for {name}"
         assert declared[name]["spec"]["partitions"] == partitions, name
+    edges = cm["KAFKA_EDGES_TOPIC"] or f"{cm['KAFKA_INPUT_TOPIC']}-edges"
+    assert declared[edges]["spec"]["partitions"] == partitions, "the edges topic is co-partitioned"
+    watchlist = declared[cm["KAFKA_WATCHLIST_TOPIC"]]["spec"]
+    assert watchlist["partitions"] == 1 and watchlist["config"]["cleanup.policy"] == "compact"
     for name in changelogs:
         assert "compact" in declared[name]["spec"]["config"]["cleanup.policy"], name
     assert declared[f"{app_id}-__assignor-__leader"]["spec"]["partitions"] == 1

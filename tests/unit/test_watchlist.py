@@ -277,3 +277,14 @@ def test_mutated_values_raise_value_error_only(value, mutations, cut):
         except ValueError:
             continue
         assert all(isinstance(v.label, str) and type(v.added_at) is int for v in result.values())
+
+
+def test_valid_record_accepts_only_what_the_command_writes():
+    from anomaly_stream.detect.watchlist import valid_record
+
+    value = watchlist.merge(None, watchlist.Entry("0x" + "ab" * 20, "ofac", "SDN"), 1)
+    assert valid_record(b"0x" + b"ab" * 20, value)
+    assert not valid_record(b"0x" + b"AB" * 20, value), "keys are lower case"
+    assert not valid_record(b"not an address", value)
+    assert not valid_record(b"0x" + b"ab" * 20, b'{"lists": {}}')
+    assert not valid_record(b"\xff" * 42, value)
