@@ -99,9 +99,12 @@ async def write_through(sink: Any, store: Any, partition: int, items: Iterable[t
     # Store everything before the first await: a TableBound rebuild running
     # between two sends must find every key its caller has just indexed.
     store.data.update(items)
-    for key, value in items:
-        await sink.send(store.changelog, store.encode_key(key), value,
-                        source_partition=partition, partition=partition)
+    if not items:
+        return
+    encode_key = store.encode_key
+    # One awaited `send_many` per batch (the sink still produces record by record).
+    await sink.send_many(store.changelog, [(encode_key(key), value, partition) for key, value in items],
+                         source_partition=partition)
 
 
 async def delete_through(sink: Any, store: Any, evicted: Iterable[tuple[int, Any]]) -> None:

@@ -22,13 +22,13 @@ changelog, so a dict is a table in tests.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, MutableMapping, Protocol, Sequence
 
 import orjson
 import structlog
-from aiokafka.partitioner import murmur2
 from faust.windows import TumblingWindow
 
 from .. import metrics
@@ -42,11 +42,68 @@ log = structlog.get_logger(__name__)
 
 class Sink(Protocol):
     """Where a worker's messages go. `source_partition` is the input partition they came from
-    (their transaction under exactly_once); None for output matching offsets already committed."""
+    (their transaction under exactly_once); None for output matching offsets already committed.
+
+    `send_many(topic, messages, source_partition=...)` is `send` of each
+    (key, value, partition) in order, without headers: one await per batch
+    of records instead of one per record (the profiles, edges and changelog
+    writes of a batch)."""
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None, *,
                    source_partition: int | None, partition: int | None = None,
                    headers: dict[str, bytes] | None = None) -> None: ...
+
+    async def send_many(self, topic: str, messages: Sequence[tuple[bytes | None, bytes | None, int | None]], *,
+                        source_partition: int | None) -> None: ...
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+_WORDS = [struct.Struct("<%dI" % n).unpack_from for n in range(64)]
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's, aiokafka's `partitioner.murmur2`), equal for every input.
+
+    Reads the 4-byte words with one struct call instead of byte by byte:
+    about 4x aiokafka's pure-Python loop for a 42-byte address key.
+    """
+    length = len(data)
+    h = 0x9747B28C ^ length
+    n4 = length >> 2
+    words = _WORDS[n4](data) if n4 < 64 else struct.unpack_from("<%dI" % n4, data)
+    for k in words:
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    extra = length & 3
+    if extra:
+        tail = length & ~3
+        if extra >= 3:
+            h ^= data[tail + 2] << 16
+        if extra >= 2:
+            h ^= data[tail + 1] << 8
+        h = ((h ^ data[tail]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+_PARTITIONS: dict[int, dict[bytes, int]] = {}  # partition count -> key -> partition
+_PARTITION_CACHE = 1 << 18  # keys remembered per partition count (addresses repeat: routers, exchanges)
+
+
+def kafka_partition(key: bytes, partitions: int) -> int:
+    """The partition the Java client (and aiokafka's DefaultPartitioner) gives a key; memoised."""
+    cache = _PARTITIONS.get(partitions)
+    if cache is None:
+        cache = _PARTITIONS[partitions] = {}
+    p = cache.get(key)
+    if p is None:
+        if len(cache) >= _PARTITION_CACHE:
+            cache.clear()
+        p = cache[key] = (murmur2(key) & 0x7FFFFFFF) % partitions
+    return p
 
 
 @dataclass
@@ -70,6 +127,11 @@ class MemorySink:
         self.sent += 1
         if self.keep:
             self.messages.append(Message(topic, key, value, partition, headers))
+
+    async def send_many(self, topic, messages, *, source_partition) -> None:
+        self.sent += len(messages)
+        if self.keep:
+            self.messages.extend([Message(topic, key, value, partition, None) for key, value, partition in messages])
 
     def on(self, topic: str) -> list[Message]:
         return [m for m in self.messages if m.topic == topic]
@@ -125,7 +187,7 @@ class Worker:
         self.cache = cache
         self.enricher = enricher
         self.clock = clock
-        self.listed = listed  # the watch-lists (a GlobalTable in the worker)
+        self.listed = listed  # the watch-lists (stream.replica in the worker)
         self.config = ModelConfig.from_settings(settings)
         # One model per (perspective, partition), checkpointed under checkpoint_key.
         self.models: dict[tuple[str, int], PartitionModel] = {}
@@ -157,10 +219,13 @@ class Worker:
         started = time.perf_counter()
         model = self.model(partition)
         result = process_batch(model, records, self.lookup, partition, require_key, self.clock, self.listed)
-        for edge in result.edges:
-            key = edge.receiver.encode()
-            await self.sink.send(self.topics.edges, key, edge.to_bytes(), source_partition=partition,
-                                 partition=self.partition_of(key))
+        if result.edges:
+            n = self.settings.kafka_input_partitions
+            messages = []
+            for edge in result.edges:
+                key = edge.receiver.encode()
+                messages.append((key, edge.to_bytes(), kafka_partition(key, n)))
+            await self.sink.send_many(self.topics.edges, messages, source_partition=partition)
         await self._finish(SENDER, partition, records, result, started)
         return result
 
@@ -174,14 +239,15 @@ class Worker:
 
     def partition_of(self, key: bytes) -> int:
         """The partition the Java client and aiokafka give a key: what co-partitioning relies on."""
-        return (murmur2(key) & 0x7FFFFFFF) % self.settings.kafka_input_partitions
+        return kafka_partition(key, self.settings.kafka_input_partitions)
 
     async def _finish(self, perspective: str, partition: int, records: Sequence[Record],
                       result: BatchResult, started: float) -> None:
         await self._dead_letter(partition, result)
         topic = self.topics.transactions if perspective == SENDER else self.topics.edges
-        for key, record in result.rekeyed:
-            await self.sink.send(topic, key.encode(), record.value, source_partition=partition)
+        if result.rekeyed:
+            await self.sink.send_many(topic, [(key.encode(), record.value, None) for key, record in result.rekeyed],
+                                      source_partition=partition)
         await self._write_profiles(partition, result)
         if result.anomalies:
             await self._publish_anomalies(partition, result.anomalies)
@@ -212,6 +278,8 @@ class Worker:
             key = sender.encode()
             written.append((key, profile.to_bytes()))
             touch(partition, key, profile.last_seen)
+        if not written:
+            return
         await write_through(self.sink, self.stores.profiles, partition, written)
 
     async def _publish_anomalies(self, partition: int, anomalies: list[dict]) -> None:
@@ -230,9 +298,11 @@ class Worker:
             items.append((key, value))
             self.buffer_bound.touch(partition, key, document["detected_at"])
         await write_through(self.sink, self.stores.anomaly_buffer, partition, items)
-        for (_, value), document in zip(items, anomalies):
-            await self.sink.send(self.topics.anomalies, document["address"].encode(), value,
-                                 source_partition=partition, partition=partition)
+        await self.sink.send_many(
+            self.topics.anomalies,
+            [(document["address"].encode(), value, partition) for (_, value), document in zip(items, anomalies)],
+            source_partition=partition)
+        for document in anomalies:
             log.info("anomaly_flagged", tx=document["tx_hash"], address=document["address"],
                      score=document["score"], threshold=document["threshold"])
         if self.cache is not None:

@@ -47,12 +47,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import orjson
-from aiokafka.partitioner import murmur2
 
 from ..detect.detector import Record, nothing_listed
 from ..detect.features import RECEIVER, SENDER
 from ..detect.model import ModelConfig, PartitionModel
-from ..stream.worker import Store, Stores, Topics, Worker
+from ..stream.worker import Store, Stores, Topics, Worker, kafka_partition
 from ..detect import watchlist
 from ..settings import Settings
 from .evaluation import FPR_POINTS, NORMAL, evaluate
@@ -60,11 +59,6 @@ from .readers import iter_records
 from .shuttle import export_shuttle
 
 DEFAULT_BATCH_SIZE = 500
-
-
-def kafka_partition(key: bytes, partitions: int) -> int:
-    """The partition the Java client (and aiokafka's DefaultPartitioner) gives a key."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 # -- replay ----------------------------------------------------------------------
@@ -104,12 +98,17 @@ class ReplaySink:
         self.sent = 0
 
     async def send(self, topic, key, value, *, source_partition, partition=None, headers=None) -> None:
-        self.sent += 1
+        await self.send_many(topic, ((key, value, partition),), source_partition=source_partition)
+
+    async def send_many(self, topic, messages, *, source_partition) -> None:
+        self.sent += len(messages)
         if topic == self.topics.edges:
-            queue = self.edges[partition]
-            queue.append(Record(len(queue), key, value, 0.0))
+            edges = self.edges
+            for key, value, partition in messages:
+                queue = edges[partition]
+                queue.append(Record(len(queue), key, value, 0.0))
         elif topic == self.topics.anomalies:
-            self.anomalies.append(orjson.loads(value))
+            self.anomalies.extend([orjson.loads(value) for _, value, _ in messages])
 
 
 def _event_time(obj: dict, first_block: list, fallback: float) -> float:
@@ -162,6 +161,11 @@ async def _replay(lines, settings, partitions, batch_size, label_field, listed) 
     sink = ReplaySink(topics, partitions)
     stores = Stores(Store({}, "profiles"), Store({}, "checkpoints"), Store({}, "buffer"))
     worker = Worker(settings, topics, stores, sink, listed=listed or nothing_listed)
+    # Every model up front, as a worker does on assignment: building River's trees
+    # (tens of ms each) is set-up, not the per-transaction cost measured below.
+    for p in range(partitions):
+        worker.model(p)
+        worker.model(p, RECEIVER)
     out = Outcome(partitions=partitions)
     pending: list[list[Record]] = [[] for _ in range(partitions)]
     offsets = [0] * partitions
