@@ -9,6 +9,39 @@ offset is never committed ahead of what its message produced.
 
 from __future__ import annotations
 
+import os
+
+import structlog
+
+log = structlog.get_logger(__name__)
+# The exit status of a worker that met an error it cannot attribute to one message.
+EXIT_UNHANDLED = 70
+
+
+async def handled(batches, lock, handle) -> None:
+    """Each batch handled, then acknowledged; an unexpected error ends the process, unacknowledged.
+
+    The worker turns every bad message into a dead letter, so an exception
+    here is a bug or a broken dependency. Raising would let Faust finalise the
+    stream, which can acknowledge the batch in flight (committed, never
+    scored); exiting at once leaves its offsets uncommitted, and the restarted
+    pod reads the batch again.
+    """
+    async for batch in batches:
+        # With exactly_once, Faust commits the open transaction on a timer: a commit
+        # in the middle of a batch would make its anomalies visible with only the
+        # previous offsets, and a crash would then repeat them. The consumer commits
+        # only while no batch holds the lock, and the batch is acknowledged before
+        # it lets go.
+        async with lock:
+            try:
+                await handle(batch.partition, batch.records)
+            except Exception:  # noqa: BLE001
+                log.critical("batch_failed_worker_exiting", partition=batch.partition,
+                             first_offset=batch.records[0].offset if batch.records else None, exc_info=True)
+                os._exit(EXIT_UNHANDLED)
+            batches.current_event.ack()
+
 
 def register(app, transactions, edges) -> None:
     worker = app.worker
@@ -16,23 +49,12 @@ def register(app, transactions, edges) -> None:
 
     @app.agent(transactions, name="detect")
     async def detect(batches):
-        async for batch in batches:
-            # With exactly_once, Faust commits the open transaction on a timer: a
-            # commit in the middle of a batch would make its anomalies visible with
-            # only the previous offsets, and a crash would then repeat them. The
-            # consumer commits only while no batch holds this lock, and the batch is
-            # acknowledged before it lets go.
-            async with worker.batch_lock:
-                await worker.handle(batch.partition, batch.records)
-                batches.current_event.ack()
+        await handled(batches, worker.batch_lock, worker.handle)
 
     @app.agent(edges, name="receive")
     async def receive(batches):
         """The same transactions as their receivers see them (co-partitioned with the input)."""
-        async for batch in batches:
-            async with worker.batch_lock:
-                await worker.handle_edges(batch.partition, batch.records)
-                batches.current_event.ack()
+        await handled(batches, worker.batch_lock, worker.handle_edges)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
