@@ -23,6 +23,7 @@ HASH_PATTERN = "0x[0-9a-fA-F]{64}"
 ADDRESS = re.compile(ADDRESS_PATTERN)
 TX_HASH = re.compile(HASH_PATTERN)
 _HEX_DATA = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
+_HEX_DIGITS = re.compile(r"0x[0-9a-fA-F]*")  # _HEX_DATA once the length is known to be even
 
 WEI_PER_ETH = 10**18
 WEI_PER_GWEI = 10**9
@@ -96,6 +97,82 @@ def decode(raw: bytes) -> Tx:
 
 
 def validate(obj: dict) -> Tx:
+    """The validated `Tx` of a parsed message, or InvalidTransaction with the first rule it breaks.
+
+    Two paths with one outcome. `_fast` accepts only messages every rule
+    accepts (quantities as "0x" hex strings of at most 64 digits, lower- or
+    mixed-case addresses and hashes, well-formed input) and builds the same
+    `Tx`; it gives up (None) on anything else, and `_validate_exact` then
+    goes through the rules one by one, in order, for the reason code
+    (or the decimal and JSON-number quantities it also accepts).
+    """
+    tx = _fast(obj)
+    return tx if tx is not None else _validate_exact(obj)
+
+
+_new = tuple.__new__  # NamedTuple's generated __new__ costs a Python frame per call
+_QUANTITY_FIELDS = ("value", "gas", "nonce", "gasPrice", "maxFeePerGas", "maxPriorityFeePerGas",
+                    "gasUsed", "status", "blockTimestamp", "blockNumber")
+# The quantities present, joined by "|": each must be `_HEX_QUANTITY`. A value
+# holding "|" itself could pass as two, but then fails int() below.
+_HEX_QUANTITIES = re.compile(r"0x[0-9a-fA-F]{1,64}(?:\|0x[0-9a-fA-F]{1,64})*")
+
+
+def _fast(obj: dict) -> Tx | None:
+    """`_validate_exact`'s Tx for a message every rule accepts, with hex quantities; None otherwise."""
+    get = obj.get
+    raws = list(map(get, _QUANTITY_FIELDS))
+    value, gas, nonce, gas_price, max_fee, tip, gas_used, status, timestamp, block = raws
+    try:
+        # TypeError: a quantity that is no string (a JSON number, for `_validate_exact`).
+        if value is None or gas is None or nonce is None or not _HEX_QUANTITIES.fullmatch(
+                "|".join(filter(None, raws))):
+            return None
+        value, gas, nonce = int(value, 16), int(gas, 16), int(nonce, 16)
+        if gas_price is not None:
+            gas_price = int(gas_price, 16)
+        if max_fee is not None:
+            max_fee = int(max_fee, 16)
+        if tip is not None:
+            tip = int(tip, 16)
+        if gas_used is not None:
+            gas_used = int(gas_used, 16)
+        if status is not None:
+            status = int(status, 16)
+        if timestamp is not None:
+            timestamp = int(timestamp, 16)
+        if block is not None:
+            block = int(block, 16)
+    except (TypeError, ValueError):
+        return None
+    if (value > MAX_VALUE_WEI or gas > MAX_GAS or nonce > MAX_NONCE
+            or (gas_price is not None and gas_price > MAX_GAS_PRICE_WEI)
+            or (max_fee is not None and max_fee > MAX_GAS_PRICE_WEI)
+            or (tip is not None and (tip > MAX_GAS_PRICE_WEI or (max_fee is not None and tip > max_fee)))
+            or (gas_used is not None and gas_used > gas)
+            or (status is not None and status > 1)
+            or (timestamp is not None and not MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP)
+            or (block is not None and block > MAX_BLOCK_NUMBER)):
+        return None
+    if gas_price is None:
+        if max_fee is None:
+            return None
+        gas_price = max_fee
+    sender, to, tx_hash, data = get("from"), get("to"), get("hash"), get("input", "0x")
+    if (type(sender) is not str or not ADDRESS.fullmatch(sender)
+            or (to is not None and (type(to) is not str or not ADDRESS.fullmatch(to)))
+            or type(tx_hash) is not str or not TX_HASH.fullmatch(tx_hash)
+            or type(data) is not str or len(data) > 2 + 2 * MAX_INPUT_BYTES or len(data) & 1
+            or not _HEX_DIGITS.fullmatch(data)):
+        return None
+    return _new(Tx, (
+        tx_hash.lower(), sender.lower(), None if to is None else to.lower(), value, gas, gas_price,
+        tip or 0, nonce, (len(data) - 2) // 2, data[:10].lower() if len(data) >= 10 else None, data,
+        block, timestamp, gas_used, status,
+    ))
+
+
+def _validate_exact(obj: dict) -> Tx:
     sender = _address(obj, "from")
     to = _address(obj, "to", optional=True)
     value = _quantity(obj, "value", MAX_VALUE_WEI)
