@@ -32,6 +32,8 @@ PERCENTILES = (50, 90, 99, 99.9)
 
 def replay(path: Path) -> dict[str, list[float]]:
     market, profiles, columns = FeeMarket(), {}, {}
+    granted: dict[str, set] = {}  # spender -> distinct owners that granted it
+    spender_sends: dict[int, int] = {}  # owners granted before -> transactions the spender sent
     clock = 0.0
     for obj in read_transactions(path):
         try:
@@ -42,6 +44,11 @@ def replay(path: Path) -> dict[str, list[float]]:
         now = tx.block_timestamp or (tx.block_number or 0) * 12.0
         clock = max(clock, now)
         call = decode_call(tx.to, tx.value_wei, tx.input)
+        if tx.sender in granted:  # features.pulls_from_approver: real spenders do not send
+            n = len(granted[tx.sender])
+            spender_sends[n] = spender_sends.get(n, 0) + 1
+        if call.kind == "approval" and not call.revoke and call.counterparty is not None:
+            granted.setdefault(call.counterparty, set()).add(call.owner or tx.sender)
         profile = profiles.get(tx.sender)
         fresh = profile is None or profile.n_tx == 0
         raw, profiles[tx.sender], _ = sender_raw(tx, call, profile, clock, market)
@@ -52,6 +59,9 @@ def replay(path: Path) -> dict[str, list[float]]:
             raw, profiles[edge.receiver], _ = receiver_raw(edge, profiles.get(edge.receiver), clock)
             for name, value in zip(PERSPECTIVE_FEATURES[RECEIVER], raw):
                 columns.setdefault(f"{RECEIVER}.{name}", []).append(value)
+    columns["spenders.granted_by_2+"] = [float(sum(len(v) >= 2 for v in granted.values()))]
+    columns["spenders.sends_after_1_grant"] = [float(spender_sends.get(1, 0))]
+    columns["spenders.sends_after_2+_grants"] = [float(sum(v for k, v in spender_sends.items() if k >= 2))]
     return columns
 
 

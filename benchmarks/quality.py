@@ -31,11 +31,13 @@ look-alike match lengths). Writes benchmarks/results/quality.json and a plot.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import orjson
+import structlog
 
 from common import arguments, write_result
 
@@ -130,6 +132,8 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--partitions", type=int, default=8)
     opts = parser.parse_args()
+    # The worker logs every anomaly at info: thousands of lines per replay.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     seeds = [int(s) for s in opts.seeds.split(",")][: 1 if opts.short else None]
     result = run(opts.short, seeds, opts.params, opts.episodes, opts.partitions)
     result["median"] = summary = summarise(result)

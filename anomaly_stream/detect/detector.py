@@ -33,7 +33,8 @@ import numpy as np
 import orjson
 
 from .features import (
-    RECEIVER, SENDER, AddressProfile, Edge, compact, edges_of, extract_receiver, extract_sender,
+    APPROVAL_WINDOW_SECONDS, RECEIVER, SENDER, AddressProfile, Edge, compact, edges_of, extract_receiver,
+    extract_sender, pulls_from_approver,
 )
 from .lookalike import digest, imitated
 from .model import PartitionModel
@@ -148,6 +149,7 @@ def process_batch(
             fresh = profile is None or profile.n_tx == 0
             x, profile, new_counterparty = extract_sender(tx, call, profile, now, market)
             reasons = _sender_rules(tx, call, profile, known, new_counterparty, listed)
+            reasons.extend(_spender_rule(tx, call, profile, now))
         except Exception as exc:  # noqa: BLE001 - a bug must cost one message, not the worker
             result.dead_letters.append(DeadLetter(record, PROCESSING_ERROR, repr(exc)[:200]))
             continue
@@ -187,6 +189,22 @@ def _sender_rules(tx: Tx, call: Call, profile: AddressProfile, known: tuple[str,
     return reasons
 
 
+def _spender_rule(tx: Tx, call: Call, profile: AddressProfile, now: float) -> list[dict]:
+    """A spender that pulls the tokens of owners who granted it, and everything it sends for the hours after."""
+    if pulls_from_approver(tx, call, profile, now):
+        profile.pulled_at = now
+        return [{"rule": "spender_pulls", "role": "sender", "address": tx.sender, "owner": call.owner}]
+    if profile.pulled_at and now - profile.pulled_at <= APPROVAL_WINDOW_SECONDS:
+        return [{"rule": "spender_pulls", "role": "sender", "address": tx.sender, "since": profile.pulled_at}]
+    return []
+
+
+def _spender_pulled(edge: Edge, profile: AddressProfile) -> bool:
+    """An approval to a spender that has pulled approvers' tokens within the window: the campaign goes on."""
+    return (edge.kind == "approval" and edge.role == "to" and bool(profile.pulled_at)
+            and edge.event_time - profile.pulled_at <= APPROVAL_WINDOW_SECONDS)
+
+
 def process_edges(
     model: PartitionModel,
     records: Iterable[Record],
@@ -217,6 +235,9 @@ def process_edges(
             result.dead_letters.append(DeadLetter(record, PROCESSING_ERROR, repr(exc)[:200]))
             continue
         reasons = []
+        if _spender_pulled(edge, profile):
+            reasons.append({"rule": "spender_pulls", "role": "spender", "address": receiver,
+                            "since": profile.pulled_at})
         if imitates is not None:
             reasons.append({"rule": "lookalike", "role": "sender" if edge.role == "to" else "counterparty",
                             "address": edge.other, "imitates": _shown(imitates)})
@@ -265,7 +286,7 @@ def _judge(model: PartitionModel, rows: list, may_learn: list, pending: list[_Sc
 
 def severity(reasons: list[dict], score: float, threshold: float) -> str:
     """high: a rule named the address; medium: a clear model outlier; low: just above the threshold."""
-    if any(r["rule"] in ("watchlist", "lookalike") for r in reasons):
+    if any(r["rule"] in ("watchlist", "lookalike", "spender_pulls") for r in reasons):
         return "high"
     if any(r["rule"] == "funded_by_watchlist" for r in reasons):
         return "medium"
@@ -321,7 +342,7 @@ def anomaly_document(item: _Scored, partition: int, perspective: str, score: flo
 
 def _shown(d: str) -> str:
     """A counterparty digest as people read addresses: 0xabcdef…123456."""
-    return f"0x{d[:6]}…{d[6:]}"
+    return f"0x{d[:6]}…{d[-6:]}"
 
 
 def encode(document: dict) -> bytes:

@@ -321,3 +321,41 @@ def test_a_decoder_crash_is_a_dead_letter_not_a_worker_crash(monkeypatch):
     monkeypatch.setattr(detector, "decode", crash)
     result = process_batch(PartitionModel(ModelConfig()), [Record(1, b"k", b"{}", 1.0)], no_profiles, 0)
     assert [d.reason for d in result.dead_letters] == ["processing_error"]
+
+
+def test_a_spender_that_pulls_its_approvers_tokens_is_flagged_and_so_are_later_approvals_to_it():
+    sender_model = PartitionModel(ModelConfig())
+    receiver_model = PartitionModel(ModelConfig(), features=PERSPECTIVE_FEATURES[RECEIVER])
+    victim, other, spender, collector = ("0x" + c * 20 for c in ("31", "32", "5a", "6b"))
+    profiles = {}
+
+    def edges_to_spender(result):
+        recs = [Record(i, e.receiver.encode(), e.to_bytes(), 1.0) for i, e in enumerate(result.edges)
+                if e.receiver == spender]
+        out = process_edges(receiver_model, recs, profiles.get, 0)
+        profiles.update(out.profiles)
+        return out
+
+    approve = "0x095ea7b3" + word(spender) + word(2**256 - 1)
+    granted = process_batch(sender_model, [keyed(tx_from(victim, TOKEN, 0, approve, n=1), 1)], profiles.get, 0)
+    profiles.update(granted.profiles)
+    assert not edges_to_spender(granted).anomalies, "one approval is ordinary"
+    pull = "0x23b872dd" + word(victim) + word(collector) + word(10**6)
+    drained = process_batch(sender_model, [keyed(tx_from(spender, TOKEN, 0, pull, n=2, t=1_700_000_060), 2)],
+                            profiles.get, 0)
+    profiles.update(drained.profiles)
+    [doc] = drained.anomalies
+    assert any(r["rule"] == "spender_pulls" and r["owner"] == victim for r in doc["reasons"])
+    assert doc["severity"] == "high"
+    later = process_batch(sender_model, [keyed(tx_from(other, TOKEN, 0, approve, n=3, t=1_700_000_120), 3)],
+                          profiles.get, 0)
+    profiles.update(later.profiles)
+    [doc] = edges_to_spender(later).anomalies
+    assert doc["perspective"] == "receiver" and doc["reasons"][0]["rule"] == "spender_pulls"
+
+
+def test_pulling_tokens_of_an_owner_that_granted_nothing_is_no_spender_rule():
+    model = PartitionModel(ModelConfig())
+    pull = "0x23b872dd" + word("0x" + "31" * 20) + word("0x" + "6b" * 20) + word(10**6)
+    result = process_batch(model, [keyed(tx_from("0x" + "5a" * 20, TOKEN, 0, pull, n=1), 1)], no_profiles, 0)
+    assert not any(r["rule"] == "spender_pulls" for d in result.anomalies for r in d["reasons"])

@@ -189,3 +189,24 @@ def test_thresholds_must_match_something():
         looks_alike(A, A, prefix=0, suffix=0)
     with pytest.raises(ValueError):
         find_lookalike(A, [], prefix=-1)
+
+
+def test_digest_keeps_look_alikes_that_share_six_leading_and_trailing_characters():
+    # 27 of Poison-Hunter's 150 real look-alikes share 6+ leading and 6+ trailing
+    # characters with their target: a first-and-last-6 digest made them one.
+    from anomaly_stream.detect.lookalike import DIGEST_LENGTH, digest, imitated
+    real = "0x06a2cf" + "ad" * 13 + "a57400"[:6]
+    fake = "0x06a2cf" + "11" * 13 + "a57400"[:6]
+    assert len(digest(real)) == DIGEST_LENGTH and digest(real) != digest(fake)
+    assert imitated(digest(fake), (digest(real),)) == digest(real)
+    assert imitated(digest(real), (digest(real),)) is None
+
+
+def test_suffix_alone_resemblance():
+    # Nine of the 11 real transfers missed at (2, 4) share 0-1 leading but 7 trailing characters.
+    from anomaly_stream.detect.lookalike import digest, imitated
+    real = "0x" + "ab" * 17 + "123456"
+    fake = "0x" + "cd" * 17 + "123456"
+    other = "0x" + "cd" * 17 + "023456"
+    assert imitated(digest(fake), (digest(real),)) == digest(real)
+    assert imitated(digest(other), (digest(real),)) is None
