@@ -139,6 +139,9 @@ def create_app(settings: Settings) -> App:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        # Faust's /table and /router pages list table contents to anyone: off.
+        web_router_enabled=False,
+        web_tables_enabled=False,
         autodiscover=False,
     )
     app.settings = settings
