@@ -146,6 +146,11 @@ class PartitionModel:
         self._reference: float | None = None  # the smoothed quantile drift is measured against
         self.sample: deque[tuple[float, ...]] = deque(maxlen=SAMPLE_SIZE)
         self._typical: tuple[np.ndarray, np.ndarray] | None = None  # per batch: median, MAD per column
+        # The sample's rows as an array, kept beside the deque (same rows, ring order:
+        # medians do not depend on the order), so `explain` converts no Python tuples.
+        self._ring: np.ndarray | None = None
+        self._ring_at = 0  # where the next row overwrites the full ring
+        self._ring_of: deque | None = None  # the deque the ring mirrors
         self.market = FeeMarket()  # the partition's recent gas prices, an input of the features
 
     @property
@@ -180,8 +185,32 @@ class PartitionModel:
         np.maximum(bins, 0, out=bins)
         self.hist += np.bincount(bins, minlength=BINS)
         # Rows whose 1-based position in the stream is a multiple of SAMPLE_EVERY.
-        self.sample.extend(map(tuple, X[(-first - 1) % SAMPLE_EVERY:: SAMPLE_EVERY].tolist()))
+        rows = X[(-first - 1) % SAMPLE_EVERY:: SAMPLE_EVERY]
+        self.sample.extend(map(tuple, rows.tolist()))
+        if self._ring is not None and self._ring_of is self.sample:
+            self._ring_add(rows)
         return scores
+
+    def _ring_add(self, rows: np.ndarray) -> None:
+        rows = rows[-SAMPLE_SIZE:]
+        ring = self._ring
+        if len(ring) < SAMPLE_SIZE:  # warm-up: not full yet
+            ring = np.concatenate((ring, rows))
+            if len(ring) > SAMPLE_SIZE:
+                ring = ring[-SAMPLE_SIZE:].copy()
+            self._ring, self._ring_at = ring, 0
+        elif len(rows):
+            at = np.arange(self._ring_at, self._ring_at + len(rows)) % SAMPLE_SIZE
+            ring[at] = rows
+            self._ring_at = int(at[-1] + 1) % SAMPLE_SIZE
+
+    def _sample_rows(self) -> np.ndarray:
+        """The sample as an (n, d) array: the ring when it mirrors `sample`, else rebuilt from it."""
+        ring = self._ring
+        if ring is None or self._ring_of is not self.sample or len(ring) != len(self.sample):
+            ring = self._ring = np.array(self.sample, dtype=np.float64).reshape(len(self.sample), -1)
+            self._ring_at, self._ring_of = 0, self.sample
+        return ring
 
     def end_batch(self) -> None:
         """Decay the score histogram by the batch's length, recompute the threshold and drift."""
@@ -233,7 +262,7 @@ class PartitionModel:
             if len(values) != len(self.features):
                 raise ValueError(f"x has {len(values)} values, expected {len(self.features)}")
         if self._typical is None:
-            sample = np.array(self.sample, dtype=np.float64)
+            sample = self._sample_rows()
             median = np.median(sample, axis=0)
             self._typical = median, np.median(np.abs(sample - median), axis=0)
         medians, mads = self._typical
@@ -327,6 +356,7 @@ class PartitionModel:
         model._reference = state["reference"]
         model.sample = deque(map(tuple, state["sample"]), maxlen=SAMPLE_SIZE)
         model._typical = None
+        model._ring, model._ring_at, model._ring_of = None, 0, None  # rebuilt from the sample when needed
         market = FeeMarket(state["market"]["size"])
         market.ring, market.sorted, market.next = (state["market"][k] for k in ("ring", "sorted", "next"))
         model.market = market
