@@ -129,6 +129,10 @@ class CompiledHST:
         self._l_mass = np.array(l_mass, dtype=np.int64).reshape(-1)
         self._r_mass = np.array(r_mass, dtype=np.int64).reshape(-1)
         self._base = (np.arange(n_trees, dtype=np.intp) * nodes)[:, None]
+        # The right child of every node, as a global index: 2g + 2 - t * nodes for g = t * nodes + i.
+        flat = np.arange(n_trees * nodes, dtype=np.intp)
+        self._right = 2 * flat + 2 - np.repeat(self._base.ravel(), nodes)  # leaves: never read as parents
+        self._depth_shift = np.arange(height + 1, dtype=np.int64)[:, None, None]  # r_mass * 2**depth
         self._lists = None  # Python-list copies of the structure and of r_mass, for small batches
         self._r_list = None
         self._pending: list[int] = []  # nodes visited by small batches, not yet in _l_mass
@@ -209,15 +213,14 @@ class CompiledHST:
         rows = np.arange(0, n * d, d, dtype=np.intp)
         paths = np.empty((self.height + 1, self.n_trees, n), dtype=np.intp)
         paths[0] = self._base
-        offset = 2 - self._base  # child of global g = t * n_nodes + i: 2g + offset_t - (go left)
+        feature, threshold, right = self._feature, self._threshold, self._right
         for depth in range(self.height):
             g = paths[depth]
-            at = self._feature.take(g)
+            at = feature.take(g)
             at += rows
-            go_left = values.take(at) < self._threshold.take(g)
+            go_left = values.take(at) < threshold.take(g)
             child = paths[depth + 1]
-            np.multiply(g, 2, out=child)
-            child += offset
+            right.take(g, out=child)
             child -= go_left  # left 2i + 1, right 2i + 2 (right also for NaN, as in River)
         return paths
 
@@ -281,21 +284,24 @@ class CompiledHST:
         self._r_list = None
 
     def _score(self, paths: np.ndarray) -> np.ndarray:
-        """River's score_one for each event of a piece between pivots, from its paths."""
+        """River's score_one for each event of a piece between pivots, from its paths.
+
+        All levels at once: the masses along every path in one `take`; a
+        level counts while every level above it had `r_mass >= size_limit`
+        (River's walk stops after the first node below it). The terms are
+        integers summed in int64, so the order of the sums changes nothing.
+        """
         n = paths.shape[2]
         if self.first_window:
             return np.zeros(n, dtype=np.float64)
-        total = np.zeros((self.n_trees, n), dtype=np.int64)
-        going = np.ones((self.n_trees, n), dtype=bool)  # the walk has not stopped above
-        for depth in range(self.height + 1):
-            r = self._r_mass.take(paths[depth])
-            if depth:
-                total += np.where(going, r << depth, 0)
-            else:
-                total += r
-            if depth < self.height:
-                going &= r >= self.size_limit
-        return 1 - total.sum(axis=0) / self.max_score
+        r = self._r_mass.take(paths)  # (height + 1, n_trees, n)
+        height = self.height
+        if height:
+            going = r[:-1] >= self.size_limit
+            np.logical_and.accumulate(going, axis=0, out=going)
+            r[1:] *= going  # levels below a stop count nothing
+        r <<= self._depth_shift
+        return 1 - r.sum(axis=(0, 1)) / self.max_score
 
     def score_learn(self, X: np.ndarray) -> np.ndarray:
         """For each row in order: River's score_one, then its learn_one. Returns the scores.
