@@ -198,7 +198,8 @@ def test_batch_api_equals_the_river_loop_that_skips_flagged_and_vetoed_rows():
     X = generated_like(rng, n)
     X[rng.random(n) < 0.01] = rng.random((1, D))  # some outliers of all kinds
     may_learn = rng.random(n) < 0.9
-    config, partition = ModelConfig(), 2
+    # The flag rate this test was written for (the shipped default is lower): enough flagged rows to skip.
+    config, partition = ModelConfig(target_flag_rate=0.02), 2
     model, reference = PartitionModel(config, partition), river(config, partition)
     expected = np.empty(n)
     skipped_by_flag = learned = 0
