@@ -132,6 +132,14 @@ def test_any_replica_answers_any_query(workers):
         if a.metrics()["transactions_processed_total"] + b.metrics()["transactions_processed_total"] >= len(txs):
             break
         time.sleep(0.5)
+    # The receiving side follows through the edges topic: wait until it is done too.
+    edges = -1.0
+    while time.monotonic() < wait_total:
+        now = a.metrics().get("edges_processed_total", 0.0) + b.metrics().get("edges_processed_total", 0.0)
+        if now == edges:
+            break
+        edges = now
+        time.sleep(2.0)
     owned = set(json_get(a, "/health")[1]["kafka"]["assigned_partitions"])
     assert owned and owned != {0, 1, 2, 3}, "the test needs partitions on both workers"
 
