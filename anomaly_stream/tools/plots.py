@@ -14,6 +14,7 @@ display. Each function writes one PNG and returns its path.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -86,6 +87,55 @@ def _unpack(data, warm_only: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray |
     return s, names, f
 
 
+@dataclass
+class _Panels:
+    """What the detection panels share: scores and labels, flags, threshold, cuts, operating point."""
+
+    scores: np.ndarray
+    names: np.ndarray
+    flagged: np.ndarray | None
+    threshold: float | None
+    threshold_text: str
+    normal: np.ndarray
+    anomalous: np.ndarray
+    label_names: list[str]
+    colours: dict[str, str]
+    n: int
+    n_normal: int
+    n_anom: int
+    flag_rate: float | None  # share of all events flagged
+    op_fpr: float | None  # share of normal events flagged
+    cuts: dict  # FPR_POINTS key -> score cut on normal traffic
+
+    @property
+    def cut_text(self) -> str:
+        # Without labels every event counts as normal: a cut "at 1% FPR" passes 1% of all traffic.
+        return "FPR" if self.n_anom else "of traffic"
+
+
+def _panels(data, threshold: float | None, warm_only: bool) -> _Panels:
+    scores, names, flagged = _unpack(data, warm_only)
+    if threshold is None and flagged is not None:
+        threshold = equivalent_threshold(scores, flagged)
+        threshold_text = "operating threshold (same flag rate)"
+    else:
+        threshold_text = "threshold"
+    if flagged is None and threshold is not None:
+        flagged = scores > threshold
+    normal = names == NORMAL
+    anomalous = ~normal
+    label_names = sorted(set(names[anomalous].tolist()))
+    n, n_normal, n_anom = len(scores), int(normal.sum()), int(anomalous.sum())
+    return _Panels(
+        scores, names, flagged, threshold, threshold_text, normal, anomalous, label_names,
+        colours={name: _colour(i) for i, name in enumerate(label_names)},
+        n=n, n_normal=n_normal, n_anom=n_anom,
+        flag_rate=float(flagged.mean()) if flagged is not None and n else None,
+        op_fpr=float(flagged[normal].mean()) if flagged is not None and n_normal else None,
+        cuts={key: score_cut_at_fpr(scores[normal], rate) for key, rate in FPR_POINTS} if n_normal else {},
+    )
+
+
 def detection(path: str | Path, data, threshold: float | None = None, *, warm_only: bool = False,
               title: str | None = None) -> Path:
     """ROC curves per label (log FPR), precision-recall, score histograms per label (log counts).
@@ -100,21 +150,8 @@ def detection(path: str | Path, data, threshold: float | None = None, *, warm_on
     The 1% and 0.1% FPR cuts are drawn as dotted lines. Without both labelled
     and normal events only the score distribution is drawn (a smaller figure).
     """
-    scores, names, flagged = _unpack(data, warm_only)
-    if threshold is None and flagged is not None:
-        threshold = equivalent_threshold(scores, flagged)
-        threshold_text = "operating threshold (same flag rate)"
-    else:
-        threshold_text = "threshold"
-    if flagged is None and threshold is not None:
-        flagged = scores > threshold
-    normal = names == NORMAL
-    anomalous = ~normal
-    label_names = sorted(set(names[anomalous].tolist()))
-    colours = {name: _colour(i) for i, name in enumerate(label_names)}
-    n, n_normal, n_anom = len(scores), int(normal.sum()), int(anomalous.sum())
-
-    compare = bool(n_anom and n_normal)  # ROC and PR need both; otherwise only the scores are drawn
+    v = _panels(data, threshold, warm_only)
+    compare = bool(v.n_anom and v.n_normal)  # ROC and PR need both; otherwise only the scores are drawn
     if compare:
         fig = _figure(DETECTION_SIZE)
         grid = fig.add_gridspec(2, 2, height_ratios=(1.0, 0.9))
@@ -123,127 +160,141 @@ def detection(path: str | Path, data, threshold: float | None = None, *, warm_on
     else:
         fig = _figure(SCORES_ONLY_SIZE)
         ax_hist = fig.add_subplot()
-    flag_rate = float(flagged.mean()) if flagged is not None and n else None
-    what = f"{n_anom:,} labelled ({len(label_names)} labels)" if n_anom else "no labels"
-    fig.suptitle(title or (
-        f"Backtest: {n:,} events, {what}" + (f", flag rate {flag_rate:.2%}" if flag_rate is not None else "")
-    ), fontsize=13)
-    # Without labels every event counts as normal: a cut "at 1% FPR" passes 1% of all traffic.
-    cut_text = "FPR" if n_anom else "of traffic"
-
-    op_fpr = None
-    if flagged is not None and n_normal:
-        op_fpr = float(flagged[normal].mean())
-    cuts = {key: score_cut_at_fpr(scores[normal], rate) for key, rate in FPR_POINTS} if n_normal else {}
-
+    fig.suptitle(title or _detection_title(v), fontsize=13)
     if compare:
-        # ROC per label against normal traffic, log-scaled false-positive rate.
-        ax_roc.set_title("ROC per label vs normal traffic")
-        ax_roc.set_xlabel("false-positive rate on normal traffic (log scale)")
-        ax_roc.set_ylabel("recall (true-positive rate)")
-        # One decade holding a single false positive, and at least down to 0.1%.
-        x_min = max(min(10.0 ** math.floor(math.log10(1.0 / n_normal)), 1e-3), 1e-6)
-        curves = [(name, names == name, colours[name], 1.6) for name in label_names]
-        if len(label_names) > 1:
-            curves.append(("all labelled", anomalous, ALL_COLOUR, 2.4))
-        for name, mine, colour, width in curves:
-            both = mine | normal
-            fpr, tpr = roc_curve(mine[both], scores[both])
-            auc = roc_auc(mine[both], scores[both])
-            ax_roc.plot(np.maximum(fpr, x_min), tpr, color=colour, linewidth=width, label=f"{name}  {auc:.3f}")
-            if op_fpr is not None:
-                recall = float(flagged[mine].mean())
-                ax_roc.plot(max(op_fpr, x_min), recall, marker="o", markersize=7, color=colour,
-                            markeredgecolor="black", linestyle="none", zorder=5)
-        for (key, rate), style in zip(FPR_POINTS, CUT_STYLES):
-            if rate >= x_min:
-                ax_roc.axvline(rate, color="#666666", linestyle=style, linewidth=1)
-        ax_roc.set_xscale("log")
-        ax_roc.xaxis.set_major_formatter(FuncFormatter(_percent))
-        ax_roc.set_xlim(x_min, 1.0)
-        ax_roc.set_ylim(0.0, 1.02)
-        handles, texts = ax_roc.get_legend_handles_labels()
-        if op_fpr is not None:
-            handles.append(Line2D([], [], marker="o", color="white", markeredgecolor="black", markersize=7,
-                                  linestyle="none"))
-            texts.append(f"operating point (FPR {op_fpr:.2%})")
-        ax_roc.legend(handles, texts, loc="lower right", fontsize=7.5, title="AUC vs normal", title_fontsize=8,
-                      handlelength=1.5, labelspacing=0.3, framealpha=0.7)
-        ax_roc.grid(True, which="major", alpha=0.3)
-
-        # Precision-recall, all labelled traffic against normal traffic.
-        ax_pr.set_title("Precision-recall: all labelled vs normal")
-        ax_pr.set_xlabel("recall")
-        ax_pr.set_ylabel("precision")
-        y = anomalous
-        recall, precision = pr_curve(y, scores)
-        ax_pr.plot(np.r_[0.0, recall], np.r_[precision[0], precision], color=ALL_COLOUR, linewidth=2,
-                   drawstyle="steps-pre", label=f"all labelled (AP {pr_auc(y, scores):.3f})")
-        ax_pr.axhline(n_anom / n, color="#bbbbbb", linestyle="--", linewidth=1,
-                      label=f"prevalence ({n_anom / n:.2%})")
-        if flagged is not None and flagged.any():
-            tp = int((flagged & y).sum())
-            op_recall, op_precision = tp / n_anom, tp / int(flagged.sum())
-            ax_pr.plot(op_recall, op_precision, marker="o", markersize=8, color="white", markeredgecolor="black",
-                       linestyle="none", zorder=5,
-                       label=f"operating point (P {op_precision:.2f}, R {op_recall:.2f})")
-        for (key, rate), style in zip(FPR_POINTS, CUT_MARKERS):
-            cut = cuts.get(key)
-            if cut is None or math.isnan(cut):
-                continue
-            above = scores > cut
-            if above.any():
-                ax_pr.plot(float((above & y).sum()) / n_anom, float((above & y).sum()) / int(above.sum()),
-                           marker=style, markersize=7, color="#666666", linestyle="none", zorder=4,
-                           label=f"at {rate:.1%} FPR (cut {cut:.3f})")
-        ax_pr.set_xlim(0.0, 1.02)
-        ax_pr.set_ylim(0.0, 1.05)
-        ax_pr.legend(loc="lower left", fontsize=8, framealpha=0.9)
-        ax_pr.grid(True, alpha=0.3)
-
-    # Score distributions per label, log counts, with the cuts.
-    ax_hist.set_title("Score distributions per label" if n_anom else "Score distribution")
-    ax_hist.set_xlabel("anomaly score")
-    ax_hist.set_ylabel("events per bin (log scale)")
-    if n:
-        lo, hi = float(scores.min()), float(scores.max())
-        if threshold is not None and math.isfinite(threshold):
-            lo, hi = min(lo, threshold), max(hi, threshold)
-        if hi <= lo:
-            lo, hi = lo - 0.5, hi + 0.5
-        bins = np.linspace(lo, hi, 101)
-        if n_normal:
-            ax_hist.hist(scores[normal], bins=bins, histtype="stepfilled", color=NORMAL_COLOUR, alpha=0.45,
-                         label=f"{NORMAL if n_anom else 'all traffic, unlabelled'} ({n_normal:,})")
-        for name in label_names:
-            mine = scores[names == name]
-            ax_hist.hist(mine, bins=bins, histtype="step", linewidth=1.6, color=colours[name],
-                         label=f"{name} ({len(mine):,})")
-        ax_hist.set_yscale("log")
-        _, y_top = ax_hist.get_ylim()
-        ax_hist.set_ylim(0.7, y_top * 8)  # headroom for the cut labels
-        top = ax_hist.get_xaxis_transform()  # x in data, y in axes fractions
-        for (key, rate), style in zip(FPR_POINTS, CUT_STYLES):
-            cut = cuts.get(key)
-            if cut is not None and math.isfinite(cut):
-                ax_hist.axvline(cut, color="#666666", linestyle=style, linewidth=1.2,
-                                label=f"cut at {rate:.1%} {cut_text}: {cut:.3f}")
-                ax_hist.text(cut, 0.98, f"{rate:.1%} {cut_text} ", transform=top, rotation=90, ha="right", va="top",
-                             fontsize=8, color="#444444")
-        if threshold is not None and math.isfinite(threshold):
-            text = f"{threshold_text}: {threshold:.3f}"
-            if flagged is not None:
-                text += f"\noperating point: flags {flag_rate:.2%} of traffic"
-                if n_anom and op_fpr is not None:
-                    text += f",\nFPR {op_fpr:.2%} on normal, recall {float(flagged[anomalous].mean()):.2f}"
-            ax_hist.axvline(threshold, color="black", linestyle="--", linewidth=1.8, label=text)
-            ax_hist.text(threshold, 0.98, "threshold ", transform=top, rotation=90, ha="right", va="top",
-                         fontsize=8)
-        ax_hist.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, framealpha=0.9)
-        ax_hist.grid(True, axis="y", alpha=0.3)
-    else:
-        _empty(ax_hist, "no scored events")
+        _roc_panel(ax_roc, v)
+        _pr_panel(ax_pr, v)
+    _hist_panel(ax_hist, v)
     return _save(fig, path)
+
+
+def _detection_title(v: _Panels) -> str:
+    what = f"{v.n_anom:,} labelled ({len(v.label_names)} labels)" if v.n_anom else "no labels"
+    rate = f", flag rate {v.flag_rate:.2%}" if v.flag_rate is not None else ""
+    return f"Backtest: {v.n:,} events, {what}{rate}"
+
+
+def _axes(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
+def _roc_panel(ax, v: _Panels) -> None:
+    """ROC per label against normal traffic, log-scaled false-positive rate, operating points marked."""
+    _axes(ax, "ROC per label vs normal traffic", "false-positive rate on normal traffic (log scale)",
+          "recall (true-positive rate)")
+    # One decade holding a single false positive, and at least down to 0.1%.
+    x_min = max(min(10.0 ** math.floor(math.log10(1.0 / v.n_normal)), 1e-3), 1e-6)
+    curves = [(name, v.names == name, v.colours[name], 1.6) for name in v.label_names]
+    if len(v.label_names) > 1:
+        curves.append(("all labelled", v.anomalous, ALL_COLOUR, 2.4))
+    for name, mine, colour, width in curves:
+        both = mine | v.normal
+        fpr, tpr = roc_curve(mine[both], v.scores[both])
+        auc = roc_auc(mine[both], v.scores[both])
+        ax.plot(np.maximum(fpr, x_min), tpr, color=colour, linewidth=width, label=f"{name}  {auc:.3f}")
+        if v.op_fpr is not None:
+            recall = float(v.flagged[mine].mean())
+            ax.plot(max(v.op_fpr, x_min), recall, marker="o", markersize=7, color=colour,
+                    markeredgecolor="black", linestyle="none", zorder=5)
+    for (key, rate), style in zip(FPR_POINTS, CUT_STYLES):
+        if rate >= x_min:
+            ax.axvline(rate, color="#666666", linestyle=style, linewidth=1)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(_percent))
+    ax.set_xlim(x_min, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    handles, texts = ax.get_legend_handles_labels()
+    if v.op_fpr is not None:  # one legend entry for the per-label operating points
+        handles.append(Line2D([], [], marker="o", color="white", markeredgecolor="black", markersize=7,
+                              linestyle="none"))
+        texts.append(f"operating point (FPR {v.op_fpr:.2%})")
+    ax.legend(handles, texts, loc="lower right", fontsize=7.5, title="AUC vs normal", title_fontsize=8,
+              handlelength=1.5, labelspacing=0.3, framealpha=0.7)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _pr_panel(ax, v: _Panels) -> None:
+    """Precision-recall of all labelled traffic against normal traffic, the operating point and the FPR cuts."""
+    _axes(ax, "Precision-recall: all labelled vs normal", "recall", "precision")
+    y, scores, flagged = v.anomalous, v.scores, v.flagged
+    recall, precision = pr_curve(y, scores)
+    ax.plot(np.r_[0.0, recall], np.r_[precision[0], precision], color=ALL_COLOUR, linewidth=2,
+            drawstyle="steps-pre", label=f"all labelled (AP {pr_auc(y, scores):.3f})")
+    ax.axhline(v.n_anom / v.n, color="#bbbbbb", linestyle="--", linewidth=1,
+               label=f"prevalence ({v.n_anom / v.n:.2%})")
+    if flagged is not None and flagged.any():
+        tp = int((flagged & y).sum())
+        op_recall, op_precision = tp / v.n_anom, tp / int(flagged.sum())
+        ax.plot(op_recall, op_precision, marker="o", markersize=8, color="white", markeredgecolor="black",
+                linestyle="none", zorder=5, label=f"operating point (P {op_precision:.2f}, R {op_recall:.2f})")
+    for (key, rate), style in zip(FPR_POINTS, CUT_MARKERS):
+        cut = v.cuts.get(key)
+        if cut is None or math.isnan(cut):
+            continue
+        above = scores > cut
+        if above.any():
+            ax.plot(float((above & y).sum()) / v.n_anom, float((above & y).sum()) / int(above.sum()),
+                    marker=style, markersize=7, color="#666666", linestyle="none", zorder=4,
+                    label=f"at {rate:.1%} FPR (cut {cut:.3f})")
+    ax.set_xlim(0.0, 1.02)
+    ax.set_ylim(0.0, 1.05)
+    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    ax.grid(True, alpha=0.3)
+
+
+def _hist_panel(ax, v: _Panels) -> None:
+    """Score distributions per label (log counts), with the FPR cuts and the threshold."""
+    _axes(ax, "Score distributions per label" if v.n_anom else "Score distribution", "anomaly score",
+          "events per bin (log scale)")
+    if not v.n:
+        _empty(ax, "no scored events")
+        return
+    bins = _score_bins(v)
+    if v.n_normal:
+        ax.hist(v.scores[v.normal], bins=bins, histtype="stepfilled", color=NORMAL_COLOUR, alpha=0.45,
+                label=f"{NORMAL if v.n_anom else 'all traffic, unlabelled'} ({v.n_normal:,})")
+    for name in v.label_names:
+        mine = v.scores[v.names == name]
+        ax.hist(mine, bins=bins, histtype="step", linewidth=1.6, color=v.colours[name],
+                label=f"{name} ({len(mine):,})")
+    ax.set_yscale("log")
+    _, y_top = ax.get_ylim()
+    ax.set_ylim(0.7, y_top * 8)  # headroom for the cut labels
+    top = ax.get_xaxis_transform()  # x in data, y in axes fractions
+    for (key, rate), style in zip(FPR_POINTS, CUT_STYLES):
+        cut = v.cuts.get(key)
+        if cut is not None and math.isfinite(cut):
+            ax.axvline(cut, color="#666666", linestyle=style, linewidth=1.2,
+                       label=f"cut at {rate:.1%} {v.cut_text}: {cut:.3f}")
+            ax.text(cut, 0.98, f"{rate:.1%} {v.cut_text} ", transform=top, rotation=90, ha="right", va="top",
+                    fontsize=8, color="#444444")
+    if v.threshold is not None and math.isfinite(v.threshold):
+        ax.axvline(v.threshold, color="black", linestyle="--", linewidth=1.8, label=_threshold_text(v))
+        ax.text(v.threshold, 0.98, "threshold ", transform=top, rotation=90, ha="right", va="top", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, framealpha=0.9)
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def _score_bins(v: _Panels) -> np.ndarray:
+    """100 bins over the scores' range, widened to take in the threshold."""
+    lo, hi = float(v.scores.min()), float(v.scores.max())
+    if v.threshold is not None and math.isfinite(v.threshold):
+        lo, hi = min(lo, v.threshold), max(hi, v.threshold)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, 101)
+
+
+def _threshold_text(v: _Panels) -> str:
+    """The threshold line's legend entry: its value and, with flags, the operating point."""
+    text = f"{v.threshold_text}: {v.threshold:.3f}"
+    if v.flagged is not None:
+        text += f"\noperating point: flags {v.flag_rate:.2%} of traffic"
+        if v.n_anom and v.op_fpr is not None:
+            text += f",\nFPR {v.op_fpr:.2%} on normal, recall {float(v.flagged[v.anomalous].mean()):.2f}"
+    return text
 
 
 def _num(value: float) -> str:

@@ -536,7 +536,15 @@ _READERS: dict[str, Callable[[list[Path]], list[dict]]] = {
 
 
 def _int(value) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
+    """An int, or a hex ("0x...") or decimal string, as an int; None for anything else (bools, junk)."""
+    if type(value) is str and value[:2] == "0x":  # the common case first (tools.scenarios reads many)
+        try:
+            return int(value, 16)
+        except ValueError:
+            return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
         return value
     if isinstance(value, str):
         try:

@@ -243,6 +243,8 @@ import rlp
 from eth_abi import encode
 from eth_utils import function_signature_to_4byte_selector, keccak
 
+from .readers import _int
+
 __all__ = ["ABI", "DEFAULT_PARAMS", "KINDS", "PERMIT2", "ROLES", "TORNADO_POOLS", "Background", "create_address",
            "episodes", "plant"]
 
@@ -406,24 +408,6 @@ _SECONDS_PER_ROW = 0.08  # a background without blocks: ~12.5 tx/s
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _int(value) -> int | None:
-    if type(value) is str and value[:2] == "0x":
-        try:
-            return int(value, 16)
-        except ValueError:
-            return None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value, 16) if value[:2] in ("0x", "0X") else int(value)
-        except ValueError:
-            return None
-    return None
-
-
 def _lower(value) -> str | None:
     return value.lower() if isinstance(value, str) else None
 
@@ -476,6 +460,108 @@ def episodes(txs: Iterable[dict]) -> dict[str, list[dict]]:
 # -- what the background offers ----------------------------------------------------------
 
 
+@dataclass
+class _Tally:
+    """One pass over a background's rows: the counts and lists `Background` keeps or derives its own from."""
+
+    addresses: set = field(default_factory=set)
+    contracts: set = field(default_factory=set)
+    sender_count: Counter = field(default_factory=Counter)
+    first_send: dict = field(default_factory=dict)  # sender -> first position
+    token_count: Counter = field(default_factory=Counter)
+    token_amounts: dict = field(default_factory=lambda: defaultdict(list))
+    token_first: dict = field(default_factory=lambda: defaultdict(dict))  # sender -> token -> first position
+    eth_pairs: list = field(default_factory=list)  # (pos, V, C, wei)
+    token_pairs: list = field(default_factory=list)  # (pos, V, C, token, amount)
+    inbound: Counter = field(default_factory=Counter)
+    max_out: Counter = field(default_factory=Counter)
+    max_nonce: Counter = field(default_factory=Counter)
+    plain_recipients: dict = field(default_factory=lambda: defaultdict(set))
+    plain_sent: Counter = field(default_factory=Counter)
+    callers: dict = field(default_factory=lambda: defaultdict(set))
+    gas_by_selector: dict = field(default_factory=lambda: defaultdict(list))
+    gas_all: list = field(default_factory=list)
+    fee_rows: list = field(default_factory=list)
+    tips: list = field(default_factory=list)
+    legacy_prices: list = field(default_factory=list)  # (pos, gasPrice)
+    creation_prefixes: Counter = field(default_factory=Counter)
+    receipts: bool = False
+    logs: bool = False
+
+    def add(self, i: int, r: dict) -> None:
+        sender, to = _lower(r.get("from")), _lower(r.get("to"))
+        data = r.get("input") or "0x"
+        data = data.lower() if isinstance(data, str) else "0x"
+        value = _int(r.get("value")) or 0
+        gas = _int(r.get("gas"))
+        if sender:
+            self.addresses.add(sender)
+            self.sender_count[sender] += 1
+            self.first_send.setdefault(sender, i)
+            self.max_out[sender] = max(self.max_out[sender], value)
+            self.max_nonce[sender] = max(self.max_nonce[sender], _int(r.get("nonce")) or 0)
+        if to:
+            self.addresses.add(to)
+            self.inbound[to] += value
+        created = _lower(r.get("contractAddress"))
+        if created:
+            self.addresses.add(created)
+            self.contracts.add(created)
+        if gas:
+            self.gas_all.append(gas)
+        selector = data[:10] if len(data) >= 10 else "0x"
+        if gas and (to is not None or selector == "0x"):
+            self.gas_by_selector[selector].append(gas)
+        if to is None:
+            if len(data) > 12:
+                self.creation_prefixes[data[2:12]] += 1
+        elif len(data) >= 10:
+            self._call(i, sender, to, data, selector)
+        elif value > 0 and sender and to != sender:
+            self.plain_recipients[to].add(sender)
+            self.plain_sent[sender] += 1
+            self.eth_pairs.append((i, sender, to, value))
+        self._fee(i, r)
+        if "gasUsed" in r:
+            self.receipts = True
+        if "logs" in r:
+            self.logs = True
+
+    def _call(self, i: int, sender: str | None, to: str, data: str, selector: str) -> None:
+        """A contract call: its caller, calldata addresses of token calls, ERC-20 transfers."""
+        self.contracts.add(to)
+        self.callers[to].add(sender)
+        if selector in ("0xa9059cbb", "0x23b872dd", "0x095ea7b3") and len(data) >= 138:
+            try:
+                words = [_word_address(data, 0)]
+                if selector == "0x23b872dd" and len(data) >= 202:
+                    words.append(_word_address(data, 1))
+                self.addresses.update(words)
+            except ValueError:
+                pass
+        if selector == "0xa9059cbb" and len(data) >= 138:
+            try:
+                recipient, amount = _word_address(data, 0), _word_uint(data, 1)
+            except ValueError:
+                recipient, amount = None, 0
+            if recipient:
+                self.token_count[to] += 1
+                if amount > 0:
+                    self.token_amounts[to].append(amount)
+                    self.token_pairs.append((i, sender, recipient, to, amount))
+                self.token_first[sender].setdefault(to, i)
+
+    def _fee(self, i: int, r: dict) -> None:
+        """Rows a planted transaction may copy its fee style from; tips (EIP-1559) or legacy gas prices."""
+        if _is_fee_row(r):
+            self.fee_rows.append(i)
+            tip = _int(r.get("maxPriorityFeePerGas"))
+            if tip is not None and "maxFeePerGas" in r:
+                self.tips.append(tip)
+            elif _int(r.get("gasPrice")) is not None:
+                self.legacy_prices.append((i, _int(r.get("gasPrice"))))
+
+
 class Background:
     """What a background offers the scenarios (its clock, blocks, tokens, victims, fees), no randomness.
 
@@ -488,9 +574,21 @@ class Background:
     def __init__(self, rows: list[dict], labels_dir: str | Path | None = DEFAULT_PARAMS["labels_dir"]):
         rows = list(rows)
         self.rows = rows
-        n = self.n = len(rows)
-        if n == 0:
+        self.n = len(rows)
+        if self.n == 0:
             raise ValueError("the background is empty")
+        blocks = self._set_clock(rows)
+        self._set_blocks(blocks)
+        self.hashes = {_lower(r.get("hash")) for r in rows}
+        tally = _Tally()
+        for i, r in enumerate(rows):
+            tally.add(i, r)
+        self._keep(tally)
+        self._set_services(tally, _tagged_exchanges(labels_dir))
+        self._set_victim_order(tally)
+
+    def _set_clock(self, rows: list[dict]) -> list[int | None]:
+        """The clock (`timestamp`, `block` or `row`) and each row's time on it, never decreasing; the block numbers."""
         stamps = [_int(r.get("blockTimestamp")) for r in rows]
         blocks = [_int(r.get("blockNumber")) for r in rows]
         self.has_blocks = all(b is not None for b in blocks)
@@ -502,13 +600,17 @@ class Background:
             raw = [12.0 * b for b in blocks]
         else:
             self.clock = "row"
-            raw = [i * _SECONDS_PER_ROW for i in range(n)]
+            raw = [i * _SECONDS_PER_ROW for i in range(self.n)]
         times, latest = [], -math.inf
         for t in raw:
             latest = max(latest, t)
             times.append(latest)
         self.times = times
-        # Blocks: runs of equal blockNumber (each row alone without blocks).
+        return blocks
+
+    def _set_blocks(self, blocks: list[int | None]) -> None:
+        """Blocks: runs of equal blockNumber (each row alone without blocks), and the time per block."""
+        n, times = self.n, self.times
         groups: list[tuple[int, int]] = []
         group_of = [0] * n
         start = 0
@@ -524,134 +626,55 @@ class Background:
         else:
             self.block_time = 12.0
 
-        self.hashes = {_lower(r.get("hash")) for r in rows}
-        addresses: set[str] = set()
-        contracts: set[str] = set()
-        sender_count: Counter = Counter()
-        first_send: dict[str, int] = {}
-        token_count: Counter = Counter()
-        token_amounts: dict[str, list[int]] = defaultdict(list)
-        token_first: dict[str, dict[str, int]] = defaultdict(dict)  # sender -> token -> first position
-        self.eth_pairs: list[tuple[int, str, str, int]] = []  # (pos, V, C, wei)
-        self.token_pairs: list[tuple[int, str, str, str, int]] = []  # (pos, V, C, token, amount)
-        inbound: Counter = Counter()
-        max_out: Counter = Counter()
-        max_nonce: Counter = Counter()
-        plain_recipients: dict[str, set] = defaultdict(set)
-        plain_sent: Counter = Counter()
-        callers: dict[str, set] = defaultdict(set)
-        self.gas_by_selector: dict[str, list[int]] = defaultdict(list)
-        gas_all: list[int] = []
-        self.fee_rows: list[int] = []
-        tips: list[int] = []
-        legacy_prices: list[tuple[int, int]] = []  # (pos, gasPrice)
-        creation_prefixes: Counter = Counter()
-        self.receipts = self.logs = False
-        for i, r in enumerate(rows):
-            sender, to = _lower(r.get("from")), _lower(r.get("to"))
-            data = r.get("input") or "0x"
-            data = data.lower() if isinstance(data, str) else "0x"
-            value = _int(r.get("value")) or 0
-            gas = _int(r.get("gas"))
-            if sender:
-                addresses.add(sender)
-                sender_count[sender] += 1
-                first_send.setdefault(sender, i)
-                max_out[sender] = max(max_out[sender], value)
-                max_nonce[sender] = max(max_nonce[sender], _int(r.get("nonce")) or 0)
-            if to:
-                addresses.add(to)
-                inbound[to] += value
-            created = _lower(r.get("contractAddress"))
-            if created:
-                addresses.add(created)
-                contracts.add(created)
-            if gas:
-                gas_all.append(gas)
-            selector = data[:10] if len(data) >= 10 else "0x"
-            if gas and (to is not None or selector == "0x"):
-                self.gas_by_selector[selector].append(gas)
-            if to is None:
-                if len(data) > 12:
-                    creation_prefixes[data[2:12]] += 1
-            elif len(data) >= 10:
-                contracts.add(to)
-                callers[to].add(sender)
-                if selector in ("0xa9059cbb", "0x23b872dd", "0x095ea7b3") and len(data) >= 138:
-                    try:
-                        words = [_word_address(data, 0)]
-                        if selector == "0x23b872dd" and len(data) >= 202:
-                            words.append(_word_address(data, 1))
-                        addresses.update(words)
-                    except ValueError:
-                        pass
-                if selector == "0xa9059cbb" and len(data) >= 138:
-                    try:
-                        recipient, amount = _word_address(data, 0), _word_uint(data, 1)
-                    except ValueError:
-                        recipient, amount = None, 0
-                    if recipient:
-                        token_count[to] += 1
-                        if amount > 0:
-                            token_amounts[to].append(amount)
-                            self.token_pairs.append((i, sender, recipient, to, amount))
-                        token_first[sender].setdefault(to, i)
-            elif value > 0 and sender and to != sender:
-                plain_recipients[to].add(sender)
-                plain_sent[sender] += 1
-                self.eth_pairs.append((i, sender, to, value))
-            fee_type = _int(r.get("type"))
-            if fee_type in (None, 0, 1, 2) and ("gasPrice" in r or "maxFeePerGas" in r):
-                self.fee_rows.append(i)
-                tip = _int(r.get("maxPriorityFeePerGas"))
-                if tip is not None and "maxFeePerGas" in r:
-                    tips.append(tip)
-                elif _int(r.get("gasPrice")) is not None:
-                    legacy_prices.append((i, _int(r.get("gasPrice"))))
-            if "gasUsed" in r:
-                self.receipts = True
-            if "logs" in r:
-                self.logs = True
-        self.addresses, self.contracts = addresses, contracts
-        self.sender_count, self.max_nonce = sender_count, max_nonce
-        self.tips = sorted(tips)
-        self.legacy_prices = legacy_prices
-        self.gas_sorted = sorted(gas_all) or [21000]
-        self.creation_prefix = creation_prefixes.most_common(1)[0][0] if creation_prefixes else "6080604052"
-
+    def _keep(self, tally: _Tally) -> None:
+        """What the scenarios look up, from the pass over the rows."""
+        contracts = tally.contracts
+        self.addresses, self.contracts = tally.addresses, contracts
+        self.sender_count, self.max_nonce = tally.sender_count, tally.max_nonce
+        self.gas_by_selector, self.fee_rows = tally.gas_by_selector, tally.fee_rows
+        self.receipts, self.logs = tally.receipts, tally.logs
+        self.tips = sorted(tally.tips)
+        self.legacy_prices = tally.legacy_prices
+        self.gas_sorted = sorted(tally.gas_all) or [21000]
+        prefixes = tally.creation_prefixes
+        self.creation_prefix = prefixes.most_common(1)[0][0] if prefixes else "6080604052"
         # Only addresses that receive no calls count as counterparties and victims.
-        self.eth_pairs = [p for p in self.eth_pairs if p[2] not in contracts and p[1] not in contracts]
-        self.token_pairs = [p for p in self.token_pairs if p[2] not in contracts and p[2] != p[1]]
+        self.eth_pairs = [p for p in tally.eth_pairs if p[2] not in contracts and p[1] not in contracts]
+        self.token_pairs = [p for p in tally.token_pairs if p[2] not in contracts and p[2] != p[1]]
+        token_count, token_amounts = tally.token_count, tally.token_amounts
         tokens = [t for t, _ in token_count.most_common()]
         self.tokens = tokens or list(_FALLBACK_TOKENS)
         self.token_weights = [token_count[t] for t in tokens] or [1] * len(_FALLBACK_TOKENS)
         self.token_amounts = {t: sorted(v) for t, v in token_amounts.items()}
         self.all_token_amounts = sorted(a for v in token_amounts.values() for a in v)
-        self.token_first = token_first
-        self.balance = {a: max(inbound[a], max_out[a]) for a in first_send}
+        self.token_first = tally.token_first
+        self.balance = {a: max(tally.inbound[a], tally.max_out[a]) for a in tally.first_send}
 
-        exchanges = _tagged_exchanges(labels_dir)
+    def _set_services(self, tally: _Tally, exchanges: frozenset[str]) -> None:
+        """Exchanges (tagged, else the busiest hubs), protocol contracts, and who is never a victim."""
         seen_exchanges = Counter()
-        for r in rows:
+        for r in self.rows:
             for a in (_lower(r.get("from")), _lower(r.get("to"))):
                 if a in exchanges:
                     seen_exchanges[a] += 1
+        plain_recipients = tally.plain_recipients
         busiest = sorted(plain_recipients, key=lambda a: (-len(plain_recipients[a]), a))
         hubs = [a for a in busiest[:10] if len(plain_recipients[a]) >= 3]
         self.exchange_recipients = [a for a, _ in seen_exchanges.most_common()] or hubs
-        self.exchange_senders = [a for a, _ in seen_exchanges.most_common() if sender_count[a] > 0]
+        self.exchange_senders = [a for a, _ in seen_exchanges.most_common() if tally.sender_count[a] > 0]
         if not self.exchange_senders:
-            self.exchange_senders = [a for a, c in plain_sent.most_common(5) if c >= 10]
-        tokens_set = set(self.tokens)
+            self.exchange_senders = [a for a, c in tally.plain_sent.most_common(5) if c >= 10]
+        tokens_set, callers = set(self.tokens), tally.callers
         protocols = sorted((a for a in callers if a not in tokens_set), key=lambda a: (-len(callers[a]), a))
         self.protocols = protocols[:5]
+        self.excluded = set(exchanges) | tally.contracts
 
-        excluded = set(exchanges) | contracts
-        self.excluded = excluded
-        order = sorted(first_send.items(), key=lambda kv: kv[1])
+    def _set_victim_order(self, tally: _Tally) -> None:
+        """Senders and token holders by their first background row (victims need history before the episode)."""
+        order = sorted(tally.first_send.items(), key=lambda kv: kv[1])
         self.sender_first_pos = [p for _, p in order]
         self.sender_by_first = [a for a, _ in order]
-        holders = sorted(((min(t.values()), a) for a, t in token_first.items()), key=lambda x: x[0])
+        holders = sorted(((min(t.values()), a) for a, t in tally.token_first.items()), key=lambda x: x[0])
         self.holder_first_pos = [p for p, _ in holders]
         self.holders_by_first = [a for _, a in holders]
 
@@ -706,6 +729,19 @@ class _Draft:
     gas_used: int | None = None
 
 
+@dataclass
+class _Phish:
+    """One phishing episode's setting: permit or approval, its spender, collector and senders."""
+
+    permit: bool
+    permit2: bool
+    contract: bool  # the spender is a drainer contract called by `accomplice`
+    spender: str
+    collector: str
+    accomplice: str | None
+    relayer: str  # sends the permits: the spender or a fresh relayer
+
+
 class _Kind:
     """Builds the episodes of one kind from its own random stream."""
 
@@ -735,11 +771,24 @@ class _Kind:
         return self.rng.random() < self.p[name]
 
     def fresh(self) -> str:
+        """A random address that appears nowhere in the background and was not made up before."""
+        return self._unique(160, self.bg.addresses)
+
+    def fresh_hash(self) -> str:
+        return self._unique(256, self.bg.hashes)
+
+    def _unique(self, bits: int, used: set) -> str:
         while True:
-            a = f"0x{self.rng.getrandbits(160):040x}"
-            if a not in self.bg.addresses and a not in self.taken:
-                self.taken.add(a)
-                return a
+            value = f"0x{self.rng.getrandbits(bits):0{bits // 4}x}"
+            if self._claim(value, used):
+                return value
+
+    def _claim(self, value: str, used: set) -> bool:
+        """Take `value` for this call unless the background (`used`) or this call already has it."""
+        if value in used or value in self.taken:
+            return False
+        self.taken.add(value)
+        return True
 
     def window(self, duration: float) -> tuple[float, float]:
         """An episode start time and the factor compressing its time scale to fit."""
@@ -902,6 +951,7 @@ class _Kind:
         contract = not permit and self.chance("contract_spender_share")
         accomplice = self.fresh() if contract else None
         relayer = self.fresh() if permit and rng.random() < 0.5 else spender
+        ph = _Phish(permit, permit2, contract, spender, collector, accomplice, relayer)
         share = self.draw("drain_share")
         times = sorted(t0 + rng.uniform(0, window) * scale for _ in victims)
         drained = [rng.random() < share for _ in victims]
@@ -910,49 +960,53 @@ class _Kind:
         drafts: list[_Draft] = []
         for victim, t, drain in zip(victims, times, drained):
             token = self.token(victim, before)
-            unlimited = self.chance("unlimited_share")
-            allowance = UINT256_MAX if unlimited else self.amount(token, (0.9, 1.0)) * rng.randint(2, 1000)
-            if not permit:
-                name = "increaseAllowance" if self.chance("increase_allowance_share") else "approve"
-                if name == "increaseAllowance" and unlimited:
-                    allowance = 2**255  # what "infinite" looks like where the call adds to an allowance
-                drafts.append(self.token_call(t, victim, token, name, (spender, allowance), "approval",
-                                              [_approval_log(token, victim, spender, allowance)]))
-            elif permit2:
-                expiration = bg.unix(t) + rng.randint(86_400, 30 * 86_400)
-                data = _calldata("permit2_permit", victim,
-                                 ((token, UINT160_MAX, min(expiration, UINT48_MAX), rng.randint(0, 5)),
-                                  spender, expiration), rng.randbytes(65))
-                drafts.append(_Draft(t, relayer, PERMIT2, 0, data, self.gas("permit2_permit"), "approval", []))
-            else:
-                deadline = UINT256_MAX if rng.random() < 0.3 else bg.unix(t) + rng.randint(3_600, 30 * 86_400)
-                v, r, s = rng.choice((27, 28)), rng.randbytes(32), rng.randbytes(32)
-                if token == DAI:
-                    args = (victim, spender, rng.randint(0, 20), deadline, True, v, r, s)
-                    name, allowance = "dai_permit", UINT256_MAX
-                else:
-                    args = (victim, spender, allowance, deadline, v, r, s)
-                    name = "permit"
-                drafts.append(self.token_call(t, relayer, token, name, args, "approval",
-                                              [_approval_log(token, victim, spender, allowance)]))
-            if not drain:
-                continue
-            td = t + self.draw("drain_delay_s") * scale
-            amount = self.amount(token, (0.5, 0.99))
-            logs = [_transfer_log(token, victim, collector, amount)]
-            if permit2:
-                data = _calldata("permit2_transferFrom", victim, collector, min(amount, UINT160_MAX), token)
-                drafts.append(_Draft(td, spender, PERMIT2, 0, data, self.gas("permit2_transferFrom"), "drain", logs))
-            elif contract:
-                inner = bytes.fromhex(_calldata("transferFrom", victim, collector, amount)[2:])
-                drafts.append(_Draft(td, accomplice, spender, 0, _calldata("aggregate", [(token, inner)]),
-                                     self.gas("aggregate"), "drain", logs))
-            else:
-                drafts.append(self.token_call(td, spender, token, "transferFrom", (victim, collector, amount),
-                                              "drain", logs))
+            drafts.append(self._grant(ph, t, victim, token))
+            if drain:
+                drafts.append(self._take(ph, t + self.draw("drain_delay_s") * scale, victim, token))
         drafts.sort(key=lambda d: d.t)
         attackers = {d.sender for d in drafts} - set(victims)
         return self.first_funded(drafts, sorted(attackers)) + drafts
+
+    def _grant(self, ph: _Phish, t: float, victim: str, token: str) -> _Draft:
+        """The victim's approval: approve or increaseAllowance, a permit, or a Permit2 permit."""
+        rng = self.rng
+        unlimited = self.chance("unlimited_share")
+        allowance = UINT256_MAX if unlimited else self.amount(token, (0.9, 1.0)) * rng.randint(2, 1000)
+        if not ph.permit:
+            name = "increaseAllowance" if self.chance("increase_allowance_share") else "approve"
+            if name == "increaseAllowance" and unlimited:
+                allowance = 2**255  # what "infinite" looks like where the call adds to an allowance
+            return self.token_call(t, victim, token, name, (ph.spender, allowance), "approval",
+                                   [_approval_log(token, victim, ph.spender, allowance)])
+        if ph.permit2:
+            expiration = self.bg.unix(t) + rng.randint(86_400, 30 * 86_400)
+            data = _calldata("permit2_permit", victim,
+                             ((token, UINT160_MAX, min(expiration, UINT48_MAX), rng.randint(0, 5)),
+                              ph.spender, expiration), rng.randbytes(65))
+            return _Draft(t, ph.relayer, PERMIT2, 0, data, self.gas("permit2_permit"), "approval", [])
+        deadline = UINT256_MAX if rng.random() < 0.3 else self.bg.unix(t) + rng.randint(3_600, 30 * 86_400)
+        v, r, s = rng.choice((27, 28)), rng.randbytes(32), rng.randbytes(32)
+        if token == DAI:
+            args = (victim, ph.spender, rng.randint(0, 20), deadline, True, v, r, s)
+            name, allowance = "dai_permit", UINT256_MAX
+        else:
+            args = (victim, ph.spender, allowance, deadline, v, r, s)
+            name = "permit"
+        return self.token_call(t, ph.relayer, token, name, args, "approval",
+                               [_approval_log(token, victim, ph.spender, allowance)])
+
+    def _take(self, ph: _Phish, t: float, victim: str, token: str) -> _Draft:
+        """The drain: transferFrom by the spender, on Permit2, or through the drainer contract's aggregate."""
+        amount = self.amount(token, (0.5, 0.99))
+        logs = [_transfer_log(token, victim, ph.collector, amount)]
+        if ph.permit2:
+            data = _calldata("permit2_transferFrom", victim, ph.collector, min(amount, UINT160_MAX), token)
+            return _Draft(t, ph.spender, PERMIT2, 0, data, self.gas("permit2_transferFrom"), "drain", logs)
+        if ph.contract:
+            inner = bytes.fromhex(_calldata("transferFrom", victim, ph.collector, amount)[2:])
+            return _Draft(t, ph.accomplice, ph.spender, 0, _calldata("aggregate", [(token, inner)]),
+                          self.gas("aggregate"), "drain", logs)
+        return self.token_call(t, ph.spender, token, "transferFrom", (victim, ph.collector, amount), "drain", logs)
 
     def fan_in_sweep(self) -> list[_Draft] | None:
         rng, bg = self.rng, self.bg
@@ -1012,13 +1066,40 @@ class _Kind:
             if end != prefix:
                 chars[end] = self.rng.choice([c for c in hexdigits if c != body[end]])
             address = "0x" + "".join(chars)
-            if address not in self.bg.addresses and address not in self.taken:
-                self.taken.add(address)
+            if self._claim(address, self.bg.addresses):
                 return address
 
     def _poisoning(self) -> list[_Draft] | None:
-        rng, bg = self.rng, self.bg
+        bg = self.bg
         ptype = _POISON_TYPE[self.kind]
+        span = bg.times[-1] - bg.times[0]
+        self.scale = min(1.0, span / (2 * self.hi("funding_lead_s"))) if span > 0 else 0.0
+        pair = self._poison_pair(ptype)
+        if pair is None:
+            return None
+        pos, victim, real = pair[0], pair[1], pair[2]
+        token = pair[3] if len(pair) == 5 else None
+        paid = pair[4] if token else pair[3]
+        self.used_victims.add(victim)
+        prefix, suffix = self._poison_lengths(ptype)
+        fake = self.lookalike(real, prefix, suffix)
+        t = bg.time_of(pos) + self._poison_delay(ptype, pos) * bg.block_time
+        if ptype == "zero":
+            drafts = [self._poison_zero(t, pos + 1, victim, fake, token)]
+        elif ptype == "dust":
+            drafts = [self._poison_dust(t, pos + 1, victim, fake, token)]
+        else:
+            drafts = self._poison_fake_token(t, pos + 1, victim, fake, token, paid)
+            if drafts is None:
+                return None
+        drafts.sort(key=lambda d: d.t)
+        return self.first_funded(drafts, sorted({d.sender for d in drafts})) + drafts
+
+    address_poisoning_zero = address_poisoning_dust = address_poisoning_fake_token = _poisoning
+
+    def _poison_pair(self, ptype: str) -> tuple | None:
+        """A background transfer V -> C in the start window (token or ETH as the type prefers), unused V first."""
+        rng, bg = self.rng, self.bg
         lo, hi = self.p["start_window"]
         first, last = int(lo * bg.n), max(int(lo * bg.n) + 1, int(hi * bg.n))
         if self._pairs is None:
@@ -1027,68 +1108,62 @@ class _Kind:
 
             self._pairs = ([x for x in bg.token_pairs if usable(x)], [x for x in bg.eth_pairs if usable(x)])
         token_pairs, eth_pairs = self._pairs
-        span = bg.times[-1] - bg.times[0]
-        self.scale = min(1.0, span / (2 * self.hi("funding_lead_s"))) if span > 0 else 0.0
         prefer_tokens = ptype == "zero" or (ptype == "fake" and rng.random() < 0.7)
         pools = (token_pairs, eth_pairs) if prefer_tokens else (eth_pairs, token_pairs)
         pool = pools[0] or pools[1]
         if not pool:
             return None
         fresh_pairs = [x for x in pool if x[1] not in self.used_victims]
-        pair = rng.choice(fresh_pairs or pool)
-        pos, victim, real = pair[0], pair[1], pair[2]
-        token = pair[3] if len(pair) == 5 else None
-        paid = pair[4] if token else pair[3]
-        self.used_victims.add(victim)
-        prefix, suffix = self._poison_lengths(ptype)
-        fake = self.lookalike(real, prefix, suffix)
+        return rng.choice(fresh_pairs or pool)
+
+    def _poison_delay(self, ptype: str, pos: int) -> int:
+        """Blocks from the victim's real transfer to the poisoning (empirical ones that fit before the end)."""
+        rng, bg = self.rng, self.bg
         remaining = max(0, int((bg.times[-1] - bg.time_of(pos)) / bg.block_time))
         delay = self.p["poison_delay_blocks"]
         if delay is None:
             fits = [d for d in _POISON_DELAY_BLOCKS[ptype] if d <= remaining]
-            blocks = rng.choice(fits) if fits else rng.randint(0, remaining)
-        else:
-            blocks = rng.randint(*delay) if isinstance(delay, (tuple, list)) else int(delay)
-        t = bg.time_of(pos) + blocks * bg.block_time
-        after = pos + 1
-        drafts: list[_Draft]
-        if ptype == "zero":
-            if self.chance("zero_eth_share"):
-                drafts = [_Draft(t, fake, victim, 0, gas=self.gas("eth"), role="poison", after=after)]
-            else:
-                attacker = self.fresh()
-                token = token or self.token()
-                drafts = [self.token_call(t, attacker, token, "transferFrom", (victim, fake, 0), "poison",
-                                          [_transfer_log(token, victim, fake, 0)], after)]
-        elif ptype == "dust":
-            if self.chance("dust_token_share"):
-                token = token or self.token()
-                values = bg.token_amounts.get(token) or bg.all_token_amounts or [10**18]
-                amount = max(1, int(_quantile(values, 0.5) * 10 ** rng.uniform(-6, -4)))
-                drafts = [self.token_call(t, fake, token, "transfer", (victim, amount), "poison",
-                                          [_transfer_log(token, fake, victim, amount)], after)]
-            else:
-                lo_eth, hi_eth = self.p["dust_eth"]
-                value = int(10 ** rng.uniform(math.log10(lo_eth), math.log10(hi_eth)) * ETH)
-                drafts = [_Draft(t, fake, victim, value, gas=self.gas("eth"), role="poison", after=after)]
-        else:
-            deployer = self.fresh()
-            contract = create_address(deployer, 0)
-            if contract in bg.addresses or contract in self.taken:  # not in this universe
-                return None
-            self.taken.add(contract)
-            code = rng.randint(2_000, 6_000)
-            created_at = t - rng.uniform(60, 1800)
-            creation = self.creation(created_at, deployer, code, contract)
-            amount = paid if token else self.amount(self.token())
-            transfer = _Draft(t, fake, contract, 0, _calldata("transfer", victim, amount),
-                              self.gas("transfer"), "poison", [_transfer_log(contract, fake, victim, amount)],
-                              after=after)
-            drafts = [creation, transfer]
-        drafts.sort(key=lambda d: d.t)
-        return self.first_funded(drafts, sorted({d.sender for d in drafts})) + drafts
+            return rng.choice(fits) if fits else rng.randint(0, remaining)
+        return rng.randint(*delay) if isinstance(delay, (tuple, list)) else int(delay)
 
-    address_poisoning_zero = address_poisoning_dust = address_poisoning_fake_token = _poisoning
+    def _poison_zero(self, t: float, after: int, victim: str, fake: str, token: str | None) -> _Draft:
+        """A 0-ETH transfer from L to V, or a fresh sender's transferFrom(V, L, 0) on the token."""
+        if self.chance("zero_eth_share"):
+            return _Draft(t, fake, victim, 0, gas=self.gas("eth"), role="poison", after=after)
+        attacker = self.fresh()
+        token = token or self.token()
+        return self.token_call(t, attacker, token, "transferFrom", (victim, fake, 0), "poison",
+                               [_transfer_log(token, victim, fake, 0)], after)
+
+    def _poison_dust(self, t: float, after: int, victim: str, fake: str, token: str | None) -> _Draft:
+        """L sends V a dust amount of the token or of ETH."""
+        rng, bg = self.rng, self.bg
+        if self.chance("dust_token_share"):
+            token = token or self.token()
+            values = bg.token_amounts.get(token) or bg.all_token_amounts or [10**18]
+            amount = max(1, int(_quantile(values, 0.5) * 10 ** rng.uniform(-6, -4)))
+            return self.token_call(t, fake, token, "transfer", (victim, amount), "poison",
+                                   [_transfer_log(token, fake, victim, amount)], after)
+        lo_eth, hi_eth = self.p["dust_eth"]
+        value = int(10 ** rng.uniform(math.log10(lo_eth), math.log10(hi_eth)) * ETH)
+        return _Draft(t, fake, victim, value, gas=self.gas("eth"), role="poison", after=after)
+
+    def _poison_fake_token(self, t: float, after: int, victim: str, fake: str, token: str | None,
+                           paid: int) -> list[_Draft] | None:
+        """A fresh deployer creates a fake token F; L calls F.transfer(V, amount)."""
+        rng, bg = self.rng, self.bg
+        deployer = self.fresh()
+        contract = create_address(deployer, 0)
+        if not self._claim(contract, bg.addresses):  # not in this universe
+            return None
+        code = rng.randint(2_000, 6_000)
+        created_at = t - rng.uniform(60, 1800)
+        creation = self.creation(created_at, deployer, code, contract)
+        amount = paid if token else self.amount(self.token())
+        transfer = _Draft(t, fake, contract, 0, _calldata("transfer", victim, amount),
+                          self.gas("transfer"), "poison", [_transfer_log(contract, fake, victim, amount)],
+                          after=after)
+        return [creation, transfer]
 
     def creation(self, t: float, sender: str, code_bytes: int, contract: str) -> _Draft:
         rng = self.rng
@@ -1140,9 +1215,8 @@ class _Kind:
         t, scale = self.window(n_funding * 600 + 7200 + n_calls * 600)
         attacker = self.fresh()
         contract = create_address(attacker, 0)
-        if contract in bg.addresses or contract in self.taken:
+        if not self._claim(contract, bg.addresses):
             return None
-        self.taken.add(contract)
         pool = "100" if rng.random() < 0.25 else "10"
         drafts: list[_Draft] = []
         for _ in range(n_funding):
@@ -1168,11 +1242,15 @@ class _Kind:
                                  gas_used=int(gas * rng.uniform(0.3, 0.9))))
         return drafts
 
+    def _spaced(self, count: str) -> tuple[int, float, float, int]:
+        """`count` steps `drain_spacing_s` apart: their number, start time, time scale and start row."""
+        n = self.draw(count, integer=True)
+        t, scale = self.window(n * self.hi("drain_spacing_s"))
+        return n, t, scale, self.bg.pos_at(t)
+
     def token_drain(self) -> list[_Draft] | None:
         rng, bg = self.rng, self.bg
-        n = self.draw("drain_tokens", integer=True)
-        t, scale = self.window(n * self.hi("drain_spacing_s"))
-        before = bg.pos_at(t)
+        n, t, scale, before = self._spaced("drain_tokens")
         victims = self.victims(before, 1)
         if not victims:
             return None
@@ -1193,9 +1271,7 @@ class _Kind:
 
     def large_eth_drain(self) -> list[_Draft] | None:
         rng, bg = self.rng, self.bg
-        n = self.draw("drain_transfers", integer=True)
-        t, scale = self.window(n * self.hi("drain_spacing_s"))
-        before = bg.pos_at(t)
+        n, t, scale, before = self._spaced("drain_transfers")
         balances = sorted(v for v in bg.balance.values() if v > 0)
         if not balances:
             return None
@@ -1224,14 +1300,8 @@ def _materialize(kb: _Kind, draft: _Draft, group: int, label: str, episode: str)
     bg, rng = kb.bg, kb.rng
     b0, b1 = bg.groups[group]
     block_row = bg.rows[b0]
-    candidates = [i for i in range(b0, b1) if bg.fee_rows and _is_fee_row(bg.rows[i])]
-    if not candidates and bg.fee_rows:
-        k = bisect.bisect_left(bg.fee_rows, b0)
-        near = bg.fee_rows[max(0, k - 5): k + 5]
-        candidates = near or bg.fee_rows
-    template = bg.rows[rng.choice(candidates)] if candidates else {"gasPrice": hex(20 * 10**9)}
-
-    tx: dict[str, Any] = {"hash": _fresh_hash(kb)}
+    template = _fee_template(kb, b0, b1)
+    tx: dict[str, Any] = {"hash": kb.fresh_hash()}
     tx["from"] = draft.sender
     tx["to"] = draft.to
     for key in ("blockHash", "blockNumber", "blockTimestamp"):
@@ -1241,8 +1311,35 @@ def _materialize(kb: _Kind, draft: _Draft, group: int, label: str, episode: str)
         tx["transactionIndex"] = "0x0"  # set in the final pass
     tx["nonce"] = "0x0"  # set in the final pass
     tx["gas"] = hex(draft.gas)
+    effective = _set_fees(tx, kb, template, draft, b0)
+    _set_signature(tx, template, rng)
+    value = draft.value
+    if draft.sweep is not None:
+        remainder = rng.randint(0, 50) * effective
+        value = max(0, draft.sweep - draft.gas * effective - remainder)
+    tx["value"] = hex(value)
+    tx["input"] = draft.data
+    _set_receipt(tx, kb, template, draft, effective)
+    tx["label"] = label
+    tx["episode"] = episode
+    tx["role"] = draft.role
+    return tx
 
-    # fees: the neighbour's style and level
+
+def _fee_template(kb: _Kind, b0: int, b1: int) -> dict:
+    """A background row of the block (else one nearby) whose fee style and level a planted tx copies."""
+    bg = kb.bg
+    candidates = [i for i in range(b0, b1) if bg.fee_rows and _is_fee_row(bg.rows[i])]
+    if not candidates and bg.fee_rows:
+        k = bisect.bisect_left(bg.fee_rows, b0)
+        near = bg.fee_rows[max(0, k - 5): k + 5]
+        candidates = near or bg.fee_rows
+    return bg.rows[kb.rng.choice(candidates)] if candidates else {"gasPrice": hex(20 * 10**9)}
+
+
+def _set_fees(tx: dict, kb: _Kind, template: dict, draft: _Draft, b0: int) -> int:
+    """The neighbour's fee fields (style and level; a high tip for fee="high"); returns the effective gas price."""
+    bg, rng = kb.bg, kb.rng
     max_fee = _int(template.get("maxFeePerGas"))
     tip = _int(template.get("maxPriorityFeePerGas"))
     price = _int(template.get("gasPrice"))
@@ -1274,53 +1371,44 @@ def _materialize(kb: _Kind, draft: _Draft, group: int, label: str, episode: str)
         tx["chainId"] = template["chainId"]
     if "accessList" in template and tx.get("type") not in (None, "0x0"):
         tx["accessList"] = []
-    if "r" in template:
-        parity = rng.randint(0, 1)
-        if "yParity" in template and tx.get("type") not in (None, "0x0"):
-            tx["yParity"] = hex(parity)
-            tx["v"] = hex(parity)
-        else:
-            tx["v"] = template.get("v", hex(27 + parity))
-        tx["r"], tx["s"] = hex(rng.getrandbits(255) + 1), hex(rng.getrandbits(255) + 1)
+    return effective
 
-    value = draft.value
-    if draft.sweep is not None:
-        remainder = rng.randint(0, 50) * effective
-        value = max(0, draft.sweep - draft.gas * effective - remainder)
-    tx["value"] = hex(value)
-    tx["input"] = draft.data
+
+def _set_signature(tx: dict, template: dict, rng: random.Random) -> None:
+    """Random v/yParity, r, s in the neighbour's style, when it has a signature."""
+    if "r" not in template:
+        return
+    parity = rng.randint(0, 1)
+    if "yParity" in template and tx.get("type") not in (None, "0x0"):
+        tx["yParity"] = hex(parity)
+        tx["v"] = hex(parity)
+    else:
+        tx["v"] = template.get("v", hex(27 + parity))
+    tx["r"], tx["s"] = hex(rng.getrandbits(255) + 1), hex(rng.getrandbits(255) + 1)
+
+
+def _set_receipt(tx: dict, kb: _Kind, template: dict, draft: _Draft, effective: int) -> None:
+    """The receipt fields the neighbour has (gasUsed, status, effectiveGasPrice, contractAddress, logs)."""
     if "gasUsed" in template:
         if draft.gas_used is not None:
             used = draft.gas_used
         elif draft.data == "0x":
             used = 21000
         else:
-            used = int(draft.gas * rng.uniform(0.45, 0.85))
+            used = int(draft.gas * kb.rng.uniform(0.45, 0.85))
         tx["gasUsed"] = hex(max(21000, min(draft.gas, used)))
     if "status" in template:
         tx["status"] = "0x1"
     if "effectiveGasPrice" in template:
         tx["effectiveGasPrice"] = hex(effective)
-    if "contractAddress" in template or (draft.to is None and bg.receipts):
+    if "contractAddress" in template or (draft.to is None and kb.bg.receipts):
         tx["contractAddress"] = draft.contract_address
     if "logs" in template:
         tx["logs"] = list(draft.logs)
-    tx["label"] = label
-    tx["episode"] = episode
-    tx["role"] = draft.role
-    return tx
 
 
 def _is_fee_row(row: dict) -> bool:
     return _int(row.get("type")) in (None, 0, 1, 2) and ("gasPrice" in row or "maxFeePerGas" in row)
-
-
-def _fresh_hash(kb: _Kind) -> str:
-    while True:
-        h = f"0x{kb.rng.getrandbits(256):064x}"
-        if h not in kb.bg.hashes and h not in kb.taken:
-            kb.taken.add(h)
-            return h
 
 
 def _resolve_params(params: dict | None) -> dict:
