@@ -66,7 +66,7 @@ def register(app, transactions, edges) -> None:
     async def on_shutdown(sender, **kwargs) -> None:
         # Faust skips the revocation callbacks when the worker itself stops: checkpoint
         # here, before its producer's final flush, so a clean scale-in loses no learning.
-        await worker.release(set(worker.models))
+        await worker.release({partition for _, partition in worker.models})
 
     @app.timer(app.settings.state_sweep_interval_seconds)
     async def enforce_bounds() -> None:

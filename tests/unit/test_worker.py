@@ -130,3 +130,15 @@ def test_liveness_means_progress():
     assert not worker.stalled(lag=0, now=now + 1000), "idle with nothing to read is alive"
     assert not worker.stalled(lag=5, now=now + 5)
     assert worker.stalled(lag=5, now=now + 11)
+
+
+async def test_release_checkpoints_both_perspectives_of_the_partitions_named(txs):
+    worker, sink = make_worker()
+    await worker.handle(0, records(txs[:200]))
+    worker.model(0, "receiver")
+    assert set(worker.models) == {("sender", 0), ("receiver", 0)}
+    await worker.release({1})
+    assert worker.models, "another partition's release keeps these"
+    await worker.release({0})
+    assert not worker.models
+    assert {m.key for m in sink.on("checkpoints-changelog")} == {b"0", b"receiver:0"}
