@@ -59,6 +59,10 @@ from .readers import iter_records
 from .shuttle import export_shuttle
 
 DEFAULT_BATCH_SIZE = 500
+# A batch holds at most this much event time (`replay`): a live worker fetches
+# each partition within seconds, so state written by one partition's batch is
+# there for the next batch of another.
+BATCH_SECONDS = 30.0
 
 
 # -- replay ----------------------------------------------------------------------
@@ -141,74 +145,64 @@ def replay(
     batch_size: int = DEFAULT_BATCH_SIZE,
     label_field: str | None = None,
     listed=None,
+    batch_seconds: float = BATCH_SECONDS,
 ) -> Outcome:
     """Score every line with the worker's own code (`worker.Worker`), partitioned as Kafka would.
 
-    Each partition's transactions are handed to `Worker.handle` in batches;
-    the edges it emits are handed to `Worker.handle_edges` right after, in
-    their own partitions, as the receive agent would see them. A transaction
-    is flagged when either perspective flags it; its score for the ROC is its
-    largest margin over the threshold in force (1 + margin for a rule hit, so
-    rules rank above any model score).
+    Each partition's transactions are handed to `Worker.handle` in batches of
+    at most `batch_size` records or `batch_seconds` of event time (a live
+    worker fetches every partition within seconds: a batch spanning hours of
+    a quiet trace would see a victim's payment after the poisoning that
+    follows it); the edges a batch emits go to `Worker.handle_edges` right
+    after, in their own partitions, as the receive agent would see them. A
+    transaction is flagged when either perspective flags it; its score for
+    the ROC is its largest margin over the threshold in force (1 + margin for
+    a rule hit, so rules rank above any model score).
     """
-    return asyncio.run(_replay(lines, settings, partitions, batch_size, label_field, listed))
+    return asyncio.run(_replay(lines, settings, partitions, batch_size, label_field, listed, batch_seconds))
 
 
-async def _replay(lines, settings, partitions, batch_size, label_field, listed) -> Outcome:
-    settings = settings.replace(kafka_input_partitions=partitions,
-                                model_checkpoint_interval_seconds=1e12)  # no checkpoints in a replay
-    topics = Topics("transactions", "anomalies", "transactions-dlq", "transactions-edges")
-    sink = ReplaySink(topics, partitions)
-    stores = Stores(Store({}, "profiles"), Store({}, "checkpoints"), Store({}, "buffer"))
-    worker = Worker(settings, topics, stores, sink, listed=listed or nothing_listed)
-    # Every model up front, as a worker does on assignment: building River's trees
-    # (tens of ms each) is set-up, not the per-transaction cost measured below.
-    for p in range(partitions):
-        worker.model(p)
-        worker.model(p, RECEIVER)
-    out = Outcome(partitions=partitions)
-    pending: list[list[Record]] = [[] for _ in range(partitions)]
-    offsets = [0] * partitions
-    labels: dict[str, str] = {}
-    order: list[str] = []
-    warm: dict[str, bool] = {}
-    margin: dict[str, float] = {}
-    first_block: list = []
-    fallback = time.time()
-
-    async def flush(p: int) -> None:
-        batch, pending[p] = pending[p], []
-        if not batch:
-            return
-        model = worker.model(p)
-        was_warm, threshold = model.warm, model.threshold
-        started = time.perf_counter()
-        result = await worker.handle(p, batch, require_key=False)
-        edge_results = []
-        for q in range(partitions):
-            edges, sink.edges[q] = sink.edges[q], []
-            if edges:
-                receiver = worker.model(q, RECEIVER)
-                edge_results.append((q, receiver.threshold, await worker.handle_edges(q, edges)))
-        out.seconds += time.perf_counter() - started
-        for d in result.dead_letters:
-            out.dead_letters[d.reason] = out.dead_letters.get(d.reason, 0) + 1
-        for h, score in zip(result.hashes, result.scores):
-            order.append(h)
-            warm[h] = was_warm
-            margin[h] = max(margin.get(h, -1.0), score - threshold)
-            out.rows.append((h, p, SENDER, score, threshold))
-        for q, t, edge_result in edge_results:
-            for h, score in zip(edge_result.hashes, edge_result.scores):
-                margin[h] = max(margin.get(h, -1.0), score - t)
-                out.rows.append((h, q, RECEIVER, score, t))
-
+async def _replay(lines, settings, partitions, batch_size, label_field, listed, batch_seconds) -> Outcome:
+    run = _Replay(settings, partitions, batch_size, batch_seconds, label_field, listed)
     for raw in lines:
+        await run.add(raw)
+    return await run.finish()
+
+
+class _Replay:
+    """One replay's worker, its pending per-partition batches and what was scored."""
+
+    def __init__(self, settings, partitions, batch_size, batch_seconds, label_field, listed):
+        settings = settings.replace(kafka_input_partitions=partitions,
+                                    model_checkpoint_interval_seconds=1e12)  # no checkpoints in a replay
+        topics = Topics("transactions", "anomalies", "transactions-dlq", "transactions-edges")
+        self.sink = ReplaySink(topics, partitions)
+        stores = Stores(Store({}, "profiles"), Store({}, "checkpoints"), Store({}, "buffer"))
+        self.worker = Worker(settings, topics, stores, self.sink, listed=listed or nothing_listed)
+        # Every model up front, as a worker does on assignment: building River's trees
+        # (tens of ms each) is set-up, not the per-transaction cost measured below.
+        for p in range(partitions):
+            self.worker.model(p)
+            self.worker.model(p, RECEIVER)
+        self.partitions, self.batch_size, self.batch_seconds = partitions, batch_size, batch_seconds
+        self.label_field = label_field
+        self.out = Outcome(partitions=partitions)
+        self.pending: list[list[Record]] = [[] for _ in range(partitions)]
+        self.offsets = [0] * partitions
+        self.labels: dict[str, str] = {}
+        self.order: list[str] = []
+        self.warm: dict[str, bool] = {}
+        self.margin: dict[str, float] = {}
+        self.first_block: list = []
+        self.fallback = time.time()
+        self.due = math.inf  # event time at which the oldest pending batch is flushed
+
+    async def add(self, raw: bytes) -> None:
         raw = raw.strip()
         if not raw:
-            continue
-        out.lines += 1
-        key, label, t = None, NORMAL, fallback
+            return
+        self.out.lines += 1
+        key, label, t = None, NORMAL, self.fallback
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -217,34 +211,76 @@ async def _replay(lines, settings, partitions, batch_size, label_field, listed) 
             sender = obj.get("from")
             if isinstance(sender, str):
                 key = sender.lower().encode()
-            if label_field is not None:
-                label = _label_name(obj.get(label_field))
-            t = fallback = _event_time(obj, first_block, fallback)
+            if self.label_field is not None:
+                label = _label_name(obj.get(self.label_field))
+            t = self.fallback = _event_time(obj, self.first_block, self.fallback)
             if isinstance(obj.get("hash"), str):
-                labels[obj["hash"].lower()] = label
+                self.labels[obj["hash"].lower()] = label
+        if t >= self.due:
+            await self._flush_older_than(t - self.batch_seconds)
         # A keyless message goes to partition 0 here (Kafka would pick one at random).
-        p = kafka_partition(key, partitions) if key is not None else 0
-        pending[p].append(Record(offsets[p], key, raw, t))
-        offsets[p] += 1
-        if len(pending[p]) >= batch_size:
-            await flush(p)
-    for p in range(partitions):
-        await flush(p)
-    flagged = {d["tx_hash"] for d in sink.anomalies}
-    for d in sink.anomalies:
-        if any(r["rule"] != "model" for r in d["reasons"]):
-            margin[d["tx_hash"]] = max(margin.get(d["tx_hash"], -1.0), 1.0 + d["score"] - d["threshold"])
-        for reason in d["reasons"]:
-            key = reason["rule"] if reason["rule"] != "model" else f"model:{reason['perspective']}"
-            out.reasons[key] = out.reasons.get(key, 0) + 1
-    for h in order:
-        out.hashes.append(h)
-        out.scores.append(margin[h])
-        out.flagged.append(h in flagged)
-        out.labels.append(labels.get(h, NORMAL))
-        out.warm.append(warm[h])
-    out.anomalies = sink.anomalies
-    return out
+        p = kafka_partition(key, self.partitions) if key is not None else 0
+        if not self.pending[p]:
+            self.due = min(self.due, t + self.batch_seconds)
+        self.pending[p].append(Record(self.offsets[p], key, raw, t))
+        self.offsets[p] += 1
+        if len(self.pending[p]) >= self.batch_size:
+            await self._flush(p)
+
+    async def _flush_older_than(self, cutoff: float) -> None:
+        for p, batch in enumerate(self.pending):
+            if batch and batch[0].timestamp <= cutoff:
+                await self._flush(p)
+        self.due = min((b[0].timestamp + self.batch_seconds for b in self.pending if b), default=math.inf)
+
+    async def _flush(self, p: int) -> None:
+        batch, self.pending[p] = self.pending[p], []
+        if not batch:
+            return
+        worker, out = self.worker, self.out
+        model = worker.model(p)
+        was_warm, threshold = model.warm, model.threshold
+        started = time.perf_counter()
+        result = await worker.handle(p, batch, require_key=False)
+        edge_results = []
+        for q in range(self.partitions):
+            edges, self.sink.edges[q] = self.sink.edges[q], []
+            if edges:
+                receiver = worker.model(q, RECEIVER)
+                edge_results.append((q, receiver.threshold, await worker.handle_edges(q, edges)))
+        out.seconds += time.perf_counter() - started
+        for d in result.dead_letters:
+            out.dead_letters[d.reason] = out.dead_letters.get(d.reason, 0) + 1
+        margin = self.margin
+        for h, score in zip(result.hashes, result.scores):
+            self.order.append(h)
+            self.warm[h] = was_warm
+            margin[h] = max(margin.get(h, -1.0), score - threshold)
+            out.rows.append((h, p, SENDER, score, threshold))
+        for q, t, edge_result in edge_results:
+            for h, score in zip(edge_result.hashes, edge_result.scores):
+                margin[h] = max(margin.get(h, -1.0), score - t)
+                out.rows.append((h, q, RECEIVER, score, t))
+
+    async def finish(self) -> Outcome:
+        for p in range(self.partitions):
+            await self._flush(p)
+        out, margin, anomalies = self.out, self.margin, self.sink.anomalies
+        flagged = {d["tx_hash"] for d in anomalies}
+        for d in anomalies:
+            if any(r["rule"] != "model" for r in d["reasons"]):
+                margin[d["tx_hash"]] = max(margin.get(d["tx_hash"], -1.0), 1.0 + d["score"] - d["threshold"])
+            for reason in d["reasons"]:
+                key = reason["rule"] if reason["rule"] != "model" else f"model:{reason['perspective']}"
+                out.reasons[key] = out.reasons.get(key, 0) + 1
+        for h in self.order:
+            out.hashes.append(h)
+            out.scores.append(margin[h])
+            out.flagged.append(h in flagged)
+            out.labels.append(self.labels.get(h, NORMAL))
+            out.warm.append(self.warm[h])
+        out.anomalies = anomalies
+        return out
 
 
 def replay_csv(
