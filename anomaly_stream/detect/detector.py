@@ -51,6 +51,10 @@ PROCESSING_ERROR = "processing_error"
 # p99 of the count 22.9 (2024) and 33 (MEV blocks); in 2017 exchange hot
 # wallets sent hundreds a minute (p90 105), and are capped.
 LEARN_CAP_PER_MINUTE = 30.0
+# Event time may run this far ahead of the worker's clock (block proposers'
+# clocks, NTP); a block timestamp beyond it is dead-lettered, a Kafka
+# timestamp beyond it clamped, so no message can push the watermark ahead.
+MAX_CLOCK_SKEW_SECONDS = 300.0
 # Buckets of event time that an alert key groups: an episode (a drain, a
 # phishing campaign's approvals) is one alert per address and rule in 6 hours.
 ALERT_BUCKET_SECONDS = 6 * 3600
@@ -129,6 +133,7 @@ def process_batch(
     profiles = result.profiles
     market = model.market
     rows, may_learn, pending = [], [], []
+    latest_possible = clock() + MAX_CLOCK_SKEW_SECONDS
     for record in records:
         try:
             tx = _decode(record)
@@ -143,6 +148,13 @@ def process_batch(
         if profile is None:
             profile = lookup(sender)
         now = tx.block_timestamp or record.timestamp
+        if now > latest_possible:
+            if tx.block_timestamp:
+                # One block from the future would move the partition's event-time
+                # watermark and expire every profile of the partition at the next sweep.
+                result.dead_letters.append(DeadLetter(record, "out_of_range", "blockTimestamp ahead of the clock"))
+                continue
+            now = latest_possible  # a producer's clock ahead: the message is fine, its time is not
         try:
             call = decode_call(tx.to, tx.value_wei, tx.input)
             known = profile.counterparties if profile is not None else ()

@@ -116,7 +116,7 @@ def test_event_time_falls_back_to_record_timestamp(txs):
     tx = {k: v for k, v in txs[0].items() if k != "blockTimestamp"}
     model = PartitionModel(ModelConfig())
     model.threshold = -1.0  # flag everything
-    result = process_batch(model, [keyed(tx, 5, ts=1_750_000_000.5)], no_profiles, 0, clock=lambda: 42.0)
+    result = process_batch(model, [keyed(tx, 5, ts=1_750_000_000.5)], no_profiles, 0, clock=lambda: 1_760_000_000.0)
     assert result.latest_event_time == 1_750_000_000.5
     assert result.profiles[tx["from"]].last_seen == 1_750_000_000.5
     assert result.anomalies[0]["event_time"] == 1_750_000_000.5
@@ -126,7 +126,7 @@ def test_anomaly_documents_have_the_documented_keys(txs):
     model = PartitionModel(ModelConfig())
     model.threshold = -1.0  # flag everything in this batch
     records = [keyed(tx, 1000 + i, ts=5.0) for i, tx in enumerate(txs[:40])]
-    result = process_batch(model, records, no_profiles, 6, clock=lambda: 123.5)
+    result = process_batch(model, records, no_profiles, 6, clock=lambda: 1_800_000_123.5)
     assert len(result.anomalies) == result.processed == 40
     for tx, record, doc, score in zip(txs, records, result.anomalies, result.scores):
         assert set(doc) == DOCUMENT_KEYS
@@ -139,7 +139,7 @@ def test_anomaly_documents_have_the_documented_keys(txs):
         assert doc["gas_price_gwei"] == pytest.approx(int(tx["gasPrice"], 16) / 10**9)
         assert doc["block_number"] == int(tx["blockNumber"], 16)
         assert doc["event_time"] == int(tx["blockTimestamp"], 16)
-        assert doc["detected_at"] == 123.5
+        assert doc["detected_at"] == 1_800_000_123.5
         assert doc["score"] == round(score, 6)
         assert doc["threshold"] == -1.0
         assert doc["perspective"] == "sender" and doc["reasons"][0]["rule"] == "model"
@@ -359,3 +359,14 @@ def test_pulling_tokens_of_an_owner_that_granted_nothing_is_no_spender_rule():
     pull = "0x23b872dd" + word("0x" + "31" * 20) + word("0x" + "6b" * 20) + word(10**6)
     result = process_batch(model, [keyed(tx_from("0x" + "5a" * 20, TOKEN, 0, pull, n=1), 1)], no_profiles, 0)
     assert not any(r["rule"] == "spender_pulls" for d in result.anomalies for r in d["reasons"])
+
+
+def test_a_block_from_the_future_is_dead_lettered_and_a_producer_clock_ahead_is_clamped(txs):
+    model = PartitionModel(ModelConfig())
+    now = 1_700_000_000.0
+    future = dict(txs[0], blockTimestamp=hex(4_000_000_000))
+    result = process_batch(model, [keyed(future, 1)], no_profiles, 0, clock=lambda: now)
+    assert [(d.reason, d.detail) for d in result.dead_letters] == [("out_of_range", "blockTimestamp ahead of the clock")]
+    untimed = {k: v for k, v in txs[1].items() if k != "blockTimestamp"}
+    result = process_batch(model, [keyed(untimed, 2, ts=now + 10**6)], no_profiles, 0, clock=lambda: now)
+    assert result.processed == 1 and result.latest_event_time == now + detector.MAX_CLOCK_SKEW_SECONDS
