@@ -407,12 +407,7 @@ def _config(settings) -> ModelConfig:
     return ModelConfig.from_settings(settings) if settings is not None else ModelConfig()
 
 
-def main(argv: Sequence[str] | None = None, settings=None) -> int:
-    """`anomaly-stream backtest ...`; returns the exit code.
-
-    `settings` (a `Settings`) gives the model configuration the worker would
-    use; without it the `ModelConfig` defaults apply.
-    """
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaly-stream backtest", description=__doc__.split("\n\n")[0])
     parser.add_argument("path", nargs="?", help="transactions: a file or folder in any format of `readers` "
                                                 "(JSONL, ethereum-etl CSV/JSON, JSON-RPC blocks, trace blocks; "
@@ -436,8 +431,36 @@ def main(argv: Sequence[str] | None = None, settings=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N lines/rows")
     parser.add_argument("--warm-only", action="store_true", help="metrics only over events scored after warm-up")
     parser.add_argument("--export-shuttle", metavar="OUT.csv", help="write River's Shuttle data as CSV and exit")
-    opts = parser.parse_args(list(argv) if argv is not None else None)
+    return parser
 
+
+def run(opts: argparse.Namespace, settings, partitions: int) -> Outcome:
+    """The replay the options ask for: numeric CSV columns, or transactions through the worker."""
+    if opts.features:
+        columns = [c.strip() for c in opts.features.split(",") if c.strip()]
+        with open(opts.path, newline="") as f:
+            rows = csv.DictReader(f)
+            if opts.limit:
+                rows = (r for i, r in zip(range(opts.limit), rows))
+            return replay_csv(rows, columns, _config(settings), opts.label_field, opts.scale, opts.batch_size)
+    lines = iter_records(opts.path, opts.format)
+    if opts.limit:
+        lines = (line for _, line in zip(range(opts.limit), lines))
+    outcome = replay(lines, settings or Settings(), partitions, opts.batch_size, opts.label_field,
+                     load_watchlists(opts.watchlist))
+    if opts.scores:
+        write_scores(opts.scores, outcome)
+    return outcome
+
+
+def main(argv: Sequence[str] | None = None, settings=None) -> int:
+    """`anomaly-stream backtest ...`; returns the exit code.
+
+    `settings` (a `Settings`) gives the configuration the worker would use;
+    without it the defaults apply.
+    """
+    parser = arguments()
+    opts = parser.parse_args(list(argv) if argv is not None else None)
     if opts.export_shuttle:
         n = export_shuttle(opts.export_shuttle, opts.limit)
         print(f"wrote {n} rows to {opts.export_shuttle}")
@@ -446,26 +469,11 @@ def main(argv: Sequence[str] | None = None, settings=None) -> int:
         parser.error("PATH is required")
     if opts.batch_size < 1:
         parser.error("--batch-size must be >= 1")
-    config = _config(settings)
     partitions = opts.partitions or (getattr(settings, "kafka_input_partitions", None) or 8)
     if partitions < 1:
         parser.error("--partitions must be >= 1")
     started = time.perf_counter()
-    if opts.features:
-        columns = [c.strip() for c in opts.features.split(",") if c.strip()]
-        with open(opts.path, newline="") as f:
-            rows = csv.DictReader(f)
-            if opts.limit:
-                rows = (r for i, r in zip(range(opts.limit), rows))
-            outcome = replay_csv(rows, columns, config, opts.label_field, opts.scale, opts.batch_size)
-    else:
-        lines = iter_records(opts.path, opts.format)
-        if opts.limit:
-            lines = (line for _, line in zip(range(opts.limit), lines))
-        outcome = replay(lines, settings or Settings(), partitions, opts.batch_size, opts.label_field,
-                         load_watchlists(opts.watchlist))
-        if opts.scores:
-            write_scores(opts.scores, outcome)
+    outcome = run(opts, settings, partitions)
     summary = report(outcome, labelled=opts.label_field is not None, warm_only=opts.warm_only)
     summary["anomalies_by_reason"] = dict(sorted(outcome.reasons.items()))
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
