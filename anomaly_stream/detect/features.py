@@ -275,8 +275,8 @@ class AddressProfile:
         # Digests of another length (before the middle characters) would look
         # alike the new digest of the same address: forgotten once.
         profile.counterparties = tuple(d for d in profile.counterparties if len(d) == DIGEST_LENGTH)
-        profile.in_senders = tuple(tuple(e) for e in profile.in_senders)
-        profile.approvers = tuple(tuple(e) for e in profile.approvers)
+        profile.in_senders = tuple(map(tuple, profile.in_senders))
+        profile.approvers = tuple(map(tuple, profile.approvers))
         return profile
 
     def as_dict(self) -> dict:
@@ -341,6 +341,38 @@ def sender_raw(
     first = profile is None or profile.n_tx == 0
     if profile is None:
         profile = new_profile(now)
+    burst_z = _advance_rates(profile, now)
+    counterparty = call.counterparty
+    d = digest(counterparty) if counterparty is not None else ""
+    new_counterparty = counterparty is not None and remember_counterparty(profile, d)
+    run = _run_to_new_counterparty(tx, call, profile, d, new_counterparty, now)
+    if tx.to is None:
+        profile.created_at = now
+    deployer = tx.to is not None and profile.created_at and now - profile.created_at <= DEPLOYER_SECONDS
+    profile.fan_out += NOVELTY_ALPHA * ((1.0 if new_counterparty else 0.0) - profile.fan_out)
+    z = _amount_z(tx, call, profile)
+    profile.n_tx += 1
+    profile.last_seen = max(profile.last_seen, now)
+    ratio = _fee_ratio(tx, market)
+    grant = _grant(tx, call, profile, new_counterparty, now)
+    return (
+        z if new_counterparty and z > 0.0 else 0.0,
+        _log10(1.0 + tx.value_wei / WEI_PER_ETH) if first else 0.0,
+        _log10(1.0 + ratio),
+        _log10(1.0 + burst_z) if burst_z > 0.0 else 0.0,
+        grant,
+        0.0 if tx.to else 1.0,
+        _log2(1.0 + run) if run else 0.0,
+        _log10(tx.gas) if deployer else 0.0,
+    ), profile, new_counterparty
+
+
+def _advance_rates(profile: AddressProfile, now: float) -> float:
+    """Decay the sender's hourly rate and burst count to `now` and count this transaction in both.
+
+    Returns the burst z before it: the decayed last-minute count above what
+    the hourly rate predicts, in Poisson standard deviations (0 for a first send).
+    """
     since_last = max(0.0, now - profile.last_seen)
     if profile.n_tx:
         hourly = profile.tx_per_hour * math.exp(-since_last / RATE_TAU_SECONDS)
@@ -353,20 +385,22 @@ def sender_raw(
     else:
         profile.tx_per_hour = profile.burst = 1.0
         burst_z = 0.0
+    return burst_z
 
-    counterparty = call.counterparty
-    d = digest(counterparty) if counterparty is not None else ""
-    new_counterparty = counterparty is not None and remember_counterparty(profile, d)
+
+def _run_to_new_counterparty(tx: Tx, call: Call, profile: AddressProfile, d: str,
+                             new_counterparty: bool, now: float) -> int:
+    """Update the run of value moves to the latest first-time counterparty `d`; its length, if 2 or more, else 0."""
     moves_value = call.kind == "token_transfer" or (call.kind == "eth_transfer" and tx.value_wei > 0)
     if new_counterparty and moves_value:
         profile.run_to, profile.run_n, profile.run_t = d, 1, now
     elif moves_value and d == profile.run_to and now - profile.run_t <= RUN_SECONDS:
         profile.run_n += 1
-    run = profile.run_n if moves_value and d == profile.run_to and profile.run_n >= 2 else 0
-    if tx.to is None:
-        profile.created_at = now
-    deployer = tx.to is not None and profile.created_at and now - profile.created_at <= DEPLOYER_SECONDS
-    profile.fan_out += NOVELTY_ALPHA * ((1.0 if new_counterparty else 0.0) - profile.fan_out)
+    return profile.run_n if moves_value and d == profile.run_to and profile.run_n >= 2 else 0
+
+
+def _amount_z(tx: Tx, call: Call, profile: AddressProfile) -> float:
+    """z of the amount moved against the sender's history of that asset (ETH or tokens), then learn it."""
     is_token, amount = _moved(tx, call)
     if is_token:
         z, profile.token_mean, profile.token_var = _running(profile.token_n, profile.token_mean,
@@ -375,9 +409,11 @@ def sender_raw(
     else:
         z, profile.value_mean, profile.value_var = _running(profile.n_tx - profile.token_n, profile.value_mean,
                                                              profile.value_var, amount)
-    profile.n_tx += 1
-    profile.last_seen = max(profile.last_seen, now)
+    return z
 
+
+def _fee_ratio(tx: Tx, market: FeeMarket | None) -> float:
+    """The premium paid above the market's going price, as a multiple of it; then the market learns this price."""
     gas_price = tx.gas_price_wei / WEI_PER_GWEI
     premium = tx.priority_fee_wei / WEI_PER_GWEI
     ratio = 0.0
@@ -388,7 +424,11 @@ def sender_raw(
                 premium = gas_price - going
             ratio = premium / going if going > 0 else 0.0
         market.add(gas_price)
+    return ratio
 
+
+def _grant(tx: Tx, call: Call, profile: AddressProfile, new_counterparty: bool, now: float) -> float:
+    """The grant_to_new_spender value; a permit the spender submits itself joins its own approvers."""
     if (call.kind == "approval" and not call.revoke and call.counterparty == tx.sender
             and call.owner is not None and call.owner != tx.sender):
         # A permit the spender submits itself: it sends no edge to itself, so
@@ -397,16 +437,7 @@ def sender_raw(
     grant = 0.0
     if call.kind == "approval" and not call.revoke and new_counterparty:
         grant = 1.0 if call.unlimited else 0.5
-    return (
-        z if new_counterparty and z > 0.0 else 0.0,
-        _log10(1.0 + tx.value_wei / WEI_PER_ETH) if first else 0.0,
-        _log10(1.0 + ratio),
-        _log10(1.0 + burst_z) if burst_z > 0.0 else 0.0,
-        grant,
-        0.0 if tx.to else 1.0,
-        _log2(1.0 + run) if run else 0.0,
-        _log10(tx.gas) if deployer else 0.0,
-    ), profile, new_counterparty
+    return grant
 
 
 def pulls_from_approver(tx: Tx, call: Call, profile: AddressProfile, now: float) -> bool:

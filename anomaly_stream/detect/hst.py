@@ -303,15 +303,20 @@ class CompiledHST:
         r <<= self._depth_shift
         return 1 - r.sum(axis=(0, 1)) / self.max_score
 
+    def _rows(self, X: np.ndarray) -> np.ndarray:
+        """X as contiguous float64 rows of every feature; ValueError for another shape."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.features):
+            raise ValueError(f"X must have shape (n, {len(self.features)}), got {X.shape}")
+        return X
+
     def score_learn(self, X: np.ndarray) -> np.ndarray:
         """For each row in order: River's score_one, then its learn_one. Returns the scores.
 
         X: shape (n, len(features)), columns in `features` order, every
         feature present (cast to float64; NaN goes right, as in River).
         """
-        X = np.ascontiguousarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != len(self.features):
-            raise ValueError(f"X must have shape (n, {len(self.features)}), got {X.shape}")
+        X = self._rows(X)
         n = X.shape[0]
         scores = np.empty(n, dtype=np.float64)
         if n <= _SMALL:
@@ -353,17 +358,9 @@ class CompiledHST:
         computed once per block. A chunk whose rows are all skipped is kept
         whole and the next chunk starts after it.
         """
-        X = np.ascontiguousarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != len(self.features):
-            raise ValueError(f"X must have shape (n, {len(self.features)}), got {X.shape}")
+        X = self._rows(X)
         n = X.shape[0]
-        if may_learn is None:
-            may_learn = np.ones(n, dtype=bool)
-        else:
-            may_learn = np.asarray(may_learn)
-            if may_learn.shape != (n,) or may_learn.dtype != np.bool_:
-                raise ValueError(f"may_learn must be a bool array of shape ({n},), got "
-                                 f"{may_learn.dtype} {may_learn.shape}")
+        may_learn = _may_learn_mask(may_learn, n)
         bar = np.inf if threshold is None else float(threshold)
         scores = np.empty(n, dtype=np.float64)
         learned = np.zeros(n, dtype=bool)
@@ -371,32 +368,38 @@ class CompiledHST:
             self._score_learn_where_small(X, may_learn.tolist(), bar, scores, learned)
             return scores, learned
         for start in range(0, n, _BLOCK):
-            block = X[start: start + _BLOCK]
-            paths = self._paths(block)
-            at = 0
-            while at < len(block):
-                need = self.window_size - self.counter  # learned rows until the pivot
-                stop = min(len(block), at + need + (need >> 3) + 16)  # room for ~11% skipped rows
-                piece = paths[:, :, at:stop]
-                s = self._score(piece)
-                ok = may_learn[start + at: start + stop] & (s <= bar)
-                count = np.cumsum(ok)
-                if count[-1] >= need:  # the window completes inside: cut after that row
-                    take = int(np.searchsorted(count, need)) + 1
-                    s, ok = s[:take], ok[:take]
-                    piece = piece[:, :, :take]
-                    got = need
-                else:
-                    take, got = len(s), int(count[-1])
-                scores[start + at: start + at + take] = s
-                learned[start + at: start + at + take] = ok
-                if got:
-                    self._learn(piece if got == take else piece[:, :, ok])
-                    self.counter += got
-                    if self.counter == self.window_size:
-                        self._pivot()
-                at += take
+            end = start + _BLOCK
+            self._score_learn_where_block(self._paths(X[start:end]), may_learn[start:end], bar,
+                                          scores[start:end], learned[start:end])
         return scores, learned
+
+    def _score_learn_where_block(self, paths: np.ndarray, may_learn: np.ndarray, bar: float,
+                                 scores: np.ndarray, learned: np.ndarray) -> None:
+        """score_learn_where for one block of paths, in chunks cut at the pivots; fills `scores` and `learned`."""
+        n = paths.shape[2]
+        at = 0
+        while at < n:
+            need = self.window_size - self.counter  # learned rows until the pivot
+            stop = min(n, at + need + (need >> 3) + 16)  # room for ~11% skipped rows
+            piece = paths[:, :, at:stop]
+            s = self._score(piece)
+            ok = may_learn[at:stop] & (s <= bar)
+            count = np.cumsum(ok)
+            if count[-1] >= need:  # the window completes inside: cut after that row
+                take = int(np.searchsorted(count, need)) + 1
+                s, ok = s[:take], ok[:take]
+                piece = piece[:, :, :take]
+                got = need
+            else:
+                take, got = len(s), int(count[-1])
+            scores[at: at + take] = s
+            learned[at: at + take] = ok
+            if got:
+                self._learn(piece if got == take else piece[:, :, ok])
+                self.counter += got
+                if self.counter == self.window_size:
+                    self._pivot()
+            at += take
 
     def _score_learn_where_small(self, X: np.ndarray, may_learn: list[bool], bar: float,
                                  scores: np.ndarray, learned: np.ndarray) -> None:
@@ -549,72 +552,103 @@ class CompiledHST:
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise CheckpointError(f"expected bytes, got {type(raw).__name__}")
         raw = bytes(raw)
-        if len(raw) < _PREFIX.size:
-            raise CheckpointError(f"truncated: {len(raw)} bytes, shorter than the {_PREFIX.size}-byte prefix")
-        magic, version, flags, head_len = _PREFIX.unpack_from(raw)
-        if magic != MAGIC:
-            raise CheckpointError(f"bad magic {magic!r}, not a compiled-HST checkpoint")
-        if version != FORMAT_VERSION:
-            raise CheckpointError(f"unsupported format version {version} (this code reads {FORMAT_VERSION})")
-        if flags & ~_FLAG_HMAC:
-            raise CheckpointError(f"unknown flags {flags:#x}")
-        signed = bool(flags & _FLAG_HMAC)
-        if key is not None and not signed:
-            raise CheckpointError("checkpoint carries no HMAC but a key is required")
-        if key is None and signed:
-            raise CheckpointError("checkpoint carries an HMAC: a key is needed to verify it")
-        end = len(raw)
-        if signed:
-            if len(raw) < _PREFIX.size + _TAG_SIZE:
-                raise CheckpointError("truncated: no room for the HMAC")
-            end -= _TAG_SIZE
-            expected = hmac.new(key, raw[:end], hashlib.sha256).digest()
-            if not hmac.compare_digest(expected, raw[end:]):
-                raise CheckpointError("HMAC mismatch: tampered, truncated or signed with another key")
-        if head_len > _MAX_HEADER or _PREFIX.size + head_len > end:
-            raise CheckpointError(f"truncated: header of {head_len} bytes does not fit")
-        try:
-            header = json.loads(raw[_PREFIX.size: _PREFIX.size + head_len])
-        except (ValueError, RecursionError) as exc:
-            raise CheckpointError(f"header is not JSON: {exc}") from None
-        if not isinstance(header, dict):
-            raise CheckpointError("header is not a JSON object")
-        scalars = ("features", "n_trees", "height", "window_size", "seed", "counter", "first_window")
-        if set(header) != {*scalars, "arrays"}:
-            raise CheckpointError(f"header keys {sorted(header)} are not the expected ones")
-        state = {k: header[k] for k in scalars}
+        head_len, end = _verified_prefix(raw, key)
+        header = _read_header(raw, head_len, end)
+        state = {k: header[k] for k in _SCALARS}
         if not isinstance(state["features"], list):
             raise CheckpointError("features is not a list")
-        height, n_trees = header["height"], header["n_trees"]
-        if not (_is_int(height) and 0 <= height <= _MAX_HEIGHT and _is_int(n_trees) and n_trees >= 1):
-            raise CheckpointError(f"bad tree shape: n_trees {n_trees!r}, height {height!r}")
-        nodes = 2 ** (height + 1) - 1
-        layout = {"split_feature": ((n_trees, nodes // 2), {"|u1", "<u2"}),
-                  "split_threshold": ((n_trees, nodes // 2), {"<f8"}),
-                  "l_mass": ((n_trees, nodes), {"<u2", "<u4"}),
-                  "r_mass": ((n_trees, nodes), {"<u2", "<u4"})}
-        entries = header["arrays"]
-        if (not isinstance(entries, list) or len(entries) != len(layout)
-                or not all(isinstance(e, dict) and set(e) == {"name", "dtype", "shape"} for e in entries)
-                or [e["name"] for e in entries] != list(layout)):
-            raise CheckpointError(f"arrays must list {list(layout)} with name, dtype and shape")
-        at = _PREFIX.size + head_len
-        for entry in entries:
-            shape, dtypes = layout[entry["name"]]
-            if entry["dtype"] not in dtypes:
-                raise CheckpointError(f"{entry['name']}: dtype {entry['dtype']!r} not allowed")
-            if entry["shape"] != list(shape):
-                raise CheckpointError(f"{entry['name']}: shape {entry['shape']!r}, expected {list(shape)}")
-            dtype = np.dtype(entry["dtype"])
-            nbytes = dtype.itemsize * shape[0] * shape[1]
-            if at + nbytes > end:
-                raise CheckpointError(f"truncated: {entry['name']} needs {nbytes} bytes, {end - at} left")
-            state[entry["name"]] = np.frombuffer(raw, dtype=dtype, count=nbytes // dtype.itemsize,
-                                                 offset=at).reshape(shape)
-            at += nbytes
-        if at != end:
-            raise CheckpointError(f"{end - at} trailing bytes after the arrays")
+        state.update(_read_arrays(raw, header, _PREFIX.size + head_len, end))
         return cls.from_arrays(state)
+
+
+_SCALARS = ("features", "n_trees", "height", "window_size", "seed", "counter", "first_window")
+
+
+def _may_learn_mask(may_learn: np.ndarray | None, n: int) -> np.ndarray:
+    """`may_learn` checked as a bool array of shape (n,); None: every row may learn."""
+    if may_learn is None:
+        return np.ones(n, dtype=bool)
+    may_learn = np.asarray(may_learn)
+    if may_learn.shape != (n,) or may_learn.dtype != np.bool_:
+        raise ValueError(f"may_learn must be a bool array of shape ({n},), got "
+                         f"{may_learn.dtype} {may_learn.shape}")
+    return may_learn
+
+
+def _verified_prefix(raw: bytes, key: bytes | None) -> tuple[int, int]:
+    """Check a checkpoint's prefix and HMAC (if signed); the header length and where the arrays end."""
+    if len(raw) < _PREFIX.size:
+        raise CheckpointError(f"truncated: {len(raw)} bytes, shorter than the {_PREFIX.size}-byte prefix")
+    magic, version, flags, head_len = _PREFIX.unpack_from(raw)
+    if magic != MAGIC:
+        raise CheckpointError(f"bad magic {magic!r}, not a compiled-HST checkpoint")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"unsupported format version {version} (this code reads {FORMAT_VERSION})")
+    if flags & ~_FLAG_HMAC:
+        raise CheckpointError(f"unknown flags {flags:#x}")
+    signed = bool(flags & _FLAG_HMAC)
+    if key is not None and not signed:
+        raise CheckpointError("checkpoint carries no HMAC but a key is required")
+    if key is None and signed:
+        raise CheckpointError("checkpoint carries an HMAC: a key is needed to verify it")
+    end = len(raw)
+    if signed:
+        if len(raw) < _PREFIX.size + _TAG_SIZE:
+            raise CheckpointError("truncated: no room for the HMAC")
+        end -= _TAG_SIZE
+        expected = hmac.new(key, raw[:end], hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, raw[end:]):
+            raise CheckpointError("HMAC mismatch: tampered, truncated or signed with another key")
+    return head_len, end
+
+
+def _read_header(raw: bytes, head_len: int, end: int) -> dict:
+    """The checkpoint's JSON header, with exactly the expected keys."""
+    if head_len > _MAX_HEADER or _PREFIX.size + head_len > end:
+        raise CheckpointError(f"truncated: header of {head_len} bytes does not fit")
+    try:
+        header = json.loads(raw[_PREFIX.size: _PREFIX.size + head_len])
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError("header is not a JSON object")
+    if set(header) != {*_SCALARS, "arrays"}:
+        raise CheckpointError(f"header keys {sorted(header)} are not the expected ones")
+    return header
+
+
+def _read_arrays(raw: bytes, header: dict, at: int, end: int) -> dict[str, np.ndarray]:
+    """The arrays the header lists, read from `raw[at:end]` (views on it), checked against the tree shape."""
+    height, n_trees = header["height"], header["n_trees"]
+    if not (_is_int(height) and 0 <= height <= _MAX_HEIGHT and _is_int(n_trees) and n_trees >= 1):
+        raise CheckpointError(f"bad tree shape: n_trees {n_trees!r}, height {height!r}")
+    nodes = 2 ** (height + 1) - 1
+    layout = {"split_feature": ((n_trees, nodes // 2), {"|u1", "<u2"}),
+              "split_threshold": ((n_trees, nodes // 2), {"<f8"}),
+              "l_mass": ((n_trees, nodes), {"<u2", "<u4"}),
+              "r_mass": ((n_trees, nodes), {"<u2", "<u4"})}
+    entries = header["arrays"]
+    if (not isinstance(entries, list) or len(entries) != len(layout)
+            or not all(isinstance(e, dict) and set(e) == {"name", "dtype", "shape"} for e in entries)
+            or [e["name"] for e in entries] != list(layout)):
+        raise CheckpointError(f"arrays must list {list(layout)} with name, dtype and shape")
+    arrays = {}
+    for entry in entries:
+        shape, dtypes = layout[entry["name"]]
+        if entry["dtype"] not in dtypes:
+            raise CheckpointError(f"{entry['name']}: dtype {entry['dtype']!r} not allowed")
+        if entry["shape"] != list(shape):
+            raise CheckpointError(f"{entry['name']}: shape {entry['shape']!r}, expected {list(shape)}")
+        dtype = np.dtype(entry["dtype"])
+        nbytes = dtype.itemsize * shape[0] * shape[1]
+        if at + nbytes > end:
+            raise CheckpointError(f"truncated: {entry['name']} needs {nbytes} bytes, {end - at} left")
+        arrays[entry["name"]] = np.frombuffer(raw, dtype=dtype, count=nbytes // dtype.itemsize,
+                                              offset=at).reshape(shape)
+        at += nbytes
+    if at != end:
+        raise CheckpointError(f"{end - at} trailing bytes after the arrays")
+    return arrays
 
 
 def _is_int(value) -> bool:

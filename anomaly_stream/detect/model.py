@@ -328,38 +328,14 @@ class PartitionModel:
         header, tree_bytes = _split(body)
         state = _decode_header(header)
         stored_config = ModelConfig(**state["config"])
-        try:
-            hst = CompiledHST.from_bytes(tree_bytes)
-        except CheckpointError as exc:
-            raise CheckpointError(f"trees: {exc}") from None
-        if hst.features != state["features"] or (hst.n_trees, hst.height, hst.window_size, hst.seed) != (
-                stored_config.n_trees, stored_config.height, stored_config.window_size,
-                stored_config.seed + state["partition"]):
-            raise CheckpointError("the trees do not match the header's features, shape or seed")
-        learned, window = state["learned"], stored_config.window_size
-        if hst.counter != learned % window or hst.first_window != (learned < window):
-            raise CheckpointError(f"the trees' window (counter {hst.counter}) does not match {learned} learned rows")
+        hst = _checked_trees(tree_bytes, state, stored_config)
         config = config if config is not None else replace(stored_config, checkpoint_key=None)
         partition = state["partition"] if partition is None else partition
         features = tuple(features)
         if state["features"] != features or any(getattr(config, k) != getattr(stored_config, k) for k in _SHAPE) \
                 or partition != state["partition"]:
             return cls(config, partition, features)  # stale but honest: start over
-        model = cls.__new__(cls)
-        model.config = config
-        model.partition = partition
-        model.features = features
-        model.hst = hst
-        model.hist = np.array(state["hist"], dtype=np.float64)
-        model.seen, model.learned, model._since_batch = state["seen"], learned, state["since_batch"]
-        model.threshold, model.quantile, model.drift = state["threshold"], state["quantile"], state["drift"]
-        model._reference = state["reference"]
-        model.sample = deque(map(tuple, state["sample"]), maxlen=SAMPLE_SIZE)
-        model._typical = None
-        model._ring, model._ring_at, model._ring_of = None, 0, None  # rebuilt from the sample when needed
-        market = FeeMarket(state["market"]["size"])
-        market.ring, market.sorted, market.next = (state["market"][k] for k in ("ring", "sorted", "next"))
-        model.market = market
+        model = cls._restored(config, partition, features, hst, state)
         if any(getattr(config, k) != getattr(stored_config, k) for k in _THRESHOLD_SETTINGS):
             quantile = model._quantile()
             if quantile is None:
@@ -368,6 +344,43 @@ class PartitionModel:
                 model.quantile = quantile
                 model._apply(quantile)
         return model
+
+    @classmethod
+    def _restored(cls, config: ModelConfig, partition: int, features: tuple[str, ...], hst: CompiledHST,
+                  state: dict) -> PartitionModel:
+        """A model in the checkpoint's state (decoded header `state`, checked trees `hst`), run with `config`."""
+        model = cls.__new__(cls)
+        model.config = config
+        model.partition = partition
+        model.features = features
+        model.hst = hst
+        model.hist = np.array(state["hist"], dtype=np.float64)
+        model.seen, model.learned, model._since_batch = state["seen"], state["learned"], state["since_batch"]
+        model.threshold, model.quantile, model.drift = state["threshold"], state["quantile"], state["drift"]
+        model._reference = state["reference"]
+        model.sample = deque(map(tuple, state["sample"]), maxlen=SAMPLE_SIZE)
+        model._typical = None
+        model._ring, model._ring_at, model._ring_of = None, 0, None  # rebuilt from the sample when needed
+        market = FeeMarket(state["market"]["size"])
+        market.ring, market.sorted, market.next = (state["market"][k] for k in ("ring", "sorted", "next"))
+        model.market = market
+        return model
+
+
+def _checked_trees(tree_bytes: bytes, state: dict, stored_config: ModelConfig) -> CompiledHST:
+    """The checkpoint's trees, which must match its header: features, shape, seed and learned rows."""
+    try:
+        hst = CompiledHST.from_bytes(tree_bytes)
+    except CheckpointError as exc:
+        raise CheckpointError(f"trees: {exc}") from None
+    if hst.features != state["features"] or (hst.n_trees, hst.height, hst.window_size, hst.seed) != (
+            stored_config.n_trees, stored_config.height, stored_config.window_size,
+            stored_config.seed + state["partition"]):
+        raise CheckpointError("the trees do not match the header's features, shape or seed")
+    learned, window = state["learned"], stored_config.window_size
+    if hst.counter != learned % window or hst.first_window != (learned < window):
+        raise CheckpointError(f"the trees' window (counter {hst.counter}) does not match {learned} learned rows")
+    return hst
 
 
 def _verified_body(raw, key: bytes | None) -> bytes:
