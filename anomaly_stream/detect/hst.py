@@ -73,6 +73,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 __all__ = ["CheckpointError", "CompiledHST", "FORMAT_VERSION", "MAGIC"]
 
@@ -607,7 +608,7 @@ def _read_header(raw: bytes, head_len: int, end: int) -> dict:
     if head_len > _MAX_HEADER or _PREFIX.size + head_len > end:
         raise CheckpointError(f"truncated: header of {head_len} bytes does not fit")
     try:
-        header = json.loads(raw[_PREFIX.size: _PREFIX.size + head_len])
+        header = orjson.loads(raw[_PREFIX.size: _PREFIX.size + head_len])  # bounded nesting (model._split)
     except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):

@@ -63,6 +63,7 @@ from collections import deque
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
+import orjson
 
 from ..settings import Settings
 from .features import FEATURE_NAMES, FeeMarket, unscale
@@ -416,16 +417,15 @@ def _split(body: bytes) -> tuple[dict, bytes]:
     if head_len > _MAX_HEADER or _PREFIX.size + head_len > len(body):
         raise CheckpointError(f"truncated: header of {head_len} bytes does not fit")
     try:
-        header = json.loads(body[_PREFIX.size: _PREFIX.size + head_len], parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError included
+        # orjson: a fixed nesting limit (the standard library's recursive decoder
+        # overflowed the C stack on 100,000 nested brackets under a raised
+        # recursion limit: a segfault, not an exception) and no NaN or Infinity.
+        header = orjson.loads(body[_PREFIX.size: _PREFIX.size + head_len])
+    except ValueError as exc:  # orjson.JSONDecodeError and UnicodeDecodeError included
         raise CheckpointError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise CheckpointError("header is not a JSON object")
     return header, body[_PREFIX.size + head_len:]
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a finite number")
 
 
 _HEADER_KEYS = {"config", "partition", "features", "seen", "learned", "since_batch", "threshold", "quantile",
