@@ -79,8 +79,8 @@ __all__ = ["CheckpointError", "CompiledHST", "FORMAT_VERSION", "MAGIC"]
 
 MAGIC = b"CHST"
 FORMAT_VERSION = 1
-_PREFIX = struct.Struct("<4sHHI")  # magic, version, flags, header length
-_FLAG_HMAC = 1
+PREFIX = struct.Struct("<4sHHI")  # magic, version, flags, header length
+FLAG_HMAC = 1
 _TAG_SIZE = hashlib.sha256().digest_size
 _MAX_HEIGHT = 24  # 2**25 nodes a tree: far beyond any useful model, bounds allocation on decode
 _MAX_HEADER = 1 << 20
@@ -225,12 +225,16 @@ class CompiledHST:
             child -= go_left  # left 2i + 1, right 2i + 2 (right also for NaN, as in River)
         return paths
 
-    def _score_learn_small(self, X: np.ndarray, scores: np.ndarray) -> None:
-        """score_learn for a few events: River's walk on Python lists beats numpy's call overhead.
+    def _score_learn_small(self, X: np.ndarray, may_learn: list[bool] | None, bar: float,
+                           scores: np.ndarray, learned: np.ndarray | None) -> None:
+        """score_learn(_where) for a few events: River's walk on Python lists beats numpy's call overhead.
 
-        The visited nodes wait in `_pending` (global indices) and are added to
-        `l_mass` in bulk at the pivot (or when many are pending): scores never
-        read `l_mass`, and everything else that does flushes first.
+        Learns row `e` iff `may_learn[e]` (None: every row may) and its score
+        is at most `bar`; marks it in `learned` (if given). The visited nodes
+        wait in `_pending` (global indices) and are added to `l_mass` in bulk
+        at the pivot (or when many are pending): scores never read `l_mass`,
+        and everything else that does flushes first. A row that is not
+        learned takes its visits back out of `_pending`.
         """
         if self._lists is None:
             self._lists = self._feature.tolist(), self._threshold.tolist()
@@ -239,9 +243,11 @@ class CompiledHST:
         feature, threshold = self._lists
         r_mass = self._r_list
         n_trees, height, nodes, size_limit = self.n_trees, self.height, self.n_nodes, self.size_limit
-        visit = self._pending.append
+        pending = self._pending
+        visit = pending.append
         levels = range(height)
         for e, row in enumerate(X.tolist()):
+            mark = len(pending)
             total = 0
             for t in range(n_trees):
                 g = t * nodes
@@ -257,12 +263,18 @@ class CompiledHST:
                     visit(g)
                 if going:
                     total += r_mass[g] << height
-            scores[e] = 0.0 if self.first_window else 1 - total / self.max_score
-            self.counter += 1
-            if self.counter == self.window_size:
-                self._pivot()
-                r_mass = self._r_list = self._r_mass.tolist()
-        if len(self._pending) > _MAX_PENDING:
+            score = 0.0 if self.first_window else 1 - total / self.max_score
+            scores[e] = score
+            if (may_learn is None or may_learn[e]) and score <= bar:
+                if learned is not None:
+                    learned[e] = True
+                self.counter += 1
+                if self.counter == self.window_size:
+                    self._pivot()
+                    r_mass = self._r_list = self._r_mass.tolist()
+            else:
+                del pending[mark:]  # skipped: its visits are not learned
+        if len(pending) > _MAX_PENDING:
             self._flush()
 
     def _flush(self) -> None:
@@ -321,7 +333,7 @@ class CompiledHST:
         n = X.shape[0]
         scores = np.empty(n, dtype=np.float64)
         if n <= _SMALL:
-            self._score_learn_small(X, scores)
+            self._score_learn_small(X, None, np.inf, scores, None)
             return scores
         for start in range(0, n, _BLOCK):
             block = X[start: start + _BLOCK]
@@ -366,7 +378,7 @@ class CompiledHST:
         scores = np.empty(n, dtype=np.float64)
         learned = np.zeros(n, dtype=bool)
         if n <= _SMALL:
-            self._score_learn_where_small(X, may_learn.tolist(), bar, scores, learned)
+            self._score_learn_small(X, may_learn.tolist(), bar, scores, learned)
             return scores, learned
         for start in range(0, n, _BLOCK):
             end = start + _BLOCK
@@ -401,47 +413,6 @@ class CompiledHST:
                 if self.counter == self.window_size:
                     self._pivot()
             at += take
-
-    def _score_learn_where_small(self, X: np.ndarray, may_learn: list[bool], bar: float,
-                                 scores: np.ndarray, learned: np.ndarray) -> None:
-        """score_learn_where for a few events, River's walk on lists (see `_score_learn_small`)."""
-        if self._lists is None:
-            self._lists = self._feature.tolist(), self._threshold.tolist()
-        if self._r_list is None:
-            self._r_list = self._r_mass.tolist()
-        feature, threshold = self._lists
-        r_mass = self._r_list
-        n_trees, height, nodes, size_limit = self.n_trees, self.height, self.n_nodes, self.size_limit
-        levels = range(height)
-        for e, row in enumerate(X.tolist()):
-            total = 0
-            path = []
-            visit = path.append
-            for t in range(n_trees):
-                g = t * nodes
-                offset = 2 - g
-                going = True
-                visit(g)
-                for depth in levels:
-                    if going:
-                        r = r_mass[g]
-                        total += r << depth
-                        going = r >= size_limit
-                    g = 2 * g + offset - (row[feature[g]] < threshold[g])
-                    visit(g)
-                if going:
-                    total += r_mass[g] << height
-            score = 0.0 if self.first_window else 1 - total / self.max_score
-            scores[e] = score
-            if may_learn[e] and score <= bar:
-                learned[e] = True
-                self._pending.extend(path)
-                self.counter += 1
-                if self.counter == self.window_size:
-                    self._pivot()
-                    r_mass = self._r_list = self._r_mass.tolist()
-        if len(self._pending) > _MAX_PENDING:
-            self._flush()
 
     # -- state ------------------------------------------------------------------------------
 
@@ -534,8 +505,8 @@ class CompiledHST:
                        for name, dtype in encoded],
         }
         head = json.dumps(header, separators=(",", ":")).encode()
-        flags = _FLAG_HMAC if key is not None else 0
-        parts = [_PREFIX.pack(MAGIC, FORMAT_VERSION, flags, len(head)), head]
+        flags = FLAG_HMAC if key is not None else 0
+        parts = [PREFIX.pack(MAGIC, FORMAT_VERSION, flags, len(head)), head]
         parts += [np.ascontiguousarray(state[name], dtype=dtype).tobytes() for name, dtype in encoded]
         body = b"".join(parts)
         if key is not None:
@@ -547,18 +518,15 @@ class CompiledHST:
         """Decode `to_bytes`; anything unusable raises CheckpointError with the reason.
 
         With `key`, the blob must carry an HMAC-SHA256 made with that key; it
-        is checked before the header is parsed. Without `key`, a signed blob
+        is checked before anything else is read. Without `key`, a signed blob
         is refused too (it cannot be verified). Never unpickles.
         """
-        if not isinstance(raw, (bytes, bytearray, memoryview)):
-            raise CheckpointError(f"expected bytes, got {type(raw).__name__}")
-        raw = bytes(raw)
-        head_len, end = _verified_prefix(raw, key)
+        raw, head_len, end = verified_prefix(raw, key, MAGIC, FORMAT_VERSION, "compiled-HST checkpoint")
         header = _read_header(raw, head_len, end)
         state = {k: header[k] for k in _SCALARS}
         if not isinstance(state["features"], list):
             raise CheckpointError("features is not a list")
-        state.update(_read_arrays(raw, header, _PREFIX.size + head_len, end))
+        state.update(_read_arrays(raw, header, PREFIX.size + head_len, end))
         return cls.from_arrays(state)
 
 
@@ -576,39 +544,49 @@ def _may_learn_mask(may_learn: np.ndarray | None, n: int) -> np.ndarray:
     return may_learn
 
 
-def _verified_prefix(raw: bytes, key: bytes | None) -> tuple[int, int]:
-    """Check a checkpoint's prefix and HMAC (if signed); the header length and where the arrays end."""
-    if len(raw) < _PREFIX.size:
-        raise CheckpointError(f"truncated: {len(raw)} bytes, shorter than the {_PREFIX.size}-byte prefix")
-    magic, version, flags, head_len = _PREFIX.unpack_from(raw)
-    if magic != MAGIC:
-        raise CheckpointError(f"bad magic {magic!r}, not a compiled-HST checkpoint")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"unsupported format version {version} (this code reads {FORMAT_VERSION})")
-    if flags & ~_FLAG_HMAC:
+def verified_prefix(raw, key: bytes | None, magic: bytes, version: int, noun: str) -> tuple[bytes, int, int]:
+    """Check a checkpoint's prefix and HMAC: the blob as bytes, its header length, where its payload ends.
+
+    The layout both formats share (this module's and detect.model's): `PREFIX`
+    (`magic`, `version`, flags, header length), and when flags & FLAG_HMAC a
+    trailing HMAC-SHA256 over everything before it. With `key`, the HMAC is
+    verified before anything else is read (an unsigned blob fails it too);
+    without, a signed blob is refused (it cannot be verified). `noun` names
+    the format in the messages. Every rejection is a CheckpointError.
+    """
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise CheckpointError(f"expected bytes, got {type(raw).__name__}")
+    raw = bytes(raw)
+    if key is not None:
+        if len(raw) < PREFIX.size + _TAG_SIZE:
+            raise CheckpointError("truncated: too short to carry an HMAC")
+        expected = hmac.new(key, raw[:-_TAG_SIZE], hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, raw[-_TAG_SIZE:]):
+            raise CheckpointError("HMAC mismatch: tampered, truncated, unsigned or signed with another key")
+    if len(raw) < PREFIX.size:
+        raise CheckpointError(f"truncated: {len(raw)} bytes, shorter than the {PREFIX.size}-byte prefix")
+    found_magic, found_version, flags, head_len = PREFIX.unpack_from(raw)
+    if found_magic != magic:
+        hint = " (a pickle?)" if raw[:1] == b"\x80" else ""  # pickle protocol >= 2 opens with PROTO
+        raise CheckpointError(f"bad magic {found_magic!r}, not a {noun}{hint}")
+    if found_version != version:
+        raise CheckpointError(f"unsupported {noun} version {found_version} (this code reads {version})")
+    if flags & ~FLAG_HMAC:
         raise CheckpointError(f"unknown flags {flags:#x}")
-    signed = bool(flags & _FLAG_HMAC)
-    if key is not None and not signed:
+    signed = bool(flags & FLAG_HMAC)
+    if key is not None and not signed:  # a valid tag over an unsigned blob: refuse all the same
         raise CheckpointError("checkpoint carries no HMAC but a key is required")
     if key is None and signed:
         raise CheckpointError("checkpoint carries an HMAC: a key is needed to verify it")
-    end = len(raw)
-    if signed:
-        if len(raw) < _PREFIX.size + _TAG_SIZE:
-            raise CheckpointError("truncated: no room for the HMAC")
-        end -= _TAG_SIZE
-        expected = hmac.new(key, raw[:end], hashlib.sha256).digest()
-        if not hmac.compare_digest(expected, raw[end:]):
-            raise CheckpointError("HMAC mismatch: tampered, truncated or signed with another key")
-    return head_len, end
+    return raw, head_len, len(raw) - _TAG_SIZE if signed else len(raw)
 
 
 def _read_header(raw: bytes, head_len: int, end: int) -> dict:
     """The checkpoint's JSON header, with exactly the expected keys."""
-    if head_len > _MAX_HEADER or _PREFIX.size + head_len > end:
+    if head_len > _MAX_HEADER or PREFIX.size + head_len > end:
         raise CheckpointError(f"truncated: header of {head_len} bytes does not fit")
     try:
-        header = orjson.loads(raw[_PREFIX.size: _PREFIX.size + head_len])  # bounded nesting (model._split)
+        header = orjson.loads(raw[PREFIX.size: PREFIX.size + head_len])  # bounded nesting (model._split)
     except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):

@@ -58,7 +58,6 @@ import hashlib
 import hmac
 import json
 import math
-import struct
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
 
@@ -67,7 +66,7 @@ import orjson
 
 from ..settings import Settings
 from .features import FEATURE_NAMES, FeeMarket, unscale
-from .hst import CheckpointError, CompiledHST
+from .hst import FLAG_HMAC, PREFIX, CheckpointError, CompiledHST, verified_prefix
 
 __all__ = ["CHECKPOINT_VERSION", "CheckpointError", "MAGIC", "ModelConfig", "PartitionModel"]
 
@@ -77,9 +76,6 @@ SAMPLE_SIZE = 512
 MAGIC = b"APMC"
 # 3: the non-executable encoding (1 and 2 were pickles, now refused with CheckpointError).
 CHECKPOINT_VERSION = 3
-_PREFIX = struct.Struct("<4sHHI")  # magic, version, flags, header length
-_FLAG_HMAC = 1
-_TAG_SIZE = hashlib.sha256().digest_size
 _MAX_HEADER = 1 << 22
 # The tree shape: a checkpoint whose trees differ in any of these is stale, not corrupt.
 _SHAPE = ("n_trees", "height", "window_size", "seed")
@@ -295,8 +291,8 @@ class PartitionModel:
         }
         head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
         key = self.config.checkpoint_key
-        flags = _FLAG_HMAC if key is not None else 0
-        body = b"".join((_PREFIX.pack(MAGIC, CHECKPOINT_VERSION, flags, len(head)), head, self.hst.to_bytes()))
+        flags = FLAG_HMAC if key is not None else 0
+        body = b"".join((PREFIX.pack(MAGIC, CHECKPOINT_VERSION, flags, len(head)), head, self.hst.to_bytes()))
         if key is not None:
             body += hmac.new(key, body, hashlib.sha256).digest()
         return body
@@ -325,8 +321,8 @@ class PartitionModel:
         other than config.seed + partition, a changed partition included).
         """
         key = config.checkpoint_key if config is not None else None
-        body = _verified_body(raw, key)
-        header, tree_bytes = _split(body)
+        raw, head_len, end = verified_prefix(raw, key, MAGIC, CHECKPOINT_VERSION, "model checkpoint")
+        header, tree_bytes = _split(raw, head_len, end)
         state = _decode_header(header)
         stored_config = ModelConfig(**state["config"])
         hst = _checked_trees(tree_bytes, state, stored_config)
@@ -384,48 +380,20 @@ def _checked_trees(tree_bytes: bytes, state: dict, stored_config: ModelConfig) -
     return hst
 
 
-def _verified_body(raw, key: bytes | None) -> bytes:
-    """The blob without its tag, the HMAC checked first when a key is configured."""
-    if not isinstance(raw, (bytes, bytearray, memoryview)):
-        raise CheckpointError(f"expected bytes, got {type(raw).__name__}")
-    raw = bytes(raw)
-    if key is not None:
-        if len(raw) < _PREFIX.size + _TAG_SIZE:
-            raise CheckpointError("truncated: too short to carry an HMAC")
-        body, tag = raw[:-_TAG_SIZE], raw[-_TAG_SIZE:]
-        if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), tag):
-            raise CheckpointError("HMAC mismatch: tampered, truncated, unsigned or signed with another key")
-    if len(raw) < _PREFIX.size:
-        raise CheckpointError(f"truncated: {len(raw)} bytes, shorter than the {_PREFIX.size}-byte prefix")
-    magic, version, flags, _ = _PREFIX.unpack_from(raw)
-    if magic != MAGIC:
-        raise CheckpointError(f"bad magic {magic!r}, not a model checkpoint (an old pickle?)")
-    if version != CHECKPOINT_VERSION:
-        raise CheckpointError(f"unsupported checkpoint version {version} (this code reads {CHECKPOINT_VERSION})")
-    if flags & ~_FLAG_HMAC:
-        raise CheckpointError(f"unknown flags {flags:#x}")
-    signed = bool(flags & _FLAG_HMAC)
-    if key is not None and not signed:  # a valid tag over an unsigned blob: refuse all the same
-        raise CheckpointError("checkpoint carries no HMAC but a key is configured")
-    if key is None and signed:
-        raise CheckpointError("checkpoint carries an HMAC: a key is needed to verify it")
-    return raw[:-_TAG_SIZE] if signed else raw
-
-
-def _split(body: bytes) -> tuple[dict, bytes]:
-    head_len = _PREFIX.unpack_from(body)[3]
-    if head_len > _MAX_HEADER or _PREFIX.size + head_len > len(body):
+def _split(raw: bytes, head_len: int, end: int) -> tuple[dict, bytes]:
+    """The JSON header and the tree bytes of a checkpoint whose prefix `verified_prefix` checked."""
+    if head_len > _MAX_HEADER or PREFIX.size + head_len > end:
         raise CheckpointError(f"truncated: header of {head_len} bytes does not fit")
     try:
         # orjson: a fixed nesting limit (the standard library's recursive decoder
         # overflowed the C stack on 100,000 nested brackets under a raised
         # recursion limit: a segfault, not an exception) and no NaN or Infinity.
-        header = orjson.loads(body[_PREFIX.size: _PREFIX.size + head_len])
+        header = orjson.loads(raw[PREFIX.size: PREFIX.size + head_len])
     except ValueError as exc:  # orjson.JSONDecodeError and UnicodeDecodeError included
         raise CheckpointError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise CheckpointError("header is not a JSON object")
-    return header, body[_PREFIX.size + head_len:]
+    return header, raw[PREFIX.size + head_len: end]
 
 
 _HEADER_KEYS = {"config", "partition", "features", "seen", "learned", "since_batch", "threshold", "quantile",

@@ -8,6 +8,8 @@ River is driven as the model drives it: score_one, then learn_one.
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import pickle
 
 import numpy as np
@@ -341,23 +343,36 @@ def test_hmac_rejects_tampering_wrong_key_and_missing_tag(trained):
         CompiledHST.from_bytes(raw[:100] + bytes([raw[100] ^ 4]) + raw[101:], KEY)
     with pytest.raises(CheckpointError, match="HMAC mismatch"):
         CompiledHST.from_bytes(raw, b"another key")
+    # with a key the HMAC is checked before anything else: an unsigned blob fails it
+    unsigned = model.to_bytes()
+    with pytest.raises(CheckpointError, match="HMAC mismatch"):
+        CompiledHST.from_bytes(unsigned, KEY)
+    # an unsigned blob with a valid tag appended: the tag checks, the missing flag does not
     with pytest.raises(CheckpointError, match="no HMAC"):
-        CompiledHST.from_bytes(model.to_bytes(), KEY)
+        CompiledHST.from_bytes(unsigned + hmac.new(KEY, unsigned, hashlib.sha256).digest(), KEY)
     with pytest.raises(CheckpointError, match="key is needed"):
         CompiledHST.from_bytes(raw)
     # clearing the flag and dropping the tag is refused too, when a key is required
     stripped = bytearray(raw[:-32])
     stripped[6] = 0
-    with pytest.raises(CheckpointError, match="no HMAC"):
+    with pytest.raises(CheckpointError, match="HMAC mismatch"):
         CompiledHST.from_bytes(bytes(stripped), KEY)
+    with pytest.raises(CheckpointError, match="too short to carry an HMAC"):
+        CompiledHST.from_bytes(raw[:40], KEY)
     assert isinstance(CompiledHST.from_bytes(bytes(stripped)), CompiledHST)  # unsigned: fine keyless
 
 
 def test_specific_decode_errors(trained):
     model, _, _ = trained
     raw = model.to_bytes()
-    with pytest.raises(CheckpointError, match="bad magic"):
+    with pytest.raises(CheckpointError, match=r"bad magic .*\(a pickle\?\)"):
         CompiledHST.from_bytes(b"\x80\x05" + raw[2:])  # a pickle's opening is not a checkpoint
+    with pytest.raises(CheckpointError, match="not a compiled-HST checkpoint$"):
+        CompiledHST.from_bytes(b"APMC" + raw[4:])  # the model's format is not this one
+    with pytest.raises(CheckpointError, match="flags"):
+        CompiledHST.from_bytes(raw[:6] + b"\x02\x00" + raw[8:])
+    with pytest.raises(CheckpointError, match="expected bytes"):
+        CompiledHST.from_bytes("not bytes")  # type: ignore[arg-type]
     with pytest.raises(CheckpointError, match="version"):
         CompiledHST.from_bytes(raw[:4] + (FORMAT_VERSION + 1).to_bytes(2, "little") + raw[6:])
     with pytest.raises(CheckpointError, match="trailing"):
