@@ -72,6 +72,14 @@ __all__ = ["CHECKPOINT_VERSION", "CheckpointError", "MAGIC", "ModelConfig", "Par
 
 BINS = 1000
 SAMPLE_EVERY = 8  # every 8th scored row joins the sample used to explain flags
+# Flagged rows feed the threshold's histogram from a budget: each scored row
+# adds FLAG_CREDIT x the target flag rate, a flagged row spends up to 1, and
+# the budget holds at most FLAG_CREDIT_MAX rows' worth. At the target rate
+# nothing changes; a flood of outliers (a batch of 50 fresh 1,000 ETH
+# transfers lifted the threshold from 0.39 to 0.62 in one batch, after which
+# the rest of the flood passed and was learned) barely moves the quantile.
+FLAG_CREDIT = 2.0
+FLAG_CREDIT_MAX = 5.0
 SAMPLE_SIZE = 512
 MAGIC = b"APMC"
 # 3: the non-executable encoding (1 and 2 were pickles, now refused with CheckpointError).
@@ -137,6 +145,7 @@ class PartitionModel:
         self.seen = 0  # rows scored
         self.learned = 0  # rows learned (the others were flagged or vetoed by may_learn)
         self._since_batch = 0
+        self._flag_credit = FLAG_CREDIT_MAX  # see FLAG_CREDIT; not checkpointed: a restart starts full
         self.threshold = 1.0  # nothing can be flagged until the first end_batch after warm-up
         self.quantile: float | None = None  # the raw quantile of the last warm end_batch
         self.drift = 0.0
@@ -180,13 +189,26 @@ class PartitionModel:
         self.learned += int(np.count_nonzero(learned))
         bins = np.minimum((scores * BINS).astype(np.intp), BINS - 1)
         np.maximum(bins, 0, out=bins)
-        self.hist += np.bincount(bins, minlength=BINS)
+        self.hist += np.bincount(bins, weights=self._histogram_weights(scores), minlength=BINS)
         # Rows whose 1-based position in the stream is a multiple of SAMPLE_EVERY.
         rows = X[(-first - 1) % SAMPLE_EVERY:: SAMPLE_EVERY]
         self.sample.extend(map(tuple, rows.tolist()))
         if self._ring is not None and self._ring_of is self.sample:
             self._ring_add(rows)
         return scores
+
+    def _histogram_weights(self, scores: np.ndarray) -> np.ndarray:
+        """1 per row; the flagged share from the budget (FLAG_CREDIT), so a flood cannot lift the threshold."""
+        weights = np.ones(len(scores))
+        flagged = scores > self.threshold
+        n_flagged = int(np.count_nonzero(flagged))
+        credit = min(self._flag_credit + FLAG_CREDIT * self.config.target_flag_rate * len(scores), FLAG_CREDIT_MAX)
+        if n_flagged:
+            weight = min(1.0, credit / n_flagged)
+            weights[flagged] = weight
+            credit -= weight * n_flagged
+        self._flag_credit = credit
+        return weights
 
     def _ring_add(self, rows: np.ndarray) -> None:
         rows = rows[-SAMPLE_SIZE:]
@@ -357,6 +379,7 @@ class PartitionModel:
         model._reference = state["reference"]
         model.sample = deque(map(tuple, state["sample"]), maxlen=SAMPLE_SIZE)
         model._typical = None
+        model._flag_credit = FLAG_CREDIT_MAX
         model._ring, model._ring_at, model._ring_of = None, 0, None  # rebuilt from the sample when needed
         market = FeeMarket(state["market"]["size"])
         market.ring, market.sorted, market.next = (state["market"][k] for k in ("ring", "sorted", "next"))

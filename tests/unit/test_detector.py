@@ -370,3 +370,26 @@ def test_a_block_from_the_future_is_dead_lettered_and_a_producer_clock_ahead_is_
     untimed = {k: v for k, v in txs[1].items() if k != "blockTimestamp"}
     result = process_batch(model, [keyed(untimed, 2, ts=now + 10**6)], no_profiles, 0, clock=lambda: now)
     assert result.processed == 1 and result.latest_event_time == now + detector.MAX_CLOCK_SKEW_SECONDS
+
+
+def test_a_flood_of_large_transfers_stays_flagged_and_unlearned():
+    """250 fresh 1,000 ETH transfers into one partition after warm-up: each batch is flagged
+    whole and nothing of it is learned (without the flag budget the first batch lifted the
+    threshold from 0.39 to 0.62 and the rest of the flood passed and was learned)."""
+    from anomaly_stream.settings import Settings
+
+    model = PartitionModel(ModelConfig.from_settings(Settings()), 0)
+    normal = TrafficGenerator(GeneratorConfig(seed=11, scenario_rates={})).take(4_000)
+    profiles: dict = {}
+    for i in range(0, len(normal), 500):
+        result = process_batch(model, [keyed(tx, i + j) for j, tx in enumerate(normal[i:i + 500])],
+                               profiles.get, 0, require_key=False)
+        profiles.update(result.profiles)
+    t = int(normal[-1]["blockTimestamp"], 16)
+    for batch in range(5):
+        flood = [tx_from("0x%040x" % (10**30 + batch * 100 + k), "0x%040x" % (10**31 + batch * 100 + k),
+                         1000 * 10**18, n=10**6 + batch * 100 + k, t=t + batch) for k in range(50)]
+        learned = model.learned
+        result = process_batch(model, [keyed(tx, 10**6 + k) for k, tx in enumerate(flood)], profiles.get, 0)
+        assert len(result.anomalies) == 50, f"flood batch {batch}: {len(result.anomalies)} of 50 flagged"
+        assert model.learned == learned
