@@ -193,6 +193,19 @@ async def consume_all(topic: str, expect: int | None = None, idle: float = 3.0, 
     return records
 
 
+def wait_edges_settled(workers, timeout: float = 60.0) -> None:
+    """The receiving side follows the input through the edges topic: wait until it stops moving."""
+    deadline = time.monotonic() + timeout
+    edges = -1.0
+    while time.monotonic() < deadline:
+        now = sum(w.metrics().get("edges_processed_total", 0.0) for w in workers)
+        if now == edges:
+            return
+        edges = now
+        time.sleep(2.0)
+    raise AssertionError("the edges topic never settled")
+
+
 def keyed(txs) -> list[tuple[bytes, bytes]]:
     return [(tx["from"].encode(), orjson.dumps(tx)) for tx in txs]
 

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
-from ..support import deployment_env, free_port, keyed, produce, run
+from ..support import deployment_env, free_port, keyed, produce, run, wait_edges_settled
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +27,7 @@ def feed(env, worker, n: int = 8000, seed: int = 4) -> list[dict]:
     txs = TrafficGenerator(GeneratorConfig(seed=seed)).take(n)
     run(produce(env["KAFKA_INPUT_TOPIC"], keyed(txs)))
     worker.wait_metric("transactions_processed_total", n)
+    wait_edges_settled([worker])
     return txs
 
 
@@ -132,14 +133,7 @@ def test_any_replica_answers_any_query(workers):
         if a.metrics()["transactions_processed_total"] + b.metrics()["transactions_processed_total"] >= len(txs):
             break
         time.sleep(0.5)
-    # The receiving side follows through the edges topic: wait until it is done too.
-    edges = -1.0
-    while time.monotonic() < wait_total:
-        now = a.metrics().get("edges_processed_total", 0.0) + b.metrics().get("edges_processed_total", 0.0)
-        if now == edges:
-            break
-        edges = now
-        time.sleep(2.0)
+    wait_edges_settled([a, b])
     owned = set(json_get(a, "/health")[1]["kafka"]["assigned_partitions"])
     assert owned and owned != {0, 1, 2, 3}, "the test needs partitions on both workers"
 
