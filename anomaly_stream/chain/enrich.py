@@ -57,7 +57,9 @@ class Enricher:
         if not self.cool_down.allows():
             metrics.ENRICHMENT.labels("skipped").inc(len(documents))
             return
-        addresses = sorted({d["address"] for d in documents} | {d["to"] for d in documents if d["to"]})
+        # The sender and the counterparty whatever the perspective: a receiver-side
+        # anomaly is about its counterparty, and its facts say who paid it.
+        addresses = sorted({d["sender"] for d in documents} | {_counterparty(d) for d in documents} - {None})
         try:
             found = await asyncio.wait_for(
                 asyncio.gather(*(self.facts(a) for a in addresses)), self.timeout)
@@ -69,7 +71,7 @@ class Enricher:
         self.cool_down.succeeded()
         facts = dict(zip(addresses, found))
         for document in documents:
-            sender, to = facts[document["address"]], facts.get(document["to"])
+            sender, to = facts[document["sender"]], facts.get(_counterparty(document))
             document["onchain"] = {
                 "sender_balance_eth": int(sender["balance_wei"]) / WEI_PER_ETH,
                 "counterparty_is_contract": None if to is None else to["code_size"] > 0,
@@ -84,3 +86,7 @@ class Enricher:
             return orjson.dumps({"balance_wei": str(int(balance, 16)), "code_size": (len(code) - 2) // 2})
 
         return orjson.loads(await self.cache.get_or_load("onchain", address, load, ttl=self.ttl))
+
+
+def _counterparty(document: dict) -> str | None:
+    return document.get("counterparty") or document.get("to")

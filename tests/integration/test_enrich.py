@@ -35,7 +35,8 @@ def test_flagged_transactions_carry_onchain_facts_and_repeats_hit_the_cache(work
     run(produce(env["KAFKA_INPUT_TOPIC"], keyed(second)))  # a later batch: the cache is warm
     worker.wait_metric("transactions_processed_total", len(first) + len(second))
 
-    documents = {d["tx_hash"]: d for d in (orjson.loads(r.value) for r in run(consume_all(env["KAFKA_ANOMALIES_TOPIC"])))}
+    documents = {d["tx_hash"]: d for d in (orjson.loads(r.value) for r in run(consume_all(env["KAFKA_ANOMALIES_TOPIC"])))
+                 if d["perspective"] == "sender"}
     enriched = [documents[o["hash"]] for o in outliers if o["hash"] in documents]
     assert len(enriched) >= 4
     balance = w3.eth.get_balance(Web3.to_checksum_address(rich)) / 10**18
@@ -48,7 +49,8 @@ def test_flagged_transactions_carry_onchain_facts_and_repeats_hit_the_cache(work
     assert m["enrichment_total{result=ok}"] >= len(enriched)
     # One RPC call per distinct address at most: the outliers' two addresses, asked
     # again and again, cost one call each; the rest came from the cache.
-    distinct = {d["address"] for d in documents.values()} | {d["to"] for d in documents.values() if d["to"]}
+    every = [orjson.loads(r.value) for r in run(consume_all(env["KAFKA_ANOMALIES_TOPIC"]))]
+    distinct = {d["sender"] for d in every} | {d["counterparty"] or d["to"] for d in every} - {None}
     rpc_calls = m.get("eth_rpc_latency_seconds_count{method=batch}", 0)
     assert 0 < rpc_calls <= len(distinct)
     # The second group of outliers found both addresses in the cache.

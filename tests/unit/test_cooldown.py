@@ -97,7 +97,7 @@ async def test_the_enricher_skips_while_cooling_down():
     clock = Clock()
     enricher = DeadNodeEnricher(Settings(enrich_onchain=1), cache=None)
     enricher.cool_down = CoolDown(5.0, clock=clock)
-    documents = [{"address": "0x" + "a" * 40, "to": None}]
+    documents = [{"address": "0x" + "a" * 40, "sender": "0x" + "a" * 40, "to": None, "counterparty": None}]
     await enricher.enrich(documents)
     assert documents[0]["onchain"] is None and enricher.asked == 1
     await enricher.enrich(documents)
