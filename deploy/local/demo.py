@@ -48,8 +48,10 @@ async def stream_and_watch(env: dict[str, str], worker: WorkerProcess) -> None:
                     flagged[label] += 1
                     why = ", ".join(f"{e['feature']}={e['value']:g} (typical {e['typical']:g})"
                                     for e in a["explanation"][:2])
-                    print(f"ANOMALY {a['tx_hash'][:14]}.. from {a['address'][:12]}.. score {a['score']:.3f} "
-                          f"> {a['threshold']:.3f}  [{label}]  {why}", flush=True)
+                    rules = ",".join(r["rule"] for r in a["reasons"])
+                    print(f"ANOMALY {a['tx_hash'][:14]}.. {a['perspective']} {a['address'][:12]}.. "
+                          f"score {a['score']:.3f} > {a['threshold']:.3f}  [{label}]  {a['severity']} "
+                          f"{rules}: {why}", flush=True)
 
     watcher = asyncio.create_task(watch())
     started = time.monotonic()
