@@ -18,7 +18,6 @@ TRAFFIC_2017 = DATA / "traffic" / "mainnet-2017-ethereum-etl" / "transactions.cs
 BLOCKS_2024 = DATA / "traffic" / "mainnet-2024-rpc-blocks"
 HISTORY = 16
 
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared/data is not beside the project")
 
 A = "0x" + "ab" + "0" * 34 + "cdef"
 
@@ -76,7 +75,6 @@ def _replay(txs, prefix, suffix, both_directions=False):
 
 # --- real poisoning transfers -------------------------------------------------
 
-@needs_data
 def test_real_poisoning_transfers_caught_at_the_measured_recall():
     transfers = _transfers()
     assert len(transfers) == 150
@@ -84,7 +82,6 @@ def test_real_poisoning_transfers_caught_at_the_measured_recall():
     assert caught == 139  # 0.927; lookalike.py's table, (p, s) = (2, 4)
 
 
-@needs_data
 def test_recall_table_and_matched_characters():
     pairs = [shared_affixes(fake, real) for fake, real in _transfers()]
     table = {(p, s): sum(lead >= p and trail >= s for lead, trail in pairs) for p in (0, 1, 2, 3) for s in (3, 4, 5)}
@@ -94,7 +91,6 @@ def test_recall_table_and_matched_characters():
     assert totals == {3: 1, 5: 1, 7: 23, 8: 59, 9: 38, 10: 1, 13: 4, 14: 15, 15: 7, 16: 1}
 
 
-@needs_data
 def test_the_imitated_counterparty_is_found_among_all_real_ones():
     transfers = _transfers()
     everyone = sorted({real for _, real in transfers})
@@ -110,7 +106,6 @@ def test_the_imitated_counterparty_is_found_among_all_real_ones():
 
 # --- honest traffic -----------------------------------------------------------
 
-@needs_data
 def test_no_false_match_in_2017_traffic():
     txs = _traffic_2017()
     new, hits = _replay(txs, PREFIX, SUFFIX)
@@ -122,7 +117,6 @@ def test_no_false_match_in_2017_traffic():
     assert len(_replay(txs, 1, 3)[1]) == 2
 
 
-@needs_data
 def test_2024_lookalikes_are_the_four_real_zero_value_poisonings():
     _, outgoing = _replay(_traffic_2024(), PREFIX, SUFFIX)
     assert outgoing == []

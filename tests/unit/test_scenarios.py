@@ -33,7 +33,6 @@ from anomaly_stream.tools.scenarios import (
 )
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared/data is not beside the project")
 EPISODES = 8
 SEED = 11
 
@@ -105,15 +104,11 @@ class Planted:
 
 @pytest.fixture(scope="module")
 def bg_2017():
-    if not DATA.is_dir():
-        pytest.skip("shared/data is not beside the project")
     return list(read_transactions(DATA / "traffic" / "mainnet-2017-ethereum-etl"))
 
 
 @pytest.fixture(scope="module")
 def bg_2024():
-    if not DATA.is_dir():
-        pytest.skip("shared/data is not beside the project")
     return list(read_transactions(DATA / "traffic" / "mainnet-2024-rpc-blocks"))
 
 
@@ -470,7 +465,6 @@ def test_large_eth_drain(real, real_2024):
 # -- constants from the shared data -------------------------------------------------------
 
 
-@needs_data
 def test_embedded_poison_hunter_figures_match_the_file():
     affixes, delays = defaultdict(Counter), defaultdict(list)
     with open(DATA / "labels" / "poison-hunter" / "phishing_transfers_sample.csv", newline="") as f:
@@ -483,7 +477,6 @@ def test_embedded_poison_hunter_figures_match_the_file():
         assert list(scenarios._POISON_DELAY_BLOCKS[ptype]) == sorted(delays[ptype])
 
 
-@needs_data
 def test_tornado_pools_are_sanctioned_and_tagged():
     ofac = {line.strip().lower() for line in open(DATA / "labels" / "ofac" / "sanctioned_addresses_ETH.txt")}
     with gzip.open(DATA / "labels" / "etherscan-tags" / "etherscan_tags.csv.gz", "rt") as f:

@@ -13,7 +13,6 @@ from anomaly_stream.detect import watchlist
 from anomaly_stream.detect.watchlist import Entry, Listing, decode_value, encode_value, merge, parse, parse_with_stats, remove
 
 LABELS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "labels"
-needs_data = pytest.mark.skipif(not LABELS.is_dir(), reason="shared/data is not beside the project")
 FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 A1 = "0x" + "ab" * 20
@@ -36,7 +35,6 @@ REAL = [
 ]
 
 
-@needs_data
 @pytest.mark.parametrize("fmt_given", ["explicit", "auto"])
 @pytest.mark.parametrize("name,fmt,count,skipped,duplicates", REAL)
 def test_real_list_parses_to_its_published_count(name, fmt, count, skipped, duplicates, fmt_given):
@@ -48,7 +46,6 @@ def test_real_list_parses_to_its_published_count(name, fmt, count, skipped, dupl
     assert {e.list for e in result.entries} == {"mine"}
 
 
-@needs_data
 def test_forta_labels_name_the_actor_or_fall_back_to_the_category():
     contracts = {e.address: e.label for e in parse(LABELS / "forta/malicious_smart_contracts.csv", "forta")}
     assert contracts["0x04ae3226c80e8c04d35e6e56089345bdd06da6de"] == "Multichain Exploiter 10"
@@ -62,7 +59,6 @@ def test_forta_labels_name_the_actor_or_fall_back_to_the_category():
     assert all(labels.values())  # the 7 rows with no wallet_tag have their data_source
 
 
-@needs_data
 def test_poison_hunter_benign_set_is_refused():
     with pytest.raises(ValueError, match="benign"):
         parse(LABELS / "poison-hunter/benign_addresses_on_etherscan.txt", "poison")
