@@ -5,7 +5,7 @@
 
 Needs the local stack (`make up`). In one run, on the same generated stream
 (4 partitions), each worker figure next to the bare loop measured just before it:
-1. bare loop (`common.bare_loop`): `process_batch` alone, the compute floor;
+1. bare loop (`common.bare_loop`): the worker's own code (both perspectives) without Kafka, the compute floor;
 2. one worker draining a backlog (`common.worker_throughput`);
 3. two workers draining the same backlog in a fresh deployment: both start,
    the group settles on 2+2 partitions, both are paused (SIGSTOP, with a 60 s

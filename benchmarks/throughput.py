@@ -45,7 +45,7 @@ from pathlib import Path
 
 from common import (  # first: it puts the repository root on sys.path
     KAFKA, MACHINE, PARTITIONS, arguments, backlog_deployment, generated, latency_run, percentile,
-    worker_throughput, write_result,
+    bare_worker, worker_throughput, write_result,
 )
 
 import numpy as np  # noqa: E402
@@ -105,56 +105,7 @@ def model_alone(n: int) -> dict:
 
 # ------------------------------------------------------------------ 2. the bare hot path
 
-def bench_settings(**overrides) -> Settings:
-    return Settings().replace(kafka_input_partitions=PARTITIONS, **overrides)
-
-
-def bare_worker(messages: list[tuple[bytes, bytes]]) -> dict:
-    """Worker.handle + handle_edges over a MemorySink: transactions/s (and edges/s) of both perspectives."""
-    settings = bench_settings()
-    topics = Topics("transactions", "anomalies", "transactions-dlq", "transactions-edges")
-    sink = MemorySink()
-    stores = Stores(Store({}, "profiles-changelog"), Store({}, "checkpoints-changelog"),
-                    Store({}, "buffer-changelog"))
-    worker = Worker(settings, topics, stores, sink)
-    by_partition: dict[int, list[Record]] = {p: [] for p in range(PARTITIONS)}
-    now = time.time()
-    for key, value in messages:
-        queue = by_partition[kafka_partition(key, PARTITIONS)]
-        queue.append(Record(len(queue), key, value, now))
-    for p in range(PARTITIONS):  # models are built on assignment, before any batch
-        worker.model(p)
-        worker.model(p, "receiver")
-    edge_offsets = [0] * PARTITIONS
-    edges = 0
-
-    async def run() -> None:
-        nonlocal edges
-        cursors = dict.fromkeys(by_partition, 0)
-        while cursors:
-            for p in list(cursors):
-                records = by_partition[p][cursors[p]: cursors[p] + BATCH]
-                if not records:
-                    del cursors[p]
-                    continue
-                cursors[p] += BATCH
-                await worker.handle(p, records)
-                routed: dict[int, list[Record]] = {}
-                for m in sink.messages:
-                    if m.topic == topics.edges:
-                        routed.setdefault(m.partition, []).append(
-                            Record(edge_offsets[m.partition], m.key, m.value, now))
-                        edge_offsets[m.partition] += 1
-                sink.messages.clear()
-                for q, batch in routed.items():
-                    edges += len(batch)
-                    await worker.handle_edges(q, batch)
-                    sink.messages.clear()
-
-    started = time.perf_counter()
-    asyncio.run(run())
-    seconds = time.perf_counter() - started
-    return {"tx_per_s": len(messages) / seconds, "edges": edges, "seconds": seconds}
+# `common.bare_worker`: Worker.handle + handle_edges over a MemorySink.
 
 
 # ------------------------------------------------------------------ 3. a plain aiokafka consumer
