@@ -90,6 +90,7 @@ class BatchResult:
     profiles: dict[str, AddressProfile] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    thresholds: list[float] = field(default_factory=list)  # the threshold each score was judged by
     hashes: list[str] = field(default_factory=list)  # the tx hash of each score
     latest_event_time: float = 0.0
 
@@ -274,13 +275,12 @@ def _judge(model: PartitionModel, rows: list, may_learn: list, pending: list[_Sc
     result.processed = len(pending)
     if not pending:
         return
-    threshold = model.threshold
     X = np.asarray(rows, dtype=np.float64)
-    scores = model.score_learn(X, np.asarray(may_learn, dtype=bool))
-    result.scores = scores.tolist()
+    scores, thresholds = model.score_batch(X, np.asarray(may_learn, dtype=bool))
+    result.scores, result.thresholds = scores.tolist(), thresholds.tolist()
     result.hashes = [item.tx.tx_hash if item.call is None else item.tx.hash for item in pending]
     profiles = result.profiles
-    for i, (item, score) in enumerate(zip(pending, result.scores)):
+    for i, (item, score, threshold) in enumerate(zip(pending, result.scores, result.thresholds)):
         if item.now > result.latest_event_time:
             result.latest_event_time = item.now
         flagged = score > threshold

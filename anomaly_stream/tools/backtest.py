@@ -238,29 +238,26 @@ class _Replay:
         if not batch:
             return
         worker, out = self.worker, self.out
-        model = worker.model(p)
-        was_warm, threshold = model.warm, model.threshold
         started = time.perf_counter()
         result = await worker.handle(p, batch, require_key=False)
         edge_results = []
         for q in range(self.partitions):
             edges, self.sink.edges[q] = self.sink.edges[q], []
             if edges:
-                receiver = worker.model(q, RECEIVER)
-                edge_results.append((q, receiver.threshold, await worker.handle_edges(q, edges)))
+                edge_results.append((q, await worker.handle_edges(q, edges)))
         out.seconds += time.perf_counter() - started
         for d in result.dead_letters:
             out.dead_letters[d.reason] = out.dead_letters.get(d.reason, 0) + 1
         margin = self.margin
-        for h, score in zip(result.hashes, result.scores):
+        for h, score, threshold in zip(result.hashes, result.scores, result.thresholds):
             self.order.append(h)
-            self.warm[h] = was_warm
+            self.warm[h] = threshold < 1.0  # 1.0: judged while the model was cold
             margin[h] = max(margin.get(h, -1.0), score - threshold)
             out.rows.append((h, p, SENDER, score, threshold))
-        for q, t, edge_result in edge_results:
-            for h, score in zip(edge_result.hashes, edge_result.scores):
-                margin[h] = max(margin.get(h, -1.0), score - t)
-                out.rows.append((h, q, RECEIVER, score, t))
+        for q, edge_result in edge_results:
+            for h, score, threshold in zip(edge_result.hashes, edge_result.scores, edge_result.thresholds):
+                margin[h] = max(margin.get(h, -1.0), score - threshold)
+                out.rows.append((h, q, RECEIVER, score, threshold))
 
     async def finish(self) -> Outcome:
         for p in range(self.partitions):
@@ -311,13 +308,12 @@ def replay_csv(
                 span = hi - lo
                 row[:] = np.where(span > 0, (row - lo) / np.where(span > 0, span, 1.0), 0.0)
         X = np.clip(X, 0.0, 1.0)
-        warm, threshold = model.warm, model.threshold
-        scores = model.score_learn(X)
+        scores, thresholds = model.score_batch(X)
         model.end_batch()
         out.seconds += time.perf_counter() - started
         out.scores.extend(scores.tolist())
-        out.flagged.extend((scores > threshold).tolist())
-        out.warm.extend([warm] * len(scores))
+        out.flagged.extend((scores > thresholds).tolist())
+        out.warm.extend((thresholds < 1.0).tolist())
         batch.clear()
 
     for row in rows:

@@ -156,13 +156,19 @@ def test_anomaly_documents_have_the_documented_keys(txs):
     assert {s: p.anomalies for s, p in result.profiles.items()} == counts
 
 
-def test_threshold_is_fixed_for_the_batch_and_updated_after(txs):
+def test_a_batch_that_warms_the_model_judges_its_rest_and_the_next_batch_by_one_threshold(txs):
     model = PartitionModel(ModelConfig(warmup_events=250, window_size=250))
     stream = TrafficGenerator(GeneratorConfig(seed=22)).take(600)
     records = [keyed(tx, i) for i, tx in enumerate(stream)]
     first = process_batch(model, records[:300], no_profiles, 0)
-    assert first.anomalies == []  # the batch ran with the warm-up threshold 1.0
-    assert model.threshold < 1.0  # end_batch ran after warm-up
+    # The batch warms the model at row 250: the rows before are judged by the cold
+    # threshold 1.0 (nothing flagged), the rest by the threshold set at that row.
+    cold, warm = first.thresholds[:250], first.thresholds[250:]
+    assert cold == [1.0] * 250 and len(set(warm)) == 1 and warm[0] < 1.0
+    flagged = {first.hashes[i] for i, (s, t) in enumerate(zip(first.scores, first.thresholds)) if s > t}
+    assert flagged and {d["tx_hash"] for d in first.anomalies} == flagged
+    assert all(first.hashes.index(d["tx_hash"]) >= 250 for d in first.anomalies)
+    assert model.threshold < 1.0
     threshold = model.threshold
     second = process_batch(model, records[300:], no_profiles, 0)
     assert len(second.anomalies) == sum(s > threshold for s in second.scores)
