@@ -56,6 +56,16 @@ WATCHLIST_ENTRIES = Gauge(
 WATCHLIST_UPDATES = Counter(
     "watchlist_updates_total", "Watchlist topic records copied into the global table (applied) or refused.",
     ["result"])
+FEEDBACK_UPDATES = Counter(
+    "feedback_updates_total", "Feedback topic records applied by this replica, or refused.", ["result"])
+FEEDBACK_ENTRIES = Gauge("feedback_entries", "Analysts' verdicts this replica holds.")
+FEEDBACK_VERDICTS = Gauge(
+    "feedback_verdicts", "Verdicts of the last FEEDBACK_TTL_SECONDS, by verdict.", ["verdict"])
+FEEDBACK_PRECISION = Gauge(
+    "feedback_precision_ratio", "confirmed / (confirmed + false_positive) over the verdicts held.")
+ANOMALIES_SUPPRESSED = Counter(
+    "anomalies_suppressed_total",
+    "Model flags not raised because an analyst marked the address a false positive.", ["perspective"])
 
 # Serving
 HTTP_REQUESTS = Counter(

@@ -31,6 +31,7 @@ class Settings:
     kafka_dlq_topic: str = ""  # empty: "<input>-dlq"
     kafka_edges_topic: str = ""  # empty: "<input>-edges"
     kafka_watchlist_topic: str = "watchlist"  # compacted, keyed by address (`anomaly-stream watchlist`)
+    kafka_feedback_topic: str = "feedback"  # compacted, keyed by tx hash (POST .../feedback)
     kafka_topic_replication_factor: int = 1
     kafka_session_timeout_seconds: float = 30.0
     kafka_heartbeat_interval_seconds: float = 3.0
@@ -68,6 +69,14 @@ class Settings:
     max_threshold: float = 0.98
     # HMAC key of model checkpoints (from the Secret): a checkpoint that fails it is refused.
     model_checkpoint_key: str = field(default="", repr=False)
+    # Analysts' verdicts (detect.feedback): kept this long (also the topic's retention),
+    # an address marked a false positive goes unflagged by the model this long, at most
+    # this many verdicts held by each replica.
+    feedback_ttl_seconds: float = 30 * 24 * 3600.0
+    feedback_benign_seconds: float = 7 * 24 * 3600.0
+    feedback_max_entries: int = 100_000
+    # From the Secret: the bearer token of the API's writes (feedback). Empty: writes refused.
+    api_write_key: str = field(default="", repr=False)
     # Redis read-through cache (optional at run time)
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_password: str = field(default="", repr=False)  # from the Secret; never logged
@@ -151,6 +160,7 @@ class Settings:
             "model_window_size", "model_checkpoint_interval_seconds", "web_port",
             "redis_max_connections", "redis_timeout_seconds", "redis_cache_ttl_seconds",
             "enrich_timeout_seconds", "enrich_cache_ttl_seconds",
+            "feedback_ttl_seconds", "feedback_benign_seconds", "feedback_max_entries",
         ]
         for name in positive:
             if getattr(self, name) <= 0:

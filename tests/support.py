@@ -209,6 +209,17 @@ def wait_edges_settled(workers, timeout: float = 60.0) -> None:
     raise AssertionError("the edges topic never settled")
 
 
+def wait_balanced(workers, timeout: float = 60.0) -> None:
+    """Until every worker is ready and holds input partitions: the rebalance is over."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(w.get("/health/ready")[0] == 200 and
+               orjson.loads(w.get("/health")[1])["kafka"]["assigned_partitions"] for w in workers):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"workers not balanced after {timeout}s")
+
+
 def keyed(txs) -> list[tuple[bytes, bytes]]:
     return [(tx["from"].encode(), orjson.dumps(tx)) for tx in txs]
 

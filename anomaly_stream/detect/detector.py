@@ -32,6 +32,7 @@ from typing import Callable, Iterable, NamedTuple
 import numpy as np
 import orjson
 
+from .feedback import nothing_benign
 from .features import (
     APPROVAL_WINDOW_SECONDS, RECEIVER, SENDER, AddressProfile, Edge, compact, edges_of, extract_receiver,
     extract_sender, pulls_from_approver,
@@ -60,6 +61,7 @@ MAX_CLOCK_SKEW_SECONDS = 300.0
 ALERT_BUCKET_SECONDS = 6 * 3600
 
 Listed = Callable[[str], "dict[str, str] | None"]  # address -> {list name: label}, None if on none
+Benign = Callable[[str], bool]  # marked a false positive by an analyst (detect.feedback)
 
 
 def nothing_listed(address: str) -> None:
@@ -91,6 +93,7 @@ class BatchResult:
     edges: list[Edge] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     thresholds: list[float] = field(default_factory=list)  # the threshold each score was judged by
+    suppressed: int = 0  # model flags not raised: the address was marked a false positive
     hashes: list[str] = field(default_factory=list)  # the tx hash of each score
     latest_event_time: float = 0.0
 
@@ -123,6 +126,7 @@ def process_batch(
     require_key: bool = True,
     clock: Callable[[], float] = time.time,
     listed: Listed = nothing_listed,
+    benign: Benign = nothing_benign,
 ) -> BatchResult:
     """Score then learn every transaction of the batch, as its sender's act, in order.
 
@@ -172,7 +176,7 @@ def process_batch(
         may_learn.append(not reasons and profile.burst <= LEARN_CAP_PER_MINUTE)
         pending.append(_Scored(record, tx, call, sender, reasons, now))
         result.edges.extend(edges_of(tx, call, fresh, now))
-    _judge(model, rows, may_learn, pending, partition, SENDER, result, clock)
+    _judge(model, rows, may_learn, pending, partition, SENDER, result, clock, benign)
     return result
 
 
@@ -225,6 +229,7 @@ def process_edges(
     partition: int,
     clock: Callable[[], float] = time.time,
     listed: Listed = nothing_listed,
+    benign: Benign = nothing_benign,
 ) -> BatchResult:
     """Score then learn every edge of the batch, as an event of its receiver, in order."""
     result = BatchResult()
@@ -265,12 +270,12 @@ def process_edges(
         rows.append(x)
         may_learn.append(not reasons)
         pending.append(_Scored(record, edge, None, receiver, reasons, edge.event_time))
-    _judge(model, rows, may_learn, pending, partition, RECEIVER, result, clock)
+    _judge(model, rows, may_learn, pending, partition, RECEIVER, result, clock, benign)
     return result
 
 
 def _judge(model: PartitionModel, rows: list, may_learn: list, pending: list[_Scored], partition: int,
-           perspective: str, result: BatchResult, clock: Callable[[], float]) -> None:
+           perspective: str, result: BatchResult, clock: Callable[[], float], benign: Benign) -> None:
     """Score the batch at once, learn what may be learned, and turn flags into anomaly documents."""
     result.processed = len(pending)
     if not pending:
@@ -284,6 +289,9 @@ def _judge(model: PartitionModel, rows: list, may_learn: list, pending: list[_Sc
         if item.now > result.latest_event_time:
             result.latest_event_time = item.now
         flagged = score > threshold
+        if flagged and benign(item.address):
+            flagged = False
+            result.suppressed += 1
         if not flagged and not item.reasons:
             continue
         reasons = list(item.reasons)

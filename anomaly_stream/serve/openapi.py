@@ -47,6 +47,16 @@ OPENAPI = {
             "responses": {"200": _json({"$ref": "#/components/schemas/Anomaly"}),
                           "400": _ERROR, "404": _ERROR, "503": _ERROR},
         }},
+        "/api/v1/anomalies/{tx_hash}/feedback": {"post": {
+            "summary": "An analyst's verdict on a buffered anomaly (needs Authorization: Bearer <API_WRITE_KEY>)",
+            "parameters": [{"name": "tx_hash", "in": "path", "required": True, "schema": _HASH}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["verdict"], "additionalProperties": False,
+                "properties": {"verdict": {"type": "string", "enum": ["confirmed", "false_positive"]},
+                               "note": {"type": "string", "maxLength": 1000}}}}}},
+            "responses": {"202": _json({"type": "object", "required": ["tx_hash", "verdict", "addresses", "at"]}),
+                          "400": _ERROR, "401": _ERROR, "403": _ERROR, "404": _ERROR, "503": _ERROR},
+        }},
         "/api/v1/addresses/{address}": {"get": {
             "summary": "A sender's behavioural profile and recent anomalies",
             "parameters": [{"name": "address", "in": "path", "required": True, "schema": _ADDRESS}],
@@ -54,7 +64,7 @@ OPENAPI = {
                           "400": _ERROR, "404": _ERROR, "503": _ERROR},
         }},
         "/api/v1/stats": {"get": {
-            "summary": "Throughput, flag rate, thresholds and partitions served, over all replicas",
+            "summary": "Throughput, flag rate, feedback precision, thresholds and partitions served, over all replicas",
             "responses": {"200": _json({"type": "object", "required": [
                 "throughput_tx_per_s", "flag_rate", "partitions_served", "replicas"]}), "503": _ERROR},
         }},

@@ -15,6 +15,7 @@ Redis key, a log line or a forwarded URL other than in normalised form.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 import time
 import uuid
@@ -27,6 +28,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from .. import __version__, metrics
+from ..detect import feedback
 from ..detect.schema import ADDRESS, TX_HASH
 from ..detect.features import AddressProfile
 from .openapi import OPENAPI
@@ -80,6 +82,14 @@ def parse_number(query, name: str, default: float, lo: float, hi: float, integer
     if not lo <= value <= hi:  # also rejects nan
         raise ApiError(400, f"{name} must be between {lo} and {hi}")
     return value
+
+
+def authorise_write(key: str, authorization: str) -> None:
+    """Writes need `Authorization: Bearer <API_WRITE_KEY>`; with no key set there are none."""
+    if not key:
+        raise ApiError(403, "writes are disabled: API_WRITE_KEY is not set")
+    if not hmac.compare_digest(authorization.encode(), f"Bearer {key}".encode()):
+        raise ApiError(401, "a write needs Authorization: Bearer <API_WRITE_KEY>")
 
 
 def parse_cursor(raw: str | None) -> tuple[float, str] | None:
@@ -179,6 +189,15 @@ class Api:
             raise ApiError(404, not_found)
         return json_bytes(body)
 
+    def feedback_stats(self) -> dict:
+        verdicts = self.app.feedback.table
+        counts = verdicts.counts()
+        precision = verdicts.precision()
+        for name, n in counts.items():
+            metrics.FEEDBACK_VERDICTS.labels(name).set(n)
+        metrics.FEEDBACK_PRECISION.set(float("nan") if precision is None else precision)
+        return {**counts, "precision": precision}
+
     def local_stats(self) -> dict:
         processed = REGISTRY.get_sample_value("transactions_processed_total")
         anomalies = REGISTRY.get_sample_value("anomalies_published_total")
@@ -250,6 +269,7 @@ class Health(ApiView):
 
 class Metrics(ApiView):
     async def get(self, request: Request) -> Response:
+        self.api.feedback_stats()  # sets the feedback gauges
         metrics.KAFKA_CONSUMER_LAG.clear()
         topic = self.api.settings.kafka_input_topic
         for partition, lag in self.api.consumer_lag().items():
@@ -318,6 +338,35 @@ class Anomaly(ApiView):
         return await api.cached(request, "anomaly", tx_hash, load, "no anomaly with this hash in the buffer")
 
 
+class Feedback(ApiView):
+    """An analyst's verdict on a buffered anomaly: to the feedback topic, which every replica follows."""
+
+    async def post(self, request: Request, tx_hash: str) -> Response:
+        api = self.api
+        authorise_write(api.settings.api_write_key, request.headers.get("Authorization", ""))
+        tx_hash = parse_hash(tx_hash)
+        if request.content_length is not None and request.content_length > feedback.MAX_BODY:
+            raise ApiError(400, f"the body must be at most {feedback.MAX_BODY} bytes")
+        try:
+            verdict, note = feedback.parse_request(await request.content.read(feedback.MAX_BODY + 1))
+        except feedback.FeedbackError as exc:
+            raise ApiError(400, str(exc)) from None
+        documents = [d for d in api.local_anomalies() if d["tx_hash"] == tx_hash]
+        for status, body in await api.fan_out(f"/api/v1/anomalies/{tx_hash}"):
+            if status == 200:
+                documents.append(orjson.loads(body))
+        if not documents:
+            raise ApiError(404, "no anomaly with this hash in the buffer")
+        addresses = sorted({d["address"] for d in documents})
+        at = time.time()
+        await api.app.producer.send_and_wait(
+            api.settings.kafka_feedback_topic, tx_hash.encode(),
+            feedback.encode(verdict, note, addresses, at), 0, None, None)
+        log.info("feedback_recorded", tx=tx_hash, verdict=verdict, addresses=addresses)
+        return json_response({"tx_hash": tx_hash, "verdict": verdict, "note": note,
+                              "addresses": addresses, "at": at}, status=202)
+
+
 class Address(ApiView):
     """A sender's behavioural profile and its recent anomalies, from the owning replica."""
 
@@ -363,6 +412,8 @@ class Stats(ApiView):
             "processed_total": processed,
             "anomalies_total": anomalies,
             "flag_rate": anomalies / processed if processed else 0.0,
+            # Every replica holds every verdict: this one's view is the whole.
+            "feedback": self.api.feedback_stats(),
             "partitions_served": sorted(p for r in replicas for p in r["partitions"]),
             "replicas": replicas,
         })
@@ -376,6 +427,7 @@ ROUTES = (
     ("/api/v1/openapi.json", OpenApi),
     ("/api/v1/anomalies", Anomalies),
     ("/api/v1/anomalies/{tx_hash}", Anomaly),
+    ("/api/v1/anomalies/{tx_hash}/feedback", Feedback),
     ("/api/v1/addresses/{address}", Address),
     ("/api/v1/stats", Stats),
 )

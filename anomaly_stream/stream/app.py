@@ -12,14 +12,16 @@ from typing import Any, Callable
 
 import faust
 
+from .. import metrics
 from ..chain.enrich import Enricher
 from ..detect import watchlist
+from ..detect.feedback import Verdicts
 from ..serve import views
 from ..serve.cache import Cache
 from ..settings import Settings
 from . import agents
 from .consumer import BatchingTransport
-from .replica import ReplicatedTopic
+from .replica import RawTable, ReplicatedTopic
 from .topics import ensure_topics
 from .worker import Store, Stores, Topics, Worker, buffer_window_seconds
 
@@ -30,6 +32,7 @@ class App(faust.App):
     settings: Settings
     worker: Worker
     watchlist: ReplicatedTopic
+    feedback: ReplicatedTopic  # of a detect.feedback.Verdicts
 
     def _new_transport(self):
         return BatchingTransport(self.conf.broker_consumer, self)
@@ -43,8 +46,10 @@ class App(faust.App):
         await super().on_start()
         await self.worker.cache.start()
         await self.watchlist.start()
+        await self.feedback.start()
 
     async def on_stop(self) -> None:
+        await self.feedback.stop()
         await self.watchlist.stop()
         await self.worker.enricher.stop()
         await self.worker.cache.stop()
@@ -105,7 +110,7 @@ class TableStore(Store):
         return raw
 
 
-def watch_lists(table: Any) -> Callable[[str], dict[str, str] | None]:
+def watch_lists(table: RawTable) -> Callable[[str], dict[str, str] | None]:
     """The detector's view of the watch-lists: address -> {list: label} (values validated on arrival)."""
     def listed(address: str) -> dict[str, str] | None:
         raw = table.data.get(address.encode())
@@ -160,16 +165,22 @@ def create_app(settings: Settings) -> App:
         "anomaly-buffer", partitions=partitions, value_type=bytes,
     ).tumbling(buffer_window_seconds(settings), expires=ttl).table
 
-    # Every replica holds every watch-listed address (replica.py says why not a GlobalTable).
-    app.watchlist = ReplicatedTopic(settings.kafka_bootstrap_servers, settings.kafka_watchlist_topic,
-                                    watchlist.valid_record)
+    # Every replica holds every watch-listed address and every verdict (replica.py says
+    # why not a GlobalTable).
+    lists = RawTable(watchlist.valid_record)
+    app.watchlist = ReplicatedTopic(settings.kafka_bootstrap_servers, settings.kafka_watchlist_topic, lists,
+                                    metrics.WATCHLIST_UPDATES, metrics.WATCHLIST_ENTRIES)
+    verdicts = Verdicts(settings.feedback_ttl_seconds, settings.feedback_benign_seconds,
+                        settings.feedback_max_entries)
+    app.feedback = ReplicatedTopic(settings.kafka_bootstrap_servers, settings.kafka_feedback_topic, verdicts,
+                                   metrics.FEEDBACK_UPDATES, metrics.FEEDBACK_ENTRIES)
 
     cache = Cache(settings)
     app.worker = Worker(
         settings,
         Topics(settings.kafka_input_topic, settings.kafka_anomalies_topic, settings.dlq_topic, settings.edges_topic),
         Stores(TableStore(profiles), TableStore(checkpoints), TableStore(anomaly_buffer)),
-        FaustSink(app), cache, Enricher(settings, cache), listed=watch_lists(app.watchlist),
+        FaustSink(app), cache, Enricher(settings, cache), listed=watch_lists(lists), benign=verdicts.benign,
     )
     agents.register(app, transactions, edges)
     views.register(app, profiles, anomaly_buffer)

@@ -1,4 +1,4 @@
-"""A compacted topic held whole, and kept current, by every replica: the watch-lists.
+"""A compacted topic held whole, and kept current, by every replica: the watch-lists, the verdicts.
 
 Faust's GlobalTable would be the natural fit, but a GlobalTable's changes do
 not reliably reach the other replicas (faust-streaming#283, open; an
@@ -7,28 +7,57 @@ robinhood/faust#541), and a watch-list that one replica misses is a hole
 an attacker can route through. So each replica reads the topic itself: its
 own consumer, no consumer group, from the beginning, then follows it. A
 record whose key or value does not validate is counted and ignored (nothing
-read here is ever executed; a value is JSON, see `detect.watchlist`).
+read here is ever executed; a value is JSON, see `detect.watchlist` and
+`detect.feedback`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Callable, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from .. import metrics
+from prometheus_client import Counter, Gauge
 
 log = structlog.get_logger(__name__)
 
 
-class ReplicatedTopic:
-    def __init__(self, bootstrap_servers: str, topic: str, valid: Callable[[bytes, bytes], bool]):
-        self.bootstrap_servers = bootstrap_servers
-        self.topic = topic
+class Table(Protocol):
+    """What a replicated topic's records go into."""
+
+    def apply(self, key: bytes, value: bytes | None) -> bool: ...  # False: refused (invalid)
+
+    def __len__(self) -> int: ...
+
+
+class RawTable:
+    """Raw values by key, each validated on arrival (the watch-lists)."""
+
+    def __init__(self, valid: Callable[[bytes, bytes], bool]):
         self.valid = valid
         self.data: dict[bytes, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def apply(self, key: bytes, value: bytes | None) -> bool:
+        if value is None:
+            self.data.pop(key, None)
+        elif self.valid(key, value):
+            self.data[key] = value
+        else:
+            return False
+        return True
+
+
+class ReplicatedTopic:
+    def __init__(self, bootstrap_servers: str, topic: str, table: Table, updates: Counter, entries: Gauge):
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.table = table
+        self.updates = updates  # labelled by result: applied, rejected
+        self.entries = entries
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -41,15 +70,11 @@ class ReplicatedTopic:
             self._task = None
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
-        if key is None or (value is not None and not self.valid(key, value)):
-            metrics.WATCHLIST_UPDATES.labels("rejected").inc()
+        if key is None or not self.table.apply(key, value):
+            self.updates.labels("rejected").inc()
             return
-        if value is None:
-            self.data.pop(key, None)
-        else:
-            self.data[key] = value
-        metrics.WATCHLIST_UPDATES.labels("applied").inc()
-        metrics.WATCHLIST_ENTRIES.set(len(self.data))
+        self.updates.labels("applied").inc()
+        self.entries.set(len(self.table))
 
     async def _follow(self) -> None:
         tp = TopicPartition(self.topic, 0)

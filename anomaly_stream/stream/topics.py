@@ -73,6 +73,10 @@ async def ensure_topics(settings: Settings) -> None:
         # the latest value of each address is its lists.
         await create_topic(admin, settings.kafka_watchlist_topic, 1, settings.kafka_topic_replication_factor,
                            {"cleanup.policy": "compact"})
+        # The same for the verdicts, whose retention is their TTL (detect.feedback).
+        await create_topic(admin, settings.kafka_feedback_topic, 1, settings.kafka_topic_replication_factor,
+                           {"cleanup.policy": "compact,delete",
+                            "retention.ms": str(int(settings.feedback_ttl_seconds * 1000))})
         found = await _partition_count(admin, settings.kafka_input_topic)
         if found != settings.kafka_input_partitions:
             raise TopicMismatch(

@@ -32,7 +32,9 @@ import structlog
 from faust.windows import TumblingWindow
 
 from .. import metrics
-from ..detect.detector import BatchResult, Listed, Record, encode, nothing_listed, process_batch, process_edges
+from ..detect.detector import (Benign, BatchResult, Listed, Record, encode, nothing_listed, process_batch,
+                               process_edges)
+from ..detect.feedback import nothing_benign
 from ..detect.features import PERSPECTIVE_FEATURES, RECEIVER, SENDER, AddressProfile
 from ..detect.model import CheckpointError, ModelConfig, PartitionModel
 from .state import TableBound, delete_through, write_through
@@ -179,7 +181,8 @@ class Worker:
 
     def __init__(self, settings, topics: Topics, stores: Stores, sink: Sink,
                  cache: Cache | None = None, enricher: Enricher | None = None,
-                 clock: Callable[[], float] = time.time, listed: Listed = nothing_listed):
+                 clock: Callable[[], float] = time.time, listed: Listed = nothing_listed,
+                 benign: Benign = nothing_benign):
         self.settings = settings
         self.topics = topics
         self.stores = stores
@@ -188,6 +191,7 @@ class Worker:
         self.enricher = enricher
         self.clock = clock
         self.listed = listed  # the watch-lists (stream.replica in the worker)
+        self.benign = benign  # addresses analysts marked false positives (detect.feedback)
         self.config = ModelConfig.from_settings(settings)
         # One model per (perspective, partition), checkpointed under checkpoint_key.
         self.models: dict[tuple[str, int], PartitionModel] = {}
@@ -218,7 +222,8 @@ class Worker:
         """A batch of the transactions topic: scored as the senders' acts; edges go to the receivers."""
         started = time.perf_counter()
         model = self.model(partition)
-        result = process_batch(model, records, self.lookup, partition, require_key, self.clock, self.listed)
+        result = process_batch(model, records, self.lookup, partition, require_key, self.clock, self.listed,
+                               self.benign)
         if result.edges:
             n = self.settings.kafka_input_partitions
             messages = []
@@ -233,7 +238,7 @@ class Worker:
         """A batch of the edges topic: scored as events of the receiving addresses."""
         started = time.perf_counter()
         model = self.model(partition, RECEIVER)
-        result = process_edges(model, records, self.lookup, partition, self.clock, self.listed)
+        result = process_edges(model, records, self.lookup, partition, self.clock, self.listed, self.benign)
         await self._finish(RECEIVER, partition, records, result, started)
         return result
 
@@ -420,6 +425,8 @@ def _count(perspective: str, n: int, result: BatchResult, model: PartitionModel,
     else:
         metrics.EDGES_PROCESSED.inc(result.processed)
     metrics.ANOMALIES_PUBLISHED.inc(len(result.anomalies))
+    if result.suppressed:
+        metrics.ANOMALIES_SUPPRESSED.labels(perspective).inc(result.suppressed)
     metrics.BATCH_SIZE.observe(n)
     metrics.BATCH_SECONDS.observe(seconds)
     metrics.MODEL_THRESHOLD.labels(perspective, partition).set(model.threshold)

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
-from ..support import deployment_env, free_port, keyed, produce, run, wait_edges_settled
+from ..support import deployment_env, free_port, keyed, produce, run, wait_balanced, wait_edges_settled
 
 pytestmark = pytest.mark.integration
 
@@ -119,13 +119,7 @@ def test_any_replica_answers_any_query(workers):
     a.wait_ready()
     b = workers(env)
     b.wait_ready()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # both hold partitions: the rebalance is over
-        if json_get(a, "/health")[1]["kafka"]["assigned_partitions"] and \
-                json_get(b, "/health")[1]["kafka"]["assigned_partitions"] and \
-                a.get("/health/ready")[0] == 200 and b.get("/health/ready")[0] == 200:
-            break
-        time.sleep(0.5)
+    wait_balanced([a, b])
     txs = TrafficGenerator(GeneratorConfig(seed=8)).take(10_000)
     run(produce(env["KAFKA_INPUT_TOPIC"], keyed(txs)))
     wait_total = time.monotonic() + 60

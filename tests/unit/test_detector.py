@@ -378,20 +378,25 @@ def test_a_block_from_the_future_is_dead_lettered_and_a_producer_clock_ahead_is_
     assert result.processed == 1 and result.latest_event_time == now + detector.MAX_CLOCK_SKEW_SECONDS
 
 
-def test_a_flood_of_large_transfers_stays_flagged_and_unlearned():
-    """250 fresh 1,000 ETH transfers into one partition after warm-up: each batch is flagged
-    whole and nothing of it is learned (without the flag budget the first batch lifted the
-    threshold from 0.39 to 0.62 and the rest of the flood passed and was learned)."""
+def warm_model(seed: int, n: int) -> tuple[PartitionModel, dict, int]:
+    """A model at the shipped defaults warmed on n ordinary transactions; their profiles; the last time."""
     from anomaly_stream.settings import Settings
 
     model = PartitionModel(ModelConfig.from_settings(Settings()), 0)
-    normal = TrafficGenerator(GeneratorConfig(seed=11, scenario_rates={})).take(4_000)
+    normal = TrafficGenerator(GeneratorConfig(seed=seed, scenario_rates={})).take(n)
     profiles: dict = {}
     for i in range(0, len(normal), 500):
         result = process_batch(model, [keyed(tx, i + j) for j, tx in enumerate(normal[i:i + 500])],
                                profiles.get, 0, require_key=False)
         profiles.update(result.profiles)
-    t = int(normal[-1]["blockTimestamp"], 16)
+    return model, profiles, int(normal[-1]["blockTimestamp"], 16)
+
+
+def test_a_flood_of_large_transfers_stays_flagged_and_unlearned():
+    """250 fresh 1,000 ETH transfers into one partition after warm-up: each batch is flagged
+    whole and nothing of it is learned (without the flag budget the first batch lifted the
+    threshold from 0.39 to 0.62 and the rest of the flood passed and was learned)."""
+    model, profiles, t = warm_model(seed=11, n=4_000)
     for batch in range(5):
         flood = [tx_from("0x%040x" % (10**30 + batch * 100 + k), "0x%040x" % (10**31 + batch * 100 + k),
                          1000 * 10**18, n=10**6 + batch * 100 + k, t=t + batch) for k in range(50)]
@@ -399,3 +404,19 @@ def test_a_flood_of_large_transfers_stays_flagged_and_unlearned():
         result = process_batch(model, [keyed(tx, 10**6 + k) for k, tx in enumerate(flood)], profiles.get, 0)
         assert len(result.anomalies) == 50, f"flood batch {batch}: {len(result.anomalies)} of 50 flagged"
         assert model.learned == learned
+
+
+def test_an_address_marked_benign_is_not_flagged_by_the_model_but_rules_still_fire():
+    model, profiles, t = warm_model(seed=12, n=3_000)
+    senders = ["0x%040x" % (10**30 + k) for k in range(6)]
+    bad = "0x" + "66" * 20
+    big = [tx_from(s, "0x%040x" % (10**31 + k), 1000 * 10**18, n=10**6 + k, t=t) for k, s in enumerate(senders)]
+    listed = tx_from(senders[1], bad, 10**17, n=10**7, t=t)
+    benign = set(senders[:3]).__contains__
+    result = process_batch(model, [keyed(tx, 10**6 + k) for k, tx in enumerate(big + [listed])], profiles.get, 0,
+                           listed=lambda a: {"ofac": "SDN"} if a == bad else None, benign=benign)
+    flagged = {d["tx_hash"]: d for d in result.anomalies}
+    assert {tx["hash"] for tx in big[3:]} <= set(flagged), "the others' outliers are flagged"
+    assert not {tx["hash"] for tx in big[:3]} & set(flagged), "the benign senders' are not"
+    assert result.suppressed == 3
+    assert [r["rule"] for r in flagged[listed["hash"]]["reasons"]] == ["watchlist"], "a rule still fires"
