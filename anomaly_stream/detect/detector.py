@@ -127,12 +127,16 @@ def process_batch(
     clock: Callable[[], float] = time.time,
     listed: Listed = nothing_listed,
     benign: Benign = nothing_benign,
+    home: Callable[[bytes], int] | None = None,
 ) -> BatchResult:
     """Score then learn every transaction of the batch, as its sender's act, in order.
 
-    With `require_key`, a message whose key is not its lower-case sender is
-    not scored here: it belongs to another partition's state, and the caller
-    re-publishes it under the right key (`rekeyed`).
+    With `require_key`, a message whose key is not its lower-case sender, or
+    (given `home`, the key's partition) that sits in another partition than
+    its key's, is not scored here: it belongs to another partition's state,
+    and the caller re-publishes it under the right key (`rekeyed`). The
+    partition check catches producers that hash keys their own way
+    (librdkafka's default is CRC32, not the Java client's murmur2).
     """
     result = BatchResult()
     profiles = result.profiles
@@ -146,7 +150,8 @@ def process_batch(
             result.dead_letters.append(DeadLetter(record, exc.reason, exc.detail))
             continue
         sender = tx.sender
-        if require_key and (record.key is None or record.key.decode("ascii", "replace") != sender):
+        if require_key and (record.key is None or record.key.decode("ascii", "replace") != sender
+                            or (home is not None and home(record.key) != partition)):
             result.rekeyed.append((sender, record))
             continue
         profile = profiles.get(sender)

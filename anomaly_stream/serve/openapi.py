@@ -35,9 +35,11 @@ OPENAPI = {
                  "description": "next_cursor of the previous page"},
             ],
             "responses": {
-                "200": _json({"type": "object", "required": ["items", "next_cursor"], "properties": {
+                "200": _json({"type": "object", "required": ["items", "next_cursor", "partial"], "properties": {
                     "items": {"type": "array", "items": {"$ref": "#/components/schemas/Anomaly"}},
-                    "next_cursor": {"type": "string", "nullable": True}}}),
+                    "next_cursor": {"type": "string", "nullable": True},
+                    "partial": {"type": "boolean", "description": "a replica did not answer in time"},
+                    "missing_partitions": {"type": "array", "items": {"type": "integer"}}}}),
                 "400": _ERROR, "503": _ERROR,
             },
         }},

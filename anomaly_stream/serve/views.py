@@ -153,13 +153,18 @@ class Api:
     def me(self) -> str:
         return str(self.app.conf.canonical_url).rstrip("/")
 
-    def peers(self) -> list[str]:
-        """Web URLs of the other replicas holding a share of the anomaly buffer."""
+    def peers(self) -> dict[str, list[int]]:
+        """Web URLs of the other replicas holding a share of the anomaly buffer, with their partitions."""
         try:
             hosts = self.app.router.table_metadata(self.anomaly_buffer.name)
         except KeyError:
             raise ApiError(503, "partition assignment not known yet") from None
-        return sorted({str(url).rstrip("/") for url in hosts} - {self.me()})
+        me, peers = self.me(), {}
+        for url, topics in hosts.items():
+            url = str(url).rstrip("/")
+            if url != me:
+                peers.setdefault(url, []).extend(p for partitions in topics.values() for p in partitions)
+        return {url: sorted(partitions) for url, partitions in sorted(peers.items())}
 
     async def ask(self, url: str) -> tuple[int, bytes]:
         try:
@@ -169,15 +174,21 @@ class Api:
         except (ClientError, asyncio.TimeoutError) as exc:
             raise ApiError(503, f"a replica did not answer: {type(exc).__name__}") from None
 
-    async def fan_out(self, path: str) -> list[tuple[int, bytes]]:
-        """Ask every peer for `path` at once, under one deadline; a peer that failed answers 503."""
+    async def fan_out(self, path: str) -> tuple[list[tuple[int, bytes]], list[int]]:
+        """Ask every peer for `path` at once, under one deadline: the 200 answers, and the
+        partitions of the peers that gave none (a dead replica costs one deadline, not a 503)."""
+        peers = self.peers()
+
         async def one(url: str) -> tuple[int, bytes]:
             try:
                 return await self.ask(url + path)
             except ApiError as exc:
                 return exc.status, orjson.dumps({"error": exc.message})
 
-        return list(await asyncio.gather(*(one(url) for url in self.peers())))
+        answers = await asyncio.gather(*(one(url) for url in peers))
+        missing = sorted(p for (status, _), partitions in zip(answers, peers.values()) if status != 200
+                         for p in partitions)
+        return [(status, body) for status, body in answers if status == 200], missing
 
     async def cached(self, request: Request, kind: str, ident: str, load, not_found: str) -> web.Response:
         """Through the cache, unless another replica asks: it looked in the cache already."""
@@ -302,6 +313,7 @@ class Anomalies(ApiView):
             and d["detected_at"] >= since
             and (cursor is None or (d["detected_at"], d["tx_hash"]) < cursor)
         ][:limit]
+        missing: list[int] = []
         if HOP_HEADER not in request.headers:
             params = {"min_score": min_score, "since": since, "limit": limit}
             if address:
@@ -309,14 +321,15 @@ class Anomalies(ApiView):
             if cursor:
                 params["cursor"] = f"{cursor[0]!r}_{cursor[1]}"
             qs = "&".join(f"{k}={v}" for k, v in params.items())
-            for status, body in await self.api.fan_out(f"/api/v1/anomalies?{qs}"):
-                if status != 200:
-                    raise ApiError(503, "a replica could not list its anomalies")
+            answers, missing = await self.api.fan_out(f"/api/v1/anomalies?{qs}")
+            for _, body in answers:
                 documents.extend(orjson.loads(body)["items"])
             documents.sort(key=lambda d: (d["detected_at"], d["tx_hash"]), reverse=True)
             documents = documents[:limit]
         next_cursor = cursor_of(documents[-1]) if len(documents) == limit else None
-        return json_response({"items": documents, "next_cursor": next_cursor})
+        # A replica that did not answer leaves its partitions out: said, not a 503.
+        return json_response({"items": documents, "next_cursor": next_cursor,
+                              "partial": bool(missing), "missing_partitions": missing})
 
 
 class Anomaly(ApiView):
@@ -330,10 +343,8 @@ class Anomaly(ApiView):
                     return orjson.dumps(document)
             if HOP_HEADER in request.headers:
                 return None
-            for status, body in await api.fan_out(f"/api/v1/anomalies/{tx_hash}"):
-                if status == 200:
-                    return body
-            return None
+            answers, _ = await api.fan_out(f"/api/v1/anomalies/{tx_hash}")
+            return answers[0][1] if answers else None
 
         return await api.cached(request, "anomaly", tx_hash, load, "no anomaly with this hash in the buffer")
 
@@ -352,9 +363,8 @@ class Feedback(ApiView):
         except feedback.FeedbackError as exc:
             raise ApiError(400, str(exc)) from None
         documents = [d for d in api.local_anomalies() if d["tx_hash"] == tx_hash]
-        for status, body in await api.fan_out(f"/api/v1/anomalies/{tx_hash}"):
-            if status == 200:
-                documents.append(orjson.loads(body))
+        answers, _ = await api.fan_out(f"/api/v1/anomalies/{tx_hash}")
+        documents.extend(orjson.loads(body) for _, body in answers)
         if not documents:
             raise ApiError(404, "no anomaly with this hash in the buffer")
         addresses = sorted({d["address"] for d in documents})
@@ -403,8 +413,8 @@ class Stats(ApiView):
         local = self.api.local_stats()
         if HOP_HEADER in request.headers:
             return json_response(local)
-        replicas = [local] + [orjson.loads(body) for status, body in await self.api.fan_out("/api/v1/stats")
-                              if status == 200]
+        answers, missing = await self.api.fan_out("/api/v1/stats")
+        replicas = [local] + [orjson.loads(body) for _, body in answers]
         processed = sum(r["processed_total"] for r in replicas)
         anomalies = sum(r["anomalies_total"] for r in replicas)
         return json_response({
@@ -415,6 +425,7 @@ class Stats(ApiView):
             # Every replica holds every verdict: this one's view is the whole.
             "feedback": self.api.feedback_stats(),
             "partitions_served": sorted(p for r in replicas for p in r["partitions"]),
+            "partial": bool(missing), "missing_partitions": missing,
             "replicas": replicas,
         })
 

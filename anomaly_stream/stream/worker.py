@@ -223,7 +223,7 @@ class Worker:
         started = time.perf_counter()
         model = self.model(partition)
         result = process_batch(model, records, self.lookup, partition, require_key, self.clock, self.listed,
-                               self.benign)
+                               self.benign, self.partition_of)
         if result.edges:
             n = self.settings.kafka_input_partitions
             messages = []
@@ -251,8 +251,9 @@ class Worker:
         await self._dead_letter(partition, result)
         topic = self.topics.transactions if perspective == SENDER else self.topics.edges
         if result.rekeyed:
-            await self.sink.send_many(topic, [(key.encode(), record.value, None) for key, record in result.rekeyed],
-                                      source_partition=partition)
+            # To the partition the key hashes to, explicitly: whatever partitioner the producer has.
+            await self.sink.send_many(topic, [(key.encode(), record.value, self.partition_of(key.encode()))
+                                              for key, record in result.rekeyed], source_partition=partition)
         await self._write_profiles(partition, result)
         if result.anomalies:
             await self._publish_anomalies(partition, result.anomalies)

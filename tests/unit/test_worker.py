@@ -23,8 +23,8 @@ class Clock:
 
 
 def make_worker(clock=None, **overrides) -> tuple[Worker, MemorySink]:
-    settings = Settings.from_env({}, kafka_input_partitions=1, model_warmup_events=300,
-                                 target_flag_rate=0.05, **overrides)
+    settings = Settings.from_env({}, **{"kafka_input_partitions": 1, "model_warmup_events": 300,
+                                        "target_flag_rate": 0.05, **overrides})
     stores = Stores(Store({}, "profiles-changelog"), Store({}, "checkpoints-changelog"),
                     Store({}, "buffer-changelog"))
     sink = MemorySink()
@@ -56,8 +56,23 @@ async def test_a_miskeyed_message_is_republished_under_its_sender(txs):
     tx = txs[0]
     await worker.handle(0, [Record(0, b"someone-else", orjson.dumps(tx), 1.0)])
     [rekeyed] = sink.on("tx")
-    assert rekeyed.key == tx["from"].encode() and rekeyed.partition is None
+    assert rekeyed.key == tx["from"].encode() and rekeyed.partition == 0
     assert not worker.stores.profiles.data, "not scored where it landed"
+
+
+async def test_a_message_in_another_partition_than_its_key_hashes_to_moves_there(txs):
+    """A producer partitioning by CRC32 (librdkafka's default) puts a sender where its state is not."""
+    from anomaly_stream.stream.worker import kafka_partition
+
+    worker, sink = make_worker(kafka_input_partitions=4)
+    tx = txs[0]
+    key = tx["from"].encode()
+    home = kafka_partition(key, 4)
+    await worker.handle((home + 1) % 4, [Record(0, key, orjson.dumps(tx), 1.0)])
+    [moved] = sink.on("tx")
+    assert (moved.key, moved.partition) == (key, home) and not worker.stores.profiles.data
+    result = await worker.handle(home, [Record(1, key, orjson.dumps(tx), 1.0)])
+    assert result.processed == 1 and not result.rekeyed
 
 
 async def test_profiles_reach_the_table_before_their_changelog_and_once_per_batch(txs):
