@@ -77,6 +77,9 @@ class Settings:
     feedback_max_entries: int = 100_000
     # From the Secret: the bearer token of the API's writes (feedback). Empty: writes refused.
     api_write_key: str = field(default="", repr=False)
+    # From the Secret: the replicas sign their requests to each other with it (serve.views.hop_value).
+    # Empty: a request that says it comes from a replica is believed.
+    api_peer_key: str = field(default="", repr=False)
     # Redis read-through cache (optional at run time)
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_password: str = field(default="", repr=False)  # from the Secret; never logged

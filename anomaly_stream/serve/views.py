@@ -25,6 +25,7 @@ import orjson
 import structlog
 from aiohttp import ClientError, ClientTimeout, web
 from faust.web import Request, Response, View
+from yarl import URL
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from .. import __version__, metrics
@@ -38,7 +39,12 @@ log = structlog.get_logger(__name__)
 CURSOR = re.compile(r"(\d{1,12}(?:\.\d{1,17})?)_(0x[0-9a-f]{64})")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_LIMIT = 500
-HOP_HEADER = "X-Anomaly-Stream-Hop"  # set on requests one replica makes to another
+# Set on requests one replica makes to another: the peer answers from its own
+# share only, without the cache. Signed with API_PEER_KEY (`hop_value`), so a
+# client cannot send it to skip the cache or make a replica ask its peers.
+HOP_HEADER = "X-Anomaly-Stream-Hop"
+PEER_KEY = web.AppKey("api_peer_key", str)
+HOP_MAX_AGE = 30.0  # seconds a signed hop stays valid (replicas' clocks agree within this)
 PEER_TIMEOUT = 5.0  # one deadline for all the peers a request asks
 
 
@@ -82,6 +88,28 @@ def parse_number(query, name: str, default: float, lo: float, hi: float, integer
     if not lo <= value <= hi:  # also rejects nan
         raise ApiError(400, f"{name} must be between {lo} and {hi}")
     return value
+
+
+def hop_value(key: str, path_qs: str, now: float) -> str:
+    """The hop header for a request to `path_qs` at `now`: "<unix s>.<HMAC-SHA256 hex>", or "1" unsigned."""
+    if not key:
+        return "1"
+    stamp = f"{now:.0f}"
+    mac = hmac.new(key.encode(), f"{stamp} {path_qs}".encode(), "sha256").hexdigest()
+    return f"{stamp}.{mac}"
+
+
+def check_hop(key: str, value: str, path_qs: str, now: float) -> None:
+    """Refuse a hop header that `hop_value` with this key did not make within HOP_MAX_AGE."""
+    if not key:
+        return
+    stamp, _, _ = value.partition(".")
+    try:
+        fresh = abs(now - float(stamp)) <= HOP_MAX_AGE
+    except ValueError:
+        fresh = False
+    if not (fresh and hmac.compare_digest(value.encode(), hop_value(key, path_qs, float(stamp)).encode())):
+        raise ApiError(401, f"{HOP_HEADER} is for replicas: a bad or expired signature")
 
 
 def authorise_write(key: str, authorization: str) -> None:
@@ -168,7 +196,8 @@ class Api:
 
     async def ask(self, url: str) -> tuple[int, bytes]:
         try:
-            async with self.app.http_client.get(url, headers={HOP_HEADER: "1"},
+            hop = hop_value(self.settings.api_peer_key, URL(url).path_qs, time.time())
+            async with self.app.http_client.get(url, headers={HOP_HEADER: hop},
                                                 timeout=ClientTimeout(total=PEER_TIMEOUT)) as resp:
                 return resp.status, await resp.read()
         except (ClientError, asyncio.TimeoutError) as exc:
@@ -454,6 +483,8 @@ async def observe(request: web.Request, handler):
     rid = rid if REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     try:
+        if HOP_HEADER in request.headers:
+            check_hop(request.app[PEER_KEY], request.headers[HOP_HEADER], request.path_qs, time.time())
         response = await handler(request)
     except ApiError as exc:
         response = json_response({"error": exc.message}, status=exc.status)
@@ -480,4 +511,5 @@ def register(app, profiles, anomaly_buffer) -> None:
     async def sample_throughput() -> None:
         api.throughput.append((time.monotonic(), REGISTRY.get_sample_value("transactions_processed_total")))
 
+    app.web.web_app[PEER_KEY] = app.settings.api_peer_key
     app.web.web_app.middlewares.append(observe)
