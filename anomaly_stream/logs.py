@@ -15,8 +15,10 @@ import structlog
 
 def setup_logging(level: str = "info", fmt: str = "json", *, handler: bool = False) -> None:
     stdlib_level = logging.getLevelName(level.upper())
-    for noisy in ("faust", "mode", "aiokafka", "web3", "urllib3"):
+    for noisy in ("faust", "mode", "aiokafka", "urllib3"):
         logging.getLogger(noisy).setLevel(stdlib_level)
+    # web3 logs the endpoint URL, which carries a hosted provider's API key, below warning.
+    logging.getLogger("web3").setLevel(max(stdlib_level, logging.WARNING))
     if handler and not logging.getLogger().handlers:
         logging.basicConfig(level=stdlib_level, format="%(message)s")  # the event is rendered already
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()

@@ -35,6 +35,15 @@ class RpcError(Exception):
             s in text for s in ("does not exist", "not available", "not supported", "method not found"))
 
 
+def describe(exc: BaseException) -> str:
+    """An error as a log may show it: its kind and HTTP status, never the URL (a hosted node's API key is in it)."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__}: HTTP {exc.status}"
+    if isinstance(exc, RpcError):
+        return str(exc)
+    return type(exc).__name__
+
+
 class RpcClient:
     """Raw JSON-RPC through web3's async HTTP provider, with bounded retries.
 
@@ -123,6 +132,6 @@ class RpcClient:
             if delay is None:
                 delay = random.uniform(0, min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1)))
             log.warning("rpc_retry", method=label, attempt=attempt, max_attempts=self.max_attempts,
-                        error=repr(error), retry_in_seconds=round(delay, 2))
+                        error=describe(error), retry_in_seconds=round(delay, 2))
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")

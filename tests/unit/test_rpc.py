@@ -71,3 +71,28 @@ async def test_a_bad_batch_answer_is_an_rpc_error(answer, message):
     with pytest.raises(RpcError, match=message) as raised:
         await client(FakeProvider(answer)).batch("eth_getCode", [["0xa"], ["0xb"]])
     assert raised.value.method == "eth_getCode"
+
+
+async def test_a_retry_log_names_the_error_not_the_url_and_its_key(capsys):
+    from aiohttp import web
+
+    async def refuse(request):
+        return web.Response(status=503)
+
+    server = web.Application()
+    server.router.add_post("/v3/{key}", refuse)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    rpc = RpcClient(f"http://127.0.0.1:{port}/v3/s3cr3t-api-key", timeout=1.0, max_attempts=2)
+    try:
+        with pytest.raises(Exception):
+            await rpc.call("eth_blockNumber", [])
+    finally:
+        await rpc.close()
+        await runner.cleanup()
+    out = capsys.readouterr()
+    assert "rpc_retry" in out.out + out.err and "HTTP 503" in out.out + out.err
+    assert "s3cr3t" not in out.out + out.err
