@@ -385,5 +385,7 @@ def test_compose_config_is_valid():
         assert worker["read_only"] is True
         env = worker["environment"]
         Settings.from_env({k: v for k, v in env.items() if k in names})
+    published = [p for s in services.values() for p in s.get("ports", [])]
+    assert published and all(p["host_ip"] == "127.0.0.1" for p in published), "only this machine reaches them"
     assert services["generator"]["command"][0] == "generate"
     assert "--count" in services["generator"]["command"] and "--rate" in services["generator"]["command"]
