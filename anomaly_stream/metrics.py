@@ -107,3 +107,5 @@ INGEST_REORGS = Counter(
     "ingest_reorgs_total", "Reorgs deeper than the confirmation depth (published blocks orphaned).")
 INGEST_ORPHANED_BLOCKS = Counter(
     "ingest_orphaned_blocks_total", "Published blocks that a reorg later orphaned.")
+INGEST_INPUTS_TRUNCATED = Counter(
+    "ingest_inputs_truncated_total", "Transactions whose calldata was cut to fit the input topic's message size.")

@@ -50,6 +50,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+import aiohttp
 import orjson
 import structlog
 from prometheus_client import start_http_server
@@ -57,11 +58,12 @@ from prometheus_client import start_http_server
 from ..metrics import (
     ETH_BLOCKS_BEHIND_HEAD,
     INGEST_BLOCKS_PUBLISHED,
+    INGEST_INPUTS_TRUNCATED,
     INGEST_ORPHANED_BLOCKS,
     INGEST_REORGS,
     INGEST_TRANSACTIONS_PUBLISHED,
 )
-from .rpc import RpcClient, RpcError
+from .rpc import RpcClient, RpcError, describe
 from ..settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -69,7 +71,10 @@ log = structlog.get_logger(__name__)
 KEEP_HASHES = 256  # published block hashes kept (and checkpointed) to find a fork point
 RECEIPT_CHUNK = 100  # receipts per JSON-RPC batch when the node has no eth_getBlockReceipts
 EXIT_DEEP_REORG = 3
-
+# The input topic's max.message.bytes is 1 MiB (deploy/k8s/20-kafka-topics.yaml, Kafka's
+# default): a message a little under it leaves room for the key, headers and batch framing.
+MAX_MESSAGE_BYTES = 1_000_000
+NODE_RETRY_MAX_SECONDS = 30.0  # between steps that failed on the node, after RpcClient's own retries
 
 
 class DeepReorg(Exception):
@@ -111,6 +116,20 @@ def to_message(tx: dict, block: dict, receipt: dict) -> dict:
     contract = receipt.get("contractAddress")
     msg["contractAddress"] = contract.lower() if contract else None
     return msg
+
+
+def encode_message(msg: dict) -> bytes:
+    """The message as published. Calldata that would not fit the topic (a creation's init code
+    or a rollup batch can reach 1.8 MB: 30M gas at 16 per byte, twice that in hex) is cut to fit,
+    the selector and hundreds of KB kept, and `inputTruncatedFrom` gives its length in bytes:
+    one such transaction put the ingester in a crash loop on its block."""
+    value = orjson.dumps(msg)
+    if len(value) <= MAX_MESSAGE_BYTES:
+        return value
+    data = msg.get("input") or "0x"
+    keep = max(2, len(data) - (len(value) - MAX_MESSAGE_BYTES) - 64) & ~1  # whole bytes after "0x"
+    INGEST_INPUTS_TRUNCATED.inc()
+    return orjson.dumps({**msg, "input": data[:keep], "inputTruncatedFrom": (len(data) - 2) // 2})
 
 
 class Ingester:
@@ -185,7 +204,7 @@ class Ingester:
                 headers = [("eth-reorg-replaces", orphan.encode())] if orphan else None
                 for tx, receipt in zip(block["transactions"], block_receipts):
                     msg = to_message(tx, block, receipt)
-                    await self.producer.send(self.topic, orjson.dumps(msg), key=msg["from"].encode(),
+                    await self.producer.send(self.topic, encode_message(msg), key=msg["from"].encode(),
                                              headers=headers)  # fmt: skip
                     sent += 1
                 pos.recent.append((number, block["hash"]))
@@ -302,11 +321,24 @@ class Ingester:
             pos = await self.start_position(from_block)
             log.info("ingesting", chain_id=self.chain_id, topic=self.topic, checkpoint_topic=self.checkpoint_topic,
                      confirmations=self.depth)  # fmt: skip
+            failures = 0
             while not self.stopping.is_set():
                 if to_block is not None and pos.next_block > to_block:
                     log.info("ingest_to_block_reached", to_block=to_block)
                     break
-                if not await self.step(pos, to_block):
+                try:
+                    progressed = await self.step(pos, to_block)
+                    failures = 0
+                except (RpcError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                    # The node is down or answers garbage: RpcClient retried; wait and try the
+                    # same blocks again rather than exit into a restart loop.
+                    failures += 1
+                    delay = min(NODE_RETRY_MAX_SECONDS, self.settings.ingest_poll_interval_seconds * 2 ** failures)
+                    log.warning("ingest_step_failed", error=describe(exc), next_block=pos.next_block,
+                                retry_in_seconds=delay)
+                    await self._sleep(delay)
+                    continue
+                if not progressed:
                     await self._sleep(self.settings.ingest_poll_interval_seconds)
         except DeepReorg as exc:
             log.error("ingest_stopped", error=str(exc), hint="restart with --from-block after checking the chain")
