@@ -24,6 +24,10 @@ from ..settings import Settings
 
 log = structlog.get_logger(__name__)
 COOL_DOWN_SECONDS = 2.0
+# A look-up that found nothing is remembered this long (an empty value), so a
+# client asking again and again for a hash that is nowhere does not make every
+# replica scan its buffer each time; invalidate() clears it like any entry.
+MISS_TTL_SECONDS = 2.0
 
 Loader = Callable[[], Awaitable[bytes | None]]
 
@@ -37,6 +41,7 @@ class Cache:
         self.hits = self.misses = self.errors = 0
         self.settings = settings
         self.client: redis.Redis | None = None  # built by start(), inside the running loop
+        self._loading: dict[str, asyncio.Future] = {}  # key -> the load in progress, which callers share
 
     async def start(self) -> None:
         self.client = self._connect(self.settings)
@@ -65,14 +70,29 @@ class Cache:
         return f"{self.prefix}:{kind}:{ident}"
 
     async def get_or_load(self, kind: str, ident: str, loader: Loader, ttl: float | None = None) -> bytes | None:
+        """The cached value, else the loader's (None: not found); concurrent callers of one key share one load."""
         key = self.key(kind, ident)
         cached = await self._call("get", self.client.get(key)) if self._may_call() else None
         self._count(cached is not None)
         if cached is not None:
-            return cached
-        value = await loader()
-        if value is not None and self._may_call():
-            await self._call("set", self.client.set(key, value, px=int((ttl or self.ttl) * 1000)))
+            return cached or None  # b"": a recent miss
+        loading = self._loading.get(key)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        self._loading[key] = loading = asyncio.get_running_loop().create_future()
+        try:
+            value = await loader()
+        except BaseException as exc:
+            loading.set_exception(exc)
+            loading.exception()  # retrieved: no "never retrieved" warning when nobody shared it
+            raise
+        else:
+            loading.set_result(value)
+        finally:
+            del self._loading[key]
+        if self._may_call():
+            px = int((ttl or self.ttl) * 1000) if value is not None else int(MISS_TTL_SECONDS * 1000)
+            await self._call("set", self.client.set(key, value or b"", px=px))
         return value
 
     def _count(self, hit: bool) -> None:

@@ -43,9 +43,11 @@ MAX_LIMIT = 500
 # share only, without the cache. Signed with API_PEER_KEY (`hop_value`), so a
 # client cannot send it to skip the cache or make a replica ask its peers.
 HOP_HEADER = "X-Anomaly-Stream-Hop"
-PEER_KEY = web.AppKey("api_peer_key", str)
 HOP_MAX_AGE = 30.0  # seconds a signed hop stays valid (replicas' clocks agree within this)
 PEER_TIMEOUT = 5.0  # one deadline for all the peers a request asks
+# Queries share the event loop with detection: past this many at once, a query
+# gets a 503 at once instead of queueing (probes and metrics are never refused).
+MAX_QUERIES_IN_FLIGHT = 64
 
 
 class ApiError(Exception):
@@ -148,6 +150,10 @@ class Api:
         self.profiles = profiles
         self.anomaly_buffer = anomaly_buffer
         self.throughput: deque[tuple[float, float]] = deque(maxlen=13)  # (monotonic, processed), one a 5 s tick
+        self.queries_in_flight = 0
+        # Buffered values decoded by an earlier listing (the same bytes objects stay in the
+        # table, their hashes cached): a listing decodes only what arrived since.
+        self._decoded: dict[bytes, dict] = {}
 
     def owned_partitions(self) -> list[int]:
         topic = self.settings.kafka_input_topic
@@ -156,8 +162,12 @@ class Api:
     def local_anomalies(self) -> list[dict]:
         """This replica's share of the buffer, newest first, already past their TTL excluded."""
         cutoff = time.time() - self.settings.anomaly_buffer_ttl_seconds
-        documents = [orjson.loads(v) for v in list(self.anomaly_buffer.data.values())]
-        documents = [d for d in documents if d["detected_at"] >= cutoff]
+        known, decoded = self._decoded, {}
+        for raw in list(self.anomaly_buffer.data.values()):
+            document = known.get(raw)
+            decoded[raw] = orjson.loads(raw) if document is None else document
+        self._decoded = decoded  # what left the buffer leaves the memo
+        documents = [d for d in decoded.values() if d["detected_at"] >= cutoff]
         documents.sort(key=lambda d: (d["detected_at"], d["tx_hash"]), reverse=True)
         return documents
 
@@ -254,6 +264,9 @@ class Api:
             "flag_rate": anomalies / processed if processed else 0.0,
             "thresholds": {str(p): m.threshold for p, m in sorted(self.worker.models.items())},
         }
+
+
+API = web.AppKey("api", Api)  # the middleware's way to the Api
 
 
 class ApiView(View):
@@ -482,10 +495,18 @@ async def observe(request: web.Request, handler):
     rid = request.headers.get("X-Request-ID", "")
     rid = rid if REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    api = request.app[API]
+    query = route.startswith("/api/v1/")
     try:
-        if HOP_HEADER in request.headers:
-            check_hop(request.app[PEER_KEY], request.headers[HOP_HEADER], request.path_qs, time.time())
-        response = await handler(request)
+        if query and api.queries_in_flight >= MAX_QUERIES_IN_FLIGHT:
+            raise ApiError(503, "too many queries in flight: retry shortly")
+        api.queries_in_flight += query
+        try:
+            if HOP_HEADER in request.headers:
+                check_hop(api.settings.api_peer_key, request.headers[HOP_HEADER], request.path_qs, time.time())
+            response = await handler(request)
+        finally:
+            api.queries_in_flight -= query
     except ApiError as exc:
         response = json_response({"error": exc.message}, status=exc.status)
     except web.HTTPException as exc:
@@ -511,5 +532,5 @@ def register(app, profiles, anomaly_buffer) -> None:
     async def sample_throughput() -> None:
         api.throughput.append((time.monotonic(), REGISTRY.get_sample_value("transactions_processed_total")))
 
-    app.web.web_app[PEER_KEY] = app.settings.api_peer_key
+    app.web.web_app[API] = api
     app.web.web_app.middlewares.append(observe)
