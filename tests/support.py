@@ -139,7 +139,7 @@ class WorkerProcess:
 
 
 async def produce(topic: str, messages, create_partitions: int | None = None) -> None:
-    """Send (key, value) pairs and wait until the broker has them all."""
+    """Send (key, value) pairs, or (key, value, partition), and wait until the broker has them all."""
     from aiokafka import AIOKafkaProducer
 
     if create_partitions:
@@ -147,7 +147,8 @@ async def produce(topic: str, messages, create_partitions: int | None = None) ->
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, linger_ms=10)
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, key=key) for key, value in messages]
+        futures = [await producer.send(topic, value, key=key, partition=partition[0] if partition else None)
+                   for key, value, *partition in messages]
         await producer.flush()
         for fut in futures:
             await fut
