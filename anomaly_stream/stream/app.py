@@ -19,6 +19,7 @@ from ..serve.cache import Cache
 from ..settings import Settings
 from . import agents
 from .consumer import BatchingTransport
+from .kafka import client_options, faust_credentials
 from .replica import ReplicatedTopic
 from .topics import ensure_topics
 from .worker import Store, Stores, Topics, Worker, buffer_window_seconds
@@ -120,6 +121,7 @@ def create_app(settings: Settings) -> App:
     app = App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker_credentials=faust_credentials(settings),
         store=settings.table_store,
         datadir=settings.data_dir,
         processing_guarantee=settings.processing_guarantee,
@@ -163,6 +165,7 @@ def create_app(settings: Settings) -> App:
     # Every replica holds every watch-listed address (replica.py says why not a GlobalTable).
     app.watchlist = ReplicatedTopic(settings.kafka_bootstrap_servers, settings.kafka_watchlist_topic,
                                     watchlist.valid_record)
+    app.watchlist.client_options = client_options(settings)
 
     cache = Cache(settings)
     app.worker = Worker(

@@ -13,7 +13,7 @@ read here is ever executed; a value is JSON, see `detect.watchlist`).
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -30,6 +30,7 @@ class ReplicatedTopic:
         self.valid = valid
         self.data: dict[bytes, bytes] = {}
         self._task: asyncio.Task | None = None
+        self.client_options: Mapping[str, Any] = {}  # kafka.client_options (TLS, SASL); set by create_app
 
     async def start(self) -> None:
         self._task = asyncio.ensure_future(self._follow())
@@ -54,7 +55,8 @@ class ReplicatedTopic:
     async def _follow(self) -> None:
         tp = TopicPartition(self.topic, 0)
         while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
+                                        **self.client_options)
             try:
                 await consumer.start()
                 consumer.assign([tp])
