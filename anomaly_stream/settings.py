@@ -220,7 +220,8 @@ class Settings:
             raise SettingsError(f"{named} set but KAFKA_SECURITY_PROTOCOL is {protocol}: "
                                 "TLS files need SSL or SASL_SSL")
         if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
-            raise SettingsError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (a client certificate and its key)")
+            raise SettingsError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together "
+                                "(a client certificate and its key)")
 
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")

@@ -17,9 +17,8 @@ from ..detect import watchlist
 from ..serve import views
 from ..serve.cache import Cache
 from ..settings import Settings
-from . import agents
+from . import agents, kafka
 from .consumer import BatchingTransport
-from .kafka import client_options, faust_credentials
 from .replica import ReplicatedTopic
 from .topics import ensure_topics
 from .worker import Store, Stores, Topics, Worker, buffer_window_seconds
@@ -43,6 +42,7 @@ class App(faust.App):
     async def on_start(self) -> None:
         await super().on_start()
         await self.worker.cache.start()
+        self.watchlist.client_options = kafka.client_options(self.settings)  # TLS, SASL, as Faust's clients
         await self.watchlist.start()
 
     async def on_stop(self) -> None:
@@ -121,7 +121,7 @@ def create_app(settings: Settings) -> App:
     app = App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
-        broker_credentials=faust_credentials(settings),
+        broker_credentials=kafka.faust_credentials(settings),  # TLS, SASL (kafka.py)
         store=settings.table_store,
         datadir=settings.data_dir,
         processing_guarantee=settings.processing_guarantee,
@@ -165,7 +165,6 @@ def create_app(settings: Settings) -> App:
     # Every replica holds every watch-listed address (replica.py says why not a GlobalTable).
     app.watchlist = ReplicatedTopic(settings.kafka_bootstrap_servers, settings.kafka_watchlist_topic,
                                     watchlist.valid_record)
-    app.watchlist.client_options = client_options(settings)
 
     cache = Cache(settings)
     app.worker = Worker(

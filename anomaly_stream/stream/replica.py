@@ -13,7 +13,7 @@ read here is ever executed; a value is JSON, see `detect.watchlist`).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -30,7 +30,7 @@ class ReplicatedTopic:
         self.valid = valid
         self.data: dict[bytes, bytes] = {}
         self._task: asyncio.Task | None = None
-        self.client_options: Mapping[str, Any] = {}  # kafka.client_options (TLS, SASL); set by create_app
+        self.client_options: dict = {}  # kafka.client_options (TLS, SASL); set by the app
 
     async def start(self) -> None:
         self._task = asyncio.ensure_future(self._follow())
