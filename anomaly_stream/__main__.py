@@ -90,11 +90,13 @@ async def produce(settings: Settings, txs, rate: float) -> int:
     """Send transactions keyed by sender, as every producer to the input topic should."""
     from aiokafka import AIOKafkaProducer
 
+    from .stream.kafka import client_options
     from .stream.topics import ensure_topics
 
     await ensure_topics(settings)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=20, max_batch_size=256 * 1024,
+        **client_options(settings),
     )
     await producer.start()
     started, sent = time.monotonic(), 0

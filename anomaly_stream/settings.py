@@ -40,6 +40,14 @@ class Settings:
     app_id: str = "anomaly-stream"
     processing_guarantee: str = "at_least_once"
     commit_interval_seconds: float = 2.0
+    # Kafka security, for every client (stream.kafka.client_options): TLS and/or SASL.
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SASL_PLAINTEXT, SASL_SSL, SSL
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"  # SCRAM-SHA-512, SCRAM-SHA-256, PLAIN
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)  # from a Secret; never logged
+    kafka_ssl_cafile: str = ""  # empty: the system's CAs
+    kafka_ssl_certfile: str = ""  # client certificate (mTLS), with KAFKA_SSL_KEYFILE
+    kafka_ssl_keyfile: str = ""
     # State
     table_store: str = "memory://"
     data_dir: str = "/tmp/anomaly-stream-data"
@@ -190,12 +198,15 @@ class Settings:
             raise SettingsError("KAFKA_HEARTBEAT_INTERVAL_SECONDS must be below KAFKA_SESSION_TIMEOUT_SECONDS")
         choices = {
             "processing_guarantee": ("at_least_once", "exactly_once"),
+            "kafka_security_protocol": KAFKA_SECURITY_PROTOCOLS,
+            "kafka_sasl_mechanism": KAFKA_SASL_MECHANISMS,
             "log_level": ("debug", "info", "warning", "error"),
             "log_format": ("json", "console"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{name.upper()} must be one of {allowed}, got {getattr(self, name)!r}")
+        self._validate_kafka_security()
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
         for flag in ("redis_ssl", "enrich_onchain"):
@@ -203,6 +214,31 @@ class Settings:
                 raise SettingsError(f"{flag.upper()} must be 0 or 1, got {getattr(self, flag)!r}")
         if not self.table_store.startswith(("memory://", "rocksdb://")):
             raise SettingsError(f"TABLE_STORE must be memory:// or rocksdb://, got {self.table_store!r}")
+
+    def _validate_kafka_security(self) -> None:
+        """Credentials and TLS files only with a protocol that uses them: a username set
+        beside PLAINTEXT, or a CA file beside SASL_PLAINTEXT, would silently go unused."""
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
+                                "KAFKA_SASL_PASSWORD (the password from the Secret)")
+        if not sasl and (self.kafka_sasl_username or self.kafka_sasl_password):
+            raise SettingsError(f"KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD are set but KAFKA_SECURITY_PROTOCOL is "
+                                f"{protocol}: use SASL_SSL or SASL_PLAINTEXT, or unset them")
+        tls_files = {"KAFKA_SSL_CAFILE": self.kafka_ssl_cafile, "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+                     "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile}
+        if protocol not in ("SSL", "SASL_SSL") and any(tls_files.values()):
+            named = ", ".join(name for name, value in tls_files.items() if value)
+            raise SettingsError(f"{named} set but KAFKA_SECURITY_PROTOCOL is {protocol}: "
+                                "TLS files need SSL or SASL_SSL")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise SettingsError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together "
+                                "(a client certificate and its key)")
+
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 
 
 def _parse(f: dataclasses.Field, raw: str):

@@ -19,6 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA = f"127.0.0.1:{os.environ.get('STACK_KAFKA_PORT', '19092')}"
+# The stack's SCRAM-SHA-512 listener (deploy/local/stack.py) and where `up` keeps its password.
+SASL_KAFKA = f"127.0.0.1:{os.environ.get('STACK_KAFKA_SASL_PORT', '19094')}"
+SASL_PASSWORD_FILE = Path(os.environ.get("STACK_DIR") or REPO / ".stack").resolve() / "kafka" / "sasl-password"
 REDIS_URL = f"redis://127.0.0.1:{os.environ.get('STACK_REDIS_PORT', '16379')}/0"
 
 
@@ -56,6 +59,27 @@ def deployment_env(**overrides) -> dict[str, str]:
     }
     env.update({k.upper(): str(v) for k, v in overrides.items()})
     return env
+
+
+def sasl_env(password: str | None = None) -> dict[str, str]:
+    """Settings of a client of the stack's SCRAM listener; the stack's password unless one is given."""
+    if password is None:
+        assert SASL_PASSWORD_FILE.exists(), f"{SASL_PASSWORD_FILE} missing: the stack predates its SASL listener"
+        password = SASL_PASSWORD_FILE.read_text().strip()
+    return {"KAFKA_BOOTSTRAP_SERVERS": SASL_KAFKA, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "anomaly-stream",
+            "KAFKA_SASL_PASSWORD": password}
+
+
+def connection(env: dict[str, str] | None) -> dict:
+    """aiokafka's bootstrap_servers and security options: the stack's PLAINTEXT listener, or `env`'s."""
+    if env is None:
+        return {"bootstrap_servers": KAFKA}
+    from anomaly_stream.settings import Settings
+    from anomaly_stream.stream.kafka import client_options
+
+    settings = Settings.from_env(env)
+    return {"bootstrap_servers": settings.kafka_bootstrap_servers, **client_options(settings)}
 
 
 class WorkerProcess:
@@ -138,13 +162,14 @@ class WorkerProcess:
         self.kill(signal.SIGTERM)
 
 
-async def produce(topic: str, messages, create_partitions: int | None = None) -> None:
-    """Send (key, value) pairs, or (key, value, partition), and wait until the broker has them all."""
+async def produce(topic: str, messages, create_partitions: int | None = None, env: dict | None = None) -> None:
+    """Send (key, value) pairs, or (key, value, partition), and wait until the broker has them all
+    (through `env`'s listener if given)."""
     from aiokafka import AIOKafkaProducer
 
     if create_partitions:
-        await create_topic(topic, create_partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, linger_ms=10)
+        await create_topic(topic, create_partitions, env)
+    producer = AIOKafkaProducer(linger_ms=10, **connection(env))
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key, partition=partition[0] if partition else None)
@@ -156,11 +181,11 @@ async def produce(topic: str, messages, create_partitions: int | None = None) ->
         await producer.stop()
 
 
-async def create_topic(topic: str, partitions: int) -> None:
+async def create_topic(topic: str, partitions: int, env: dict | None = None) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    admin = AIOKafkaAdminClient(**connection(env))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, partitions, 1)])
@@ -170,13 +195,14 @@ async def create_topic(topic: str, partitions: int) -> None:
         await admin.close()
 
 
-async def consume_all(topic: str, expect: int | None = None, idle: float = 3.0, timeout: float = 60.0):
+async def consume_all(topic: str, expect: int | None = None, idle: float = 3.0, timeout: float = 60.0,
+                      env: dict | None = None):
     """Every record of a topic from the beginning, until `expect` arrived or it goes idle."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest",
-        enable_auto_commit=False, isolation_level="read_committed",
+        topic, auto_offset_reset="earliest",
+        enable_auto_commit=False, isolation_level="read_committed", **connection(env),
     )
     await consumer.start()
     records = []

@@ -150,9 +150,11 @@ class Ingester:
     async def start_kafka(self) -> None:
         from aiokafka import AIOKafkaProducer
 
+        from ..stream.kafka import client_options
+
         await self._create_topics()
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, **client_options(self.settings),
             # Stable per deployment and chain: a restarted ingester fences its dead
             # predecessor and aborts the transaction it left open.
             transactional_id=f"{self.settings.app_id}-ingest-{self.topic}-{self.chain_id}",
@@ -162,10 +164,11 @@ class Ingester:
         await self.producer.start()
 
     async def _create_topics(self) -> None:
+        from ..stream.kafka import client_options
         from ..stream.topics import admin_client, create_topic, ensure_topics
 
         await ensure_topics(self.settings)  # the input topic, with the configured partition count
-        async with admin_client(self.settings.kafka_bootstrap_servers) as admin:
+        async with admin_client(self.settings.kafka_bootstrap_servers, **client_options(self.settings)) as admin:
             await create_topic(admin, self.checkpoint_topic, 1, self.settings.kafka_topic_replication_factor,
                                configs={"cleanup.policy": "compact"})
 
@@ -173,9 +176,11 @@ class Ingester:
         """The last committed checkpoint for this chain (read_committed, to the stable end)."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
+        from ..stream.kafka import client_options
+
         tp = TopicPartition(self.checkpoint_topic, 0)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, **client_options(self.settings),
             enable_auto_commit=False, isolation_level="read_committed",
         )
         await consumer.start()

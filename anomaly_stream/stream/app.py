@@ -19,7 +19,7 @@ from ..detect.feedback import Verdicts
 from ..serve import views
 from ..serve.cache import Cache
 from ..settings import Settings
-from . import agents
+from . import agents, kafka
 from .consumer import BatchingTransport
 from .replica import RawTable, ReplicatedTopic
 from .topics import ensure_topics
@@ -45,6 +45,7 @@ class App(faust.App):
     async def on_start(self) -> None:
         await super().on_start()
         await self.worker.cache.start()
+        self.watchlist.client_options = kafka.client_options(self.settings)  # TLS, SASL, as Faust's clients
         await self.watchlist.start()
         await self.feedback.start()
 
@@ -125,6 +126,7 @@ def create_app(settings: Settings) -> App:
     app = App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker_credentials=kafka.faust_credentials(settings),  # TLS, SASL (kafka.py)
         store=settings.table_store,
         datadir=settings.data_dir,
         processing_guarantee=settings.processing_guarantee,

@@ -59,6 +59,7 @@ class ReplicatedTopic:
         self.updates = updates  # labelled by result: applied, rejected
         self.entries = entries
         self._task: asyncio.Task | None = None
+        self.client_options: dict = {}  # kafka.client_options (TLS, SASL); set by the app
 
     async def start(self) -> None:
         self._task = asyncio.ensure_future(self._follow())
@@ -79,7 +80,8 @@ class ReplicatedTopic:
     async def _follow(self) -> None:
         tp = TopicPartition(self.topic, 0)
         while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
+                                        **self.client_options)
             try:
                 await consumer.start()
                 consumer.assign([tp])

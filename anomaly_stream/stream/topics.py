@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from ..settings import Settings
+from .kafka import client_options
 
 
 class TopicMismatch(RuntimeError):
@@ -31,8 +32,9 @@ def topic_names(settings: Settings) -> list[str]:
 
 
 @asynccontextmanager
-async def admin_client(bootstrap_servers: str) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+async def admin_client(bootstrap_servers: str, **options: Any) -> AsyncIterator[AIOKafkaAdminClient]:
+    """An admin client; `options` are `kafka.client_options` (TLS, SASL)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **options)
     await admin.start()
     try:
         yield admin
@@ -61,7 +63,7 @@ async def create_topic(admin: AIOKafkaAdminClient, name: str, partitions: int, r
 
 
 async def ensure_topics(settings: Settings) -> None:
-    async with admin_client(settings.kafka_bootstrap_servers) as admin:
+    async with admin_client(settings.kafka_bootstrap_servers, **client_options(settings)) as admin:
         # list_topics first: a metadata request naming a missing topic makes a
         # broker with auto-creation on create it with its default partition count.
         present = await admin.list_topics()

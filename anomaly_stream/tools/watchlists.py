@@ -25,13 +25,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ..detect import watchlist
 from ..settings import Settings
+from ..stream.kafka import client_options
 from ..stream.topics import ensure_topics
 
 
 async def read_all(settings: Settings) -> dict[bytes, bytes]:
     """The topic's current value per address (a compacted topic read to its end)."""
     tp = TopicPartition(settings.kafka_watchlist_topic, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
+                                **client_options(settings))
     await consumer.start()
     try:
         consumer.assign([tp])
@@ -52,7 +54,7 @@ async def read_all(settings: Settings) -> dict[bytes, bytes]:
 
 async def write(settings: Settings, changes: dict[bytes, bytes | None]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
-                                enable_idempotence=True, linger_ms=20)
+                                enable_idempotence=True, linger_ms=20, **client_options(settings))
     await producer.start()
     try:
         for key, value in changes.items():

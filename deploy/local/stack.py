@@ -15,6 +15,9 @@ Environment variables (defaults in brackets):
                                           kafka3 and log4j 1.
     STACK_KAFKA_PORT             [19092]  broker listener on 127.0.0.1
     STACK_KAFKA_CONTROLLER_PORT  [19093]  KRaft controller listener on 127.0.0.1
+    STACK_KAFKA_SASL_PORT        [19094]  second broker listener, SASL_PLAINTEXT with SCRAM-SHA-512:
+                                          user anomaly-stream, its password generated once into
+                                          $STACK_DIR/kafka/sasl-password (printed by `up`)
     STACK_REDIS_PORT             [16379]  Redis on 127.0.0.1
     STACK_ETH_PORT               [18545]  ganache JSON-RPC (HTTP and WebSocket) on 127.0.0.1
     GANACHE_VERSION              [7.9.2]  ganache release from the npm registry
@@ -26,7 +29,9 @@ Environment variables (defaults in brackets):
     STACK_READY_TIMEOUT          [90]     seconds to wait for a service to answer
 
 Every `up` that starts a broker formats a fresh data dir (tests want fresh state);
-`restart-kafka` keeps it. Logs are in $STACK_DIR/logs.
+`restart-kafka` keeps it. Logs are in $STACK_DIR/logs. The SCRAM user is created when
+the storage is formatted (`--add-scram`), so it costs no extra start-up time; the
+PLAINTEXT listener stays open to anyone on loopback for the rest of the suite.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -52,6 +58,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 HOST = "127.0.0.1"
+SASL_USERNAME = "anomaly-stream"  # the local SCRAM-SHA-512 user of the SASL listener
 KAFKA_STOP_TIMEOUT = 30.0  # a controlled shutdown of a single node takes a few seconds
 REDIS_STOP_TIMEOUT = 10.0
 GANACHE_STOP_TIMEOUT = 10.0
@@ -69,6 +76,7 @@ class Config:
     jars_cache: Path
     ready_timeout: float
     eth_port: int = 18545
+    sasl_port: int = 19094
     ganache_version: str = "7.9.2"
     ganache_cache: Path = Path("ganache")
 
@@ -89,6 +97,7 @@ class Config:
             jars_cache=Path(env.get("KAFKA_JARS_CACHE") or default_cache).resolve(),
             ready_timeout=float(env.get("STACK_READY_TIMEOUT", "90")),
             eth_port=int(env.get("STACK_ETH_PORT", "18545")),
+            sasl_port=int(env.get("STACK_KAFKA_SASL_PORT", "19094")),
             ganache_version=ganache_version,
             ganache_cache=Path(env.get("GANACHE_CACHE") or default_ganache_cache).resolve(),
         )
@@ -120,6 +129,14 @@ class Config:
     @property
     def kafka_version_file(self) -> Path:
         return self.kafka_dir / "version"
+
+    @property
+    def sasl_password_file(self) -> Path:
+        return self.kafka_dir / "sasl-password"
+
+    @property
+    def kafka_ports(self) -> list[int]:
+        return [self.kafka_port, self.sasl_port, self.controller_port]
 
     @property
     def redis_pidfile(self) -> Path:
@@ -437,12 +454,19 @@ def write_kafka_config(cfg: Config, data_dir: Path, server_log: Path) -> tuple[P
         "node.id": "1",
         "controller.quorum.voters": f"1@{HOST}:{cfg.controller_port}",
         "listeners": (
-            f"PLAINTEXT://{HOST}:{cfg.kafka_port},CONTROLLER://{HOST}:{cfg.controller_port}"
+            f"PLAINTEXT://{HOST}:{cfg.kafka_port},SASL_PLAINTEXT://{HOST}:{cfg.sasl_port},"
+            f"CONTROLLER://{HOST}:{cfg.controller_port}"
         ),
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port},SASL_PLAINTEXT://{HOST}:{cfg.sasl_port}",
         "inter.broker.listener.name": "PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        # The SASL listener authenticates with SCRAM-SHA-512 against the credentials in
+        # the KRaft metadata (created at format time, see start_kafka). No authorizer:
+        # any authenticated user may do anything, as on the PLAINTEXT listener.
+        "listener.name.sasl_plaintext.sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config":
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
         "log.dirs": str(data_dir),
         "num.partitions": "1",
         # Kafka's default. Faust reads a changelog topic's metadata right after
@@ -506,13 +530,24 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
+def sasl_password(cfg: Config) -> str:
+    """The SCRAM user's password: generated once, kept in the stack dir (0600) across fresh formats."""
+    with contextlib.suppress(OSError):
+        return cfg.sasl_password_file.read_text().strip()
+    password = secrets.token_hex(16)  # hex: nothing --add-scram's [name=...,password=...] syntax would split
+    fd = os.open(cfg.sasl_password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password
+
+
 def start_kafka(cfg: Config, fresh: bool) -> None:
     """Start the broker in the background and wait until it lists itself in metadata.
 
     fresh=True wipes the data dir and logs and formats new storage; fresh=False
     (restart-kafka) keeps the data so tests can observe recovery.
     """
-    ensure_ports_free("kafka", [cfg.kafka_port, cfg.controller_port])
+    ensure_ports_free("kafka", cfg.kafka_ports)
     jar_seconds = ensure_jars(cfg)
     data_dir = cfg.kafka_dir / "data"
     stdout_log = cfg.logs_dir / "kafka.out"
@@ -530,13 +565,17 @@ def start_kafka(cfg: Config, fresh: bool) -> None:
 
     start = time.monotonic()
     if not (data_dir / "meta.properties").exists():
+        scram = f"SCRAM-SHA-512=[name={SASL_USERNAME},password={sasl_password(cfg)}]"
         fmt = subprocess.run(
             [*java, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(),
-             "-c", str(server_props), "--ignore-formatted"],
+             "-c", str(server_props), "--ignore-formatted", "--add-scram", scram],
             capture_output=True, text=True,
         )  # fmt: skip
         if fmt.returncode != 0:
             raise StackError(f"StorageTool format failed:\n{fmt.stdout}{fmt.stderr}")
+    elif not cfg.sasl_password_file.exists():
+        log(f"the data dir predates the SASL listener: port {cfg.sasl_port} has no user "
+            "(`stack.py down` and `up` format a fresh one)")  # fmt: skip
     format_seconds = time.monotonic() - start
 
     # Output goes to a file: an unread pipe would stall the broker once it fills.
@@ -566,8 +605,7 @@ def start_kafka(cfg: Config, fresh: bool) -> None:
 
 
 def stop_kafka(cfg: Config) -> None:
-    stop_service("kafka", cfg.kafka_pidfile, "kafka.Kafka",
-                 [cfg.kafka_port, cfg.controller_port], KAFKA_STOP_TIMEOUT)  # fmt: skip
+    stop_service("kafka", cfg.kafka_pidfile, "kafka.Kafka", cfg.kafka_ports, KAFKA_STOP_TIMEOUT)
 
 
 def running_kafka_version(cfg: Config) -> str | None:
@@ -711,9 +749,18 @@ def stop_unresponsive(name: str, pidfile: Path, marker: str, timeout: float) -> 
     pidfile.unlink(missing_ok=True)
 
 
+def sasl_listening(cfg: Config) -> bool:
+    """The running broker has the SASL listener (one started by an older stack.py does not)."""
+    return bool(listening_inodes(cfg.sasl_port)) and cfg.sasl_password_file.exists()
+
+
 def print_endpoints(cfg: Config) -> None:
     version = running_kafka_version(cfg) or cfg.kafka_version
     print(f"KAFKA_BOOTSTRAP={HOST}:{cfg.kafka_port}  # Apache Kafka {version}")
+    if sasl_listening(cfg):
+        print(f"KAFKA_SASL_BOOTSTRAP={HOST}:{cfg.sasl_port}  # SASL_PLAINTEXT, SCRAM-SHA-512")
+        print(f"KAFKA_SASL_USERNAME={SASL_USERNAME}")
+        print(f"KAFKA_SASL_PASSWORD={sasl_password(cfg)}")
     print(f"REDIS_URL=redis://{HOST}:{cfg.redis_port}/0")
     print(f"ETH_RPC_URL={cfg.eth_url}  # ganache {cfg.ganache_version}, chain id 1337")
 
@@ -726,7 +773,9 @@ def cmd_up(cfg: Config) -> int:
             if running and running != cfg.kafka_version:
                 raise StackError(f"Kafka {running} is running, {cfg.kafka_version} was asked for; "
                                  "run `stack.py down` first")  # fmt: skip
-            log("Kafka already running")
+            log("Kafka already running" + ("" if sasl_listening(cfg) else
+                f" without the SASL listener on port {cfg.sasl_port} (started by an older stack.py; "
+                "`stack.py down` and `up` restart it with one)"))  # fmt: skip
         else:
             stop_unresponsive("Kafka", cfg.kafka_pidfile, "kafka.Kafka", KAFKA_STOP_TIMEOUT)
             start_kafka(cfg, fresh=True)
@@ -752,7 +801,7 @@ def cmd_down(cfg: Config) -> int:
         stop_redis(cfg)
         stop_ganache(cfg)
         log(f"down in {time.monotonic() - start:.1f} s; nothing listens on ports "
-            f"{cfg.kafka_port}, {cfg.controller_port}, {cfg.redis_port}, {cfg.eth_port}")  # fmt: skip
+            f"{cfg.kafka_port}, {cfg.sasl_port}, {cfg.controller_port}, {cfg.redis_port}, {cfg.eth_port}")  # fmt: skip
     return 0
 
 
@@ -760,6 +809,8 @@ def cmd_status(cfg: Config) -> int:
     kafka, redis = kafka_ready(cfg), redis_ready(cfg)
     version = running_kafka_version(cfg) or "?"
     print(f"kafka {HOST}:{cfg.kafka_port} ({version}): {'ready' if kafka else 'DOWN'}")
+    # Not part of the exit status: a broker started by an older stack.py still serves the suite.
+    print(f"kafka SASL {HOST}:{cfg.sasl_port}: {'listening' if sasl_listening(cfg) else 'absent'}")
     eth = eth_ready(cfg)
     print(f"redis {HOST}:{cfg.redis_port}: {'ready' if redis else 'DOWN'}")
     print(f"ganache {cfg.eth_url}: {'ready' if eth else 'DOWN'}")

@@ -31,6 +31,7 @@ KUBERNETES_VERSION = "1.30.0"
 # Custom resources: no OpenAPI schema in kubernetes-validate; checked structurally below.
 CRDS = {
     ("kafka.strimzi.io/v1beta2", "KafkaTopic"),
+    ("kafka.strimzi.io/v1beta2", "KafkaUser"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
@@ -224,13 +225,69 @@ def test_configmap_keys_are_exactly_the_settings():
     assert keys <= names, f"ConfigMap keys that are no setting: {sorted(keys - names)}"
     assert not keys & secret_keys
     # A secret-valued setting (e.g. REDIS_PASSWORD) belongs in the Secret, not the ConfigMap.
-    missing = names - keys - secret_keys
+    # ... or in the worker's own env (KAFKA_SASL_PASSWORD, from its KafkaUser's Secret).
+    from_pod = {e["name"] for e in worker_container()["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    missing = names - keys - secret_keys - from_pod
     assert not missing, f"settings without a ConfigMap key: {sorted(missing)}"
     assert all(isinstance(v, str) for v in configmap().values())
     # The values parse and validate as the worker would at start-up.
     env = dict(configmap())
     env["WEB_HOST"] = "10.0.0.1"  # the Deployment's per-pod override
+    env.update(dict.fromkeys(from_pod, "from-the-secret"))
     Settings.from_env(env)
+
+
+def acls(user: str) -> dict[tuple[str, str, str], set[str]]:
+    """(resource type, name, pattern type) -> operations of a KafkaUser."""
+    spec = one("KafkaUser", user)["spec"]
+    assert spec["authentication"]["type"] == "scram-sha-512" and spec["authorization"]["type"] == "simple"
+    return {(a["resource"]["type"], a["resource"]["name"], a["resource"]["patternType"]): set(a["operations"])
+            for a in spec["authorization"]["acls"]}
+
+
+def test_kafka_users_grant_each_client_what_it_does():
+    cm = configmap()
+    input_topic, app_id = cm["KAFKA_INPUT_TOPIC"], cm["APP_ID"]
+    dlq = cm["KAFKA_DLQ_TOPIC"] or f"{input_topic}-dlq"
+    edges = cm["KAFKA_EDGES_TOPIC"] or f"{input_topic}-edges"
+    checkpoint = cm["INGEST_CHECKPOINT_TOPIC"] or f"{input_topic}-ingest-checkpoint"
+    replicated = [cm["KAFKA_WATCHLIST_TOPIC"]] + ([cm["KAFKA_FEEDBACK_TOPIC"]] if "KAFKA_FEEDBACK_TOPIC" in cm else [])
+    for user in find("KafkaUser"):
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "kafka-cluster"
+        assert user["metadata"]["namespace"] == "kafka"  # where the User Operator watches, beside the KafkaTopics
+    # The worker: its group is APP_ID, its internal topics carry the APP_ID prefix.
+    worker = acls(cm["KAFKA_SASL_USERNAME"])
+    assert "Read" in worker[("group", app_id, "literal")]
+    assert {"Read", "Write", "Create"} <= worker[("topic", f"{app_id}-", "prefix")]
+    declared = {t["spec"].get("topicName", t["metadata"]["name"]) for t in find("KafkaTopic")}
+    internal = {name for name in declared if name.startswith(f"{app_id}-")}
+    assert len(internal) >= 4  # three changelogs and the leader topic
+    assert {"Read", "Write"} <= worker[("topic", input_topic, "literal")]  # re-keyed input goes back in
+    assert {"Read", "Write"} <= worker[("topic", edges, "literal")]
+    assert "Write" in worker[("topic", cm["KAFKA_ANOMALIES_TOPIC"], "literal")]
+    assert "Read" not in worker[("topic", cm["KAFKA_ANOMALIES_TOPIC"], "literal")]
+    assert "Write" in worker[("topic", dlq, "literal")]
+    for topic in replicated:  # ensure_topics creates them even when they exist
+        assert {"Read", "Create"} <= worker[("topic", topic, "literal")]
+    # The ingester writes the input and its checkpoint, transactionally, and reads nothing else.
+    ingest = acls("anomaly-stream-ingest")
+    assert ingest[("topic", input_topic, "literal")] == {"Write", "Describe"}
+    assert {"Read", "Write", "Create"} <= ingest[("topic", checkpoint, "literal")]
+    assert ingest[("transactionalId", f"{app_id}-ingest-", "prefix")] == {"Write", "Describe"}
+    assert not [key for key, ops in ingest.items() if "Read" in ops and key[1] != checkpoint]
+    assert not [key for key in ingest if key[0] == "group"]
+    # A subscriber reads the anomalies in its own group, nothing else.
+    subscriber = acls("anomaly-stream-subscriber")
+    assert subscriber == {("topic", cm["KAFKA_ANOMALIES_TOPIC"], "literal"): {"Read", "Describe"},
+                          ("group", "anomaly-stream-subscriber", "literal"): {"Read", "Describe"}}
+    # The Deployments authenticate as those users, with the password from the user's Secret.
+    ingest_container = one("Deployment", "anomaly-stream-ingest")["spec"]["template"]["spec"]["containers"][0]
+    for container, user in ((worker_container(), cm["KAFKA_SASL_USERNAME"]), (ingest_container, "anomaly-stream-ingest")):
+        env = {e["name"]: e for e in container["env"]}
+        assert env.get("KAFKA_SASL_USERNAME", {"value": cm["KAFKA_SASL_USERNAME"]})["value"] == user
+        assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": user, "key": "password"}
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert str(Path(cm["KAFKA_SSL_CAFILE"]).parent) in mounts
 
 
 def test_secret_template_holds_placeholders_only():
@@ -308,9 +365,10 @@ def test_network_policies_default_deny_and_allow_what_is_needed():
 
     assert ports(policies["worker-ingress"]["spec"]["ingress"]) == {port}
     eth = {8545, 443}  # in-cluster node or hosted provider (ETH_RPC_URL)
-    assert ports(policies["worker-egress"]["spec"]["egress"]) == {9092, 6379, port} | eth
+    kafka = int(configmap()["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1])
+    assert ports(policies["worker-egress"]["spec"]["egress"]) == {kafka, 6379, port} | eth
     assert ports(policies["ingest-ingress"]["spec"]["ingress"]) == {int(configmap()["INGEST_METRICS_PORT"])}
-    assert ports(policies["ingest-egress"]["spec"]["egress"]) == {9092} | eth
+    assert ports(policies["ingest-egress"]["spec"]["egress"]) == {kafka} | eth
     assert ports(policies["redis-ingress"]["spec"]["ingress"]) == {6379, 9121}
     assert ports(policies["allow-dns-egress"]["spec"]["egress"]) == {53}
 
