@@ -45,7 +45,6 @@ class App(faust.App):
     async def on_start(self) -> None:
         await super().on_start()
         await self.worker.cache.start()
-        self.watchlist.client_options = kafka.client_options(self.settings)  # TLS, SASL, as Faust's clients
         await self.watchlist.start()
         await self.feedback.start()
 
@@ -170,12 +169,13 @@ def create_app(settings: Settings) -> App:
     # Every replica holds every watch-listed address and every verdict (replica.py says
     # why not a GlobalTable).
     lists = RawTable(watchlist.valid_record)
+    security = kafka.client_options(settings)  # TLS, SASL: as Faust's own clients
     app.watchlist = ReplicatedTopic(settings.kafka_bootstrap_servers, settings.kafka_watchlist_topic, lists,
-                                    metrics.WATCHLIST_UPDATES, metrics.WATCHLIST_ENTRIES)
+                                    metrics.WATCHLIST_UPDATES, metrics.WATCHLIST_ENTRIES, security)
     verdicts = Verdicts(settings.feedback_ttl_seconds, settings.feedback_benign_seconds,
                         settings.feedback_max_entries)
     app.feedback = ReplicatedTopic(settings.kafka_bootstrap_servers, settings.kafka_feedback_topic, verdicts,
-                                   metrics.FEEDBACK_UPDATES, metrics.FEEDBACK_ENTRIES)
+                                   metrics.FEEDBACK_UPDATES, metrics.FEEDBACK_ENTRIES, security)
 
     cache = Cache(settings)
     app.worker = Worker(

@@ -52,14 +52,15 @@ class RawTable:
 
 
 class ReplicatedTopic:
-    def __init__(self, bootstrap_servers: str, topic: str, table: Table, updates: Counter, entries: Gauge):
+    def __init__(self, bootstrap_servers: str, topic: str, table: Table, updates: Counter, entries: Gauge,
+                 client_options: dict | None = None):
         self.bootstrap_servers = bootstrap_servers
+        self.client_options = client_options or {}  # stream.kafka.client_options: TLS, SASL
         self.topic = topic
         self.table = table
         self.updates = updates  # labelled by result: applied, rejected
         self.entries = entries
         self._task: asyncio.Task | None = None
-        self.client_options: dict = {}  # kafka.client_options (TLS, SASL); set by the app
 
     async def start(self) -> None:
         self._task = asyncio.ensure_future(self._follow())
