@@ -72,13 +72,17 @@ async def ensure_topics(settings: Settings) -> None:
                 await create_topic(admin, name, settings.kafka_input_partitions,
                                    settings.kafka_topic_replication_factor)
         # One partition: a small list every replica holds whole (app.py), compacted:
-        # the latest value of each address is its lists.
-        await create_topic(admin, settings.kafka_watchlist_topic, 1, settings.kafka_topic_replication_factor,
-                           {"cleanup.policy": "compact"})
-        # The same for the verdicts, whose retention is their TTL (detect.feedback).
-        await create_topic(admin, settings.kafka_feedback_topic, 1, settings.kafka_topic_replication_factor,
-                           {"cleanup.policy": "compact,delete",
-                            "retention.ms": str(int(settings.feedback_ttl_seconds * 1000))})
+        # the latest value of each address is its lists; the same for the verdicts,
+        # whose retention is their TTL (detect.feedback). Only when missing: a client
+        # without the Create ACL (the ingester) gets a refusal even for a topic that exists.
+        replicated = {
+            settings.kafka_watchlist_topic: {"cleanup.policy": "compact"},
+            settings.kafka_feedback_topic: {"cleanup.policy": "compact,delete",
+                                            "retention.ms": str(int(settings.feedback_ttl_seconds * 1000))},
+        }
+        for name, configs in replicated.items():
+            if name not in present:
+                await create_topic(admin, name, 1, settings.kafka_topic_replication_factor, configs)
         found = await _partition_count(admin, settings.kafka_input_topic)
         if found != settings.kafka_input_partitions:
             raise TopicMismatch(
