@@ -87,6 +87,14 @@ def test_dashboard_lists_filters_and_explains_the_flagged_anomalies(workers, bro
     worker.wait_metric("transactions_processed_total", len(txs) + len(hits))
     wait_edges_settled([worker])
 
+    (replica,) = api(worker, "/api/v1/stats")["replicas"]
+    assert set(replica["lag"]) == {"0", "1", "2", "3"}
+    for model in replica["models"]:  # what the model table and the score chart draw
+        assert model["warm"] and model["seen"] > 0 and 0 < model["threshold"] < 1
+        assert len(model["score_histogram"]) == 50 and abs(sum(model["score_histogram"]) - 1) < 1e-3
+        assert model["checkpoint_age_seconds"] >= 0
+    assert sum(m["flagged"] for m in replica["models"]) == worker.metrics()["anomalies_published_total"]
+
     items = api(worker, "/api/v1/anomalies?limit=500")["items"]
     assert 10 <= len(items) < 500, len(items)
     keys = {f"{d['tx_hash']}:{d['perspective']}" for d in items}

@@ -7,6 +7,7 @@
 (() => {
   const POLL_MS = 3000;
   const KEEP = 120; // samples per partition: 6 minutes at one poll every 3 s
+  const RATE_WINDOW = 3; // samples the throughput is measured over (9 s): a poll sees whole batches
   const FLAG_WINDOW = 10; // samples the flag rate is measured over (30 s)
   const LIMIT = 500; // the API's page size ceiling
   const HASH_RE = /^0x[0-9a-f]{64}$/;
@@ -169,7 +170,7 @@
   function derived(list, i, what) {
     const s = list[i];
     if (what === "lag") return s.lag;
-    const back = what === "tps" ? 1 : Math.min(i, FLAG_WINDOW);
+    const back = Math.min(i, what === "tps" ? RATE_WINDOW : FLAG_WINDOW);
     if (i < 1 || back < 1) return null;
     const p = list[i - back];
     const seen = s.seen - p.seen;
@@ -198,7 +199,8 @@
   function lineChart(node, what, yfmt) {
     node.replaceChildren();
     const now = Date.now() / 1000;
-    const span = (KEEP * POLL_MS) / 1000;
+    const oldest = Math.min(now, ...[...state.samples.values()].map((list) => list[0].t));
+    const span = Math.min(Math.max(now - oldest, 60), (KEEP * POLL_MS) / 1000); // 1 to 6 minutes
     const lines = [];
     let ymax = 0;
     for (const [partition, list] of [...state.samples].sort((a, b) => a[0] - b[0])) {
@@ -207,7 +209,8 @@
       lines.push([partition, points]);
     }
     ymax = ymax > 0 ? ymax * 1.1 : 1;
-    axes(node, ymax, yfmt, [[M.left, `−${span / 60} min`, "start"], [W - M.right, "now", "end"]]);
+    const ago = span >= 120 ? `−${Math.round(span / 60)} min` : `−${Math.round(span)} s`;
+    axes(node, ymax, yfmt, [[M.left, ago, "start"], [W - M.right, "now", "end"]]);
     const x = (t) => M.left + ((t - (now - span)) / span) * (W - M.left - M.right);
     const y = (v) => M.top + (H - M.top - M.bottom) * (1 - v / ymax);
     for (const [partition, points] of lines) {
