@@ -25,6 +25,16 @@ SASL_PASSWORD_FILE = Path(os.environ.get("STACK_DIR") or REPO / ".stack").resolv
 REDIS_URL = f"redis://127.0.0.1:{os.environ.get('STACK_REDIS_PORT', '16379')}/0"
 
 
+def stack_module():
+    """deploy/local/stack.py as a module (stdlib only: it is not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stack", REPO / "deploy" / "local" / "stack.py")
+    module = sys.modules.setdefault("stack", importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

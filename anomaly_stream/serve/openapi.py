@@ -68,11 +68,31 @@ OPENAPI = {
         "/api/v1/stats": {"get": {
             "summary": "Throughput, flag rate, feedback precision, thresholds and partitions served, over all replicas",
             "responses": {"200": _json({"type": "object", "required": [
-                "throughput_tx_per_s", "flag_rate", "partitions_served", "replicas"]}), "503": _ERROR},
+                "throughput_tx_per_s", "flag_rate", "partitions_served", "replicas"], "properties": {
+                    "replicas": {"type": "array", "items": {"$ref": "#/components/schemas/Replica"}}}}),
+                "503": _ERROR},
         }},
     },
     "components": {"schemas": {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "Replica": {"type": "object", "required": ["replica", "partitions", "lag", "models"], "properties": {
+            "replica": {"type": "string"}, "partitions": {"type": "array", "items": {"type": "integer"}},
+            "lag": {"type": "object", "additionalProperties": {"type": "integer"},
+                    "description": "consumer lag per input partition this replica owns"},
+            "models": {"type": "array", "items": {"$ref": "#/components/schemas/ModelState"}},
+        }},
+        "ModelState": {"type": "object", "required": [
+            "perspective", "partition", "warm", "seen", "flagged", "threshold", "checkpoint_age_seconds",
+            "score_histogram"], "properties": {
+                "perspective": {"type": "string", "enum": ["sender", "receiver"]},
+                "partition": {"type": "integer"}, "warm": {"type": "boolean"},
+                "seen": {"type": "integer", "description": "events scored, across restarts"},
+                "flagged": {"type": "integer", "description": "anomalies this process published"},
+                "threshold": {"type": "number"}, "drift": {"type": "number"},
+                "checkpoint_age_seconds": {"type": "number", "nullable": True},
+                "score_histogram": {"type": "array", "items": {"type": "number"},
+                                    "description": "shares of recent scores in equal bins over [0, 1]"},
+            }},
         "Anomaly": {"type": "object", "required": [
             "schema", "tx_hash", "address", "score", "threshold", "explanation", "detected_at"],
             "properties": {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.resources
 import re
 import time
 import uuid
@@ -48,6 +49,7 @@ PEER_TIMEOUT = 5.0  # one deadline for all the peers a request asks
 # Queries share the event loop with detection: past this many at once, a query
 # gets a 503 at once instead of queueing (probes and metrics are never refused).
 MAX_QUERIES_IN_FLIGHT = 64
+SCORE_BINS = 50  # the score histogram /api/v1/stats gives per model (the model keeps 1,000 bins)
 
 
 class ApiError(Exception):
@@ -263,7 +265,30 @@ class Api:
             "throughput_tx_per_s": round(rate, 1),
             "flag_rate": anomalies / processed if processed else 0.0,
             "thresholds": {str(p): m.threshold for p, m in sorted(self.worker.models.items())},
+            "lag": {str(p): n for p, n in sorted(self.consumer_lag().items())},
+            "models": self.model_states(),
         }
+
+    def model_states(self) -> list[dict]:
+        """Each model this replica holds, for the dashboard: warm-up, threshold, checkpoint age, scores.
+
+        `score_histogram`: the shares of the decayed histogram the threshold is the
+        quantile of, in SCORE_BINS equal bins over [0, 1]; `flagged`: anomalies
+        published by this process (a restart or a moved partition starts it at 0).
+        """
+        worker, now = self.worker, self.worker.clock()
+        states = []
+        for key, model in sorted(worker.models.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            total = float(model.hist.sum())
+            shares = model.hist.reshape(SCORE_BINS, -1).sum(axis=1) / total if total > 0 else []
+            saved = worker.saved_at.get(key)
+            states.append({
+                "perspective": key[0], "partition": key[1], "warm": model.warm, "seen": model.seen,
+                "flagged": worker.flagged[key], "threshold": model.threshold, "drift": round(model.drift, 6),
+                "checkpoint_age_seconds": None if saved is None else round(now - saved, 1),
+                "score_histogram": [round(float(v), 6) for v in shares],
+            })
+        return states
 
 
 API = web.AppKey("api", Api)  # the middleware's way to the Api
@@ -472,6 +497,41 @@ class Stats(ApiView):
         })
 
 
+# -- the dashboard: static files shipped in the package, under a strict CSP --
+
+DASHBOARD_FILES = {  # the only names served: nothing else under the directory, nothing outside it
+    "index.html": "text/html",
+    "dashboard.js": "text/javascript",
+    "dashboard.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": ("default-src 'self'; base-uri 'none'; form-action 'none'; "
+                                "frame-ancestors 'none'; object-src 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def dashboard_file(name: str) -> web.Response:
+    if name not in DASHBOARD_FILES:
+        raise ApiError(404, "no such dashboard file")
+    body = importlib.resources.files(__package__).joinpath("dashboard", name).read_bytes()
+    return web.Response(body=body, content_type=DASHBOARD_FILES[name], charset="utf-8",
+                        headers=DASHBOARD_HEADERS)
+
+
+class Dashboard(View):
+    async def get(self, request: Request) -> Response:
+        return dashboard_file("index.html")
+
+
+class DashboardFile(View):
+    async def get(self, request: Request, name: str) -> Response:
+        return dashboard_file(name)
+
+
 ROUTES = (
     ("/health/live", Live),
     ("/health/ready", Ready),
@@ -483,6 +543,8 @@ ROUTES = (
     ("/api/v1/anomalies/{tx_hash}/feedback", Feedback),
     ("/api/v1/addresses/{address}", Address),
     ("/api/v1/stats", Stats),
+    ("/dashboard", Dashboard),
+    ("/dashboard/{name}", DashboardFile),
 )
 
 

@@ -22,6 +22,7 @@ changelog, so a dict is a table in tests.
 from __future__ import annotations
 
 import asyncio
+import collections
 import struct
 import time
 from dataclasses import dataclass, field
@@ -197,6 +198,7 @@ class Worker:
         self.models: dict[tuple[str, int], PartitionModel] = {}
         self.saved_at: dict[tuple[str, int], float] = {}  # when each model was last checkpointed
         self.saved_seen: dict[tuple[str, int], int] = {}
+        self.flagged: collections.Counter[tuple[str, int]] = collections.Counter()  # anomalies since start
         self.profiles_bound = TableBound(
             stores.profiles, settings.address_state_ttl_seconds,
             settings.address_state_max_per_partition, _locate_profile)
@@ -257,6 +259,7 @@ class Worker:
         await self._write_profiles(partition, result)
         if result.anomalies:
             await self._publish_anomalies(partition, result.anomalies)
+            self.flagged[perspective, partition] += len(result.anomalies)
         now = self.clock()
         self.watermarks[partition] = max(self.watermarks.get(partition, 0.0), result.latest_event_time)
         if self.checkpoint_due((perspective, partition), now):

@@ -3,7 +3,8 @@
 Starts one worker, streams generated traffic (with labelled attack scenarios)
 into the input topic, prints every anomaly as it arrives on the anomalies
 topic, then a summary: what was consumed, scored, dead-lettered and flagged,
-per scenario. Needs the stack from `make up`.
+per scenario. The worker's dashboard (printed URL) is up while it runs and, in
+a terminal, until Enter is pressed. Needs the stack from `make up`.
 """
 
 from __future__ import annotations
@@ -85,7 +86,13 @@ def main() -> int:
         worker.wait_ready()
         print(f"worker ready on {worker.url('/health/ready')} (metrics at {worker.url('/api/metrics')}); "
               f"streaming {COUNT} generated transactions into {env['KAFKA_INPUT_TOPIC']}", flush=True)
+        print(f"dashboard: {worker.url('/dashboard')}", flush=True)
         asyncio.run(stream_and_watch(env, worker))
+        if sys.stdin.isatty():  # someone is watching: keep the dashboard up until they are done
+            try:
+                input(f"\nthe dashboard stays at {worker.url('/dashboard')}; press Enter to stop the worker ")
+            except (EOFError, KeyboardInterrupt):
+                pass
     finally:
         worker.stop()
     print(f"worker log: {worker.log_path}")

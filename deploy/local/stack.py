@@ -617,23 +617,35 @@ def running_kafka_version(cfg: Config) -> str | None:
 # --------------------------------------------------------------------------- Redis
 
 
-def ensure_redis_server() -> str:
-    """Path to redis-server, installing Debian's package if missing (its service is never used)."""
-    path = shutil.which("redis-server")
+def ensure_debian_package(binary: str, packages: list[str]) -> str:
+    """Path to `binary`, installing Debian's `packages` with apt-get if it is missing."""
+    path = shutil.which(binary)
     if path:
         return path
     if os.geteuid() != 0:
-        raise StackError("redis-server is not installed and installing it needs root: "
-                         "apt-get install redis-server")  # fmt: skip
-    log("installing redis-server with apt-get ...")
+        raise StackError(f"{binary} is not installed and installing it needs root: "
+                         f"apt-get install {' '.join(packages)}")  # fmt: skip
+    log(f"installing {' '.join(packages)} with apt-get ...")
     subprocess.run(
-        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server",
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+        f"-o DPkg::Lock::Timeout=300 {' '.join(packages)}",
         shell=True, check=True,
     )  # fmt: skip
-    path = shutil.which("redis-server") or "/usr/bin/redis-server"
+    path = shutil.which(binary) or f"/usr/bin/{binary}"
     if not Path(path).exists():
-        raise StackError("redis-server still missing after apt-get install")
+        raise StackError(f"{binary} still missing after apt-get install {' '.join(packages)}")
     return path
+
+
+def ensure_redis_server() -> str:
+    """Path to redis-server, installing Debian's package if missing (its service is never used)."""
+    return ensure_debian_package("redis-server", ["redis-server"])
+
+
+def ensure_chromium() -> tuple[str, str]:
+    """Paths to Chromium and its WebDriver (the dashboard's browser test), from Debian's packages."""
+    packages = ["chromium", "chromium-driver"]
+    return ensure_debian_package("chromium", packages), ensure_debian_package("chromedriver", packages)
 
 
 def start_redis(cfg: Config) -> None:
