@@ -59,9 +59,10 @@ def deployment_env(**overrides) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """One `anomaly-stream worker` process with its own web port."""
+    """One `anomaly-stream worker` process (or another Faust command: `notify`) with its own web port."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str = "worker"):
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str = "worker", command: str = "worker"):
+        self.command = command
         self.port = free_port()
         self.env = {**os.environ, **env, "WEB_PORT": str(self.port), "WEB_HOST": "127.0.0.1"}
         self.log_path = log_dir / f"{name}-{self.port}.log"
@@ -70,7 +71,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "anomaly_stream", "worker"],
+            [sys.executable, "-m", "anomaly_stream", self.command],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
         )
         return self
