@@ -11,6 +11,7 @@ It serves /health/live, /health/ready and /api/metrics on WEB_PORT.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import faust
 from aiohttp import web
@@ -87,11 +88,13 @@ class Metrics(View):
 
 def create_app(settings: Settings, config: NotifyConfig) -> NotifyApp:
     partitions = settings.kafka_input_partitions
+    datadir = os.path.join(settings.data_dir, "notify")  # beside the worker's, when they share a volume
+    os.makedirs(datadir, exist_ok=True)
     app = NotifyApp(
         settings.notify_app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store=settings.table_store,
-        datadir=f"{settings.data_dir}/notify",
+        datadir=datadir,
         processing_guarantee="at_least_once",  # deliveries to the outside world cannot join a transaction
         topic_partitions=partitions,
         topic_replication_factor=settings.kafka_topic_replication_factor,
