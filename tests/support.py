@@ -210,6 +210,19 @@ def wait_edges_settled(workers, timeout: float = 60.0) -> None:
     raise AssertionError("the edges topic never settled")
 
 
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5) -> None:
+    """Poll until `predicate()` holds (an OSError counts as not yet: a process still starting)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 def keyed(txs) -> list[tuple[bytes, bytes]]:
     return [(tx["from"].encode(), orjson.dumps(tx)) for tx in txs]
 

@@ -1,4 +1,4 @@
-"""The one Faust App: topics, tables, the worker, and where the agents and views register.
+"""The detector's Faust App: topics, tables, the worker, and where the agents and views register.
 
 `faust -A anomaly_stream.stream.app worker` and `anomaly-stream worker` both
 run the module-level `app`, built from the environment (see `settings`).
@@ -10,35 +10,30 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import faust
-
 from ..chain.enrich import Enricher
 from ..detect import watchlist
 from ..serve import views
 from ..serve.cache import Cache
 from ..settings import Settings
 from . import agents
-from .consumer import BatchingTransport
+from .faust_io import BatchingApp, FaustSink, TableStore, app_options
 from .replica import ReplicatedTopic
-from .faust_io import FaustSink, TableStore
 from .topics import ensure_topics
 from .worker import Stores, Topics, Worker, buffer_window_seconds
 
 
-class App(faust.App):
-    """A Faust App whose consumer hands the input topic to agents in batches."""
+class App(BatchingApp):
+    """The detector's app: its consumer hands the input and edges topics to agents in batches."""
 
     settings: Settings
     worker: Worker
     watchlist: ReplicatedTopic
 
-    def _new_transport(self):
-        return BatchingTransport(self.conf.broker_consumer, self)
-
-    async def on_first_start(self) -> None:
-        # Before the consumer subscribes: see topics.py.
+    async def ensure_topics(self) -> None:
         await ensure_topics(self.settings)
-        await super().on_first_start()
+
+    def served_topic(self) -> tuple[str, str]:
+        return self.settings.kafka_input_topic, "input"
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -66,30 +61,13 @@ def watch_lists(table: Any) -> Callable[[str], dict[str, str] | None]:
 def create_app(settings: Settings) -> App:
     app = App(
         settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap_servers}",
-        store=settings.table_store,
+        **app_options(settings),
         datadir=settings.data_dir,
         processing_guarantee=settings.processing_guarantee,
-        topic_partitions=settings.kafka_input_partitions,
-        topic_replication_factor=settings.kafka_topic_replication_factor,
-        broker_session_timeout=settings.kafka_session_timeout_seconds,
-        broker_heartbeat_interval=settings.kafka_heartbeat_interval_seconds,
-        broker_rebalance_timeout=settings.kafka_session_timeout_seconds,
-        broker_commit_interval=settings.commit_interval_seconds,
-        broker_max_poll_records=settings.kafka_max_poll_records,
-        producer_linger=settings.kafka_producer_linger_ms / 1000.0,
         # A model checkpoint is one message of a few hundred KiB.
         producer_max_request_size=8 * 1024 * 1024,
-        consumer_auto_offset_reset="earliest",
         # Faust's own window sweep is replaced by TableBound (see state.py).
         table_cleanup_interval=3600.0,
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-        web_in_thread=False,
-        # Faust's /table and /router pages list table contents to anyone: off.
-        web_router_enabled=False,
-        web_tables_enabled=False,
-        autodiscover=False,
     )
     app.settings = settings
     partitions = settings.kafka_input_partitions

@@ -1,13 +1,80 @@
-"""The worker's `Sink` and `Store` over a Faust app: its producer and its tables.
+"""What the detector's app (`app.py`) and the notifier's (`notify/app.py`) share on Faust.
 
-Shared by the detector's app (`app.py`) and the notifier's (`notify/app.py`).
+The App base (batching consumer, topics made before subscribing, readiness),
+the options both build it with, and the worker's `Sink` and `Store` over it:
+its producer and its tables.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import faust
+
+from ..settings import Settings
+from .consumer import BatchingTransport
 from .worker import Store
+
+
+class BatchingApp(faust.App):
+    """A Faust App whose consumer hands its agents' topics over in batches (`consumer.py`).
+
+    `ensure_topics` runs before the consumer subscribes (see topics.py).
+    """
+
+    settings: Settings
+
+    def _new_transport(self):
+        return BatchingTransport(self.conf.broker_consumer, self)
+
+    async def ensure_topics(self) -> None:
+        raise NotImplementedError
+
+    def served_topic(self) -> tuple[str, str]:
+        """The topic whose partitions make the app ready, and what to call it."""
+        raise NotImplementedError
+
+    async def on_first_start(self) -> None:
+        await self.ensure_topics()
+        await super().on_first_start()
+
+    def assigned(self, topic: str) -> list[int]:
+        return sorted(tp.partition for tp in self.assignor.assigned_actives() if tp.topic == topic)
+
+    def not_ready_reason(self) -> str | None:
+        """Why the app cannot serve yet (None: it can): a rebalance, table recovery, or no partition assigned."""
+        if self.rebalancing:
+            return "rebalancing"
+        if self.in_recovery or not self.tables.recovery.completed.is_set():
+            return "recovering tables"
+        topic, name = self.served_topic()
+        if not self.assigned(topic):
+            return f"no partitions of the {name} topic assigned"
+        return None
+
+
+def app_options(settings: Settings) -> dict[str, Any]:
+    """The Faust options both apps take from the settings."""
+    return dict(
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        store=settings.table_store,
+        topic_partitions=settings.kafka_input_partitions,
+        topic_replication_factor=settings.kafka_topic_replication_factor,
+        broker_session_timeout=settings.kafka_session_timeout_seconds,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_seconds,
+        broker_rebalance_timeout=settings.kafka_session_timeout_seconds,
+        broker_commit_interval=settings.commit_interval_seconds,
+        broker_max_poll_records=settings.kafka_max_poll_records,
+        producer_linger=settings.kafka_producer_linger_ms / 1000.0,
+        consumer_auto_offset_reset="earliest",
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        # Faust's /table and /router pages list table contents to anyone: off.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        autodiscover=False,
+    )
 
 
 class FaustSink:

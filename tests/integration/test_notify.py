@@ -21,7 +21,7 @@ from aiohttp import web
 
 from anomaly_stream.notify.alerts import verify
 
-from ..support import consume_all, free_port, produce, run
+from ..support import consume_all, free_port, produce, run, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -118,15 +118,6 @@ def keyed(docs: list[dict]) -> list[tuple[bytes, bytes]]:
     return [(d["address"].encode(), orjson.dumps(d)) for d in docs]
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def config_text(port: int) -> str:
     base = f"http://127.0.0.1:{port}"
     return f"""
@@ -189,8 +180,8 @@ def test_notify_delivers_retries_deduplicates_dead_letters_and_survives_sigkill(
         notifier = workers(env, name="notify", command="notify")
         notifier.wait_ready(60)
         # The episode alerts once, then once a window: at 0, 1.0, 2.0, 3.0, 4.0 s of its detection time.
-        wait_for(lambda: all(k in receiver.delivered() for k in [d["alert_key"] for d in wave1]) and
-                 len(receiver.delivered().get("episode", [])) == 5, 30, "wave 1 delivered")
+        wait_until(lambda: all(k in receiver.delivered() for k in [d["alert_key"] for d in wave1]) and
+                 len(receiver.delivered().get("episode", [])) == 5, 30, "wave 1 delivered", interval=0.1)
         notifier.wait_metric("notify_dead_letters_total{sink=broken}", 4, timeout=20)
         first = notifier.metrics()
         assert first["notify_deduplicated_total"] == EPISODE - 5
@@ -205,13 +196,13 @@ def test_notify_delivers_retries_deduplicates_dead_letters_and_survives_sigkill(
         tail = [anomaly(address(999), "episode", base + 4.5 + i * 0.1, 1100 + i) for i in range(3)]
         run(produce(topic, keyed(wave2[:20] + tail)))
         wave2_keys = [d["alert_key"] for d in wave2]
-        wait_for(lambda: sum(k in receiver.delivered() for k in wave2_keys) >= 4, 30, "wave 2 under way")
+        wait_until(lambda: sum(k in receiver.delivered() for k in wave2_keys) >= 4, 30, "wave 2 under way", interval=0.1)
         notifier.kill()
         in_flight = len(wave2_keys[:20]) - sum(k in receiver.delivered() for k in wave2_keys[:20])
         run(produce(topic, keyed(wave2[20:])))
         restarted = workers(env, name="notify", command="notify")
         restarted.wait_ready(60)
-        wait_for(lambda: all(k in receiver.delivered() for k in wave2_keys), 40, "wave 2 delivered after restart")
+        wait_until(lambda: all(k in receiver.delivered() for k in wave2_keys), 40, "wave 2 delivered after restart", interval=0.1)
         time.sleep(1.5)  # what a duplicate would take to show up
         second = restarted.metrics()
 
