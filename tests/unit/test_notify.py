@@ -294,3 +294,16 @@ async def test_notifier_alerts_an_episode_once_and_dead_letters_what_fails():
         notifier.clock = lambda: 1000.0 + cfg.dedup.ttl_seconds + 10
         await notifier.sweep(frozenset({2}))
         assert b"k1" not in store.data and sink.on("dedup-changelog")[-1].value is None
+
+
+def test_the_command_refuses_a_bad_file_naming_the_key(tmp_path, monkeypatch, capsys):
+    from anomaly_stream.__main__ import main
+
+    bad = tmp_path / "notify.toml"
+    bad.write_text('[sinks.a]\ntype = "pager"\n[[rules]]\nsinks = ["a"]\n')
+    monkeypatch.setenv("NOTIFY_CONFIG", str(bad))
+    assert main(["notify"]) == 2
+    assert "sinks.a.type: unknown sink type 'pager'" in capsys.readouterr().err
+    monkeypatch.delenv("NOTIFY_CONFIG")
+    assert main(["notify"]) == 2
+    assert "NOTIFY_CONFIG must name" in capsys.readouterr().err
