@@ -50,7 +50,7 @@ class Sink:
     type: str
     url: str = field(default="", repr=False)  # a Slack URL is a secret
     secret: bytes = field(default=b"", repr=False)  # the webhook's HMAC key
-    rate_per_second: float = 5.0
+    rate_per_second: float | None = 5.0  # None: no limit (a log sink's default)
     burst: int = 10
     explorer_url: str = "https://etherscan.io"
     retry: Retry = Retry()
@@ -117,7 +117,8 @@ def _sink(name: str, table: Mapping[str, Any], environ: Mapping[str, str], retry
     allowed |= {"webhook": {"url", "secret_env"}, "slack": {"url_env", "explorer_url"}, "log": set()}[kind]
     _only(table, where, allowed)
     values: dict[str, Any] = {"name": name, "type": kind, "retry": _retry(table, where, retry)}
-    values["rate_per_second"] = _number(table, where, "rate_per_second", Sink.rate_per_second)
+    unlimited = kind == "log" and "rate_per_second" not in table
+    values["rate_per_second"] = None if unlimited else _number(table, where, "rate_per_second", Sink.rate_per_second)
     values["burst"] = int(_number(table, where, "burst", Sink.burst, integer=True))
     if kind == "webhook":
         values["url"] = _url(table.get("url"), f"{where}.url")

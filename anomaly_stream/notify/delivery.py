@@ -49,7 +49,8 @@ class Delivery:
                  rand: Callable[[], float] = random.random):
         self.config = config
         self.clock, self.sleep, self.rand = clock, sleep, rand
-        self.buckets = {name: TokenBucket(s.rate_per_second, s.burst, clock) for name, s in config.sinks.items()}
+        self.buckets = {name: TokenBucket(s.rate_per_second, s.burst, clock)
+                        for name, s in config.sinks.items() if s.rate_per_second is not None}
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -66,7 +67,8 @@ class Delivery:
         attempt = 0
         while True:
             attempt += 1
-            wait = self.buckets[sink.name].take()
+            bucket = self.buckets.get(sink.name)
+            wait = bucket.take() if bucket is not None else 0.0
             if wait > 0:
                 await self.sleep(wait)
             try:

@@ -307,3 +307,10 @@ def test_the_command_refuses_a_bad_file_naming_the_key(tmp_path, monkeypatch, ca
     monkeypatch.delenv("NOTIFY_CONFIG")
     assert main(["notify"]) == 2
     assert "NOTIFY_CONFIG must name" in capsys.readouterr().err
+
+
+def test_a_log_sink_is_not_rate_limited_unless_asked():
+    cfg = parse(MINIMAL)
+    assert cfg.sinks["audit"].rate_per_second is None and "audit" not in Delivery(cfg).buckets
+    cfg = parse('[sinks.audit]\ntype = "log"\nrate_per_second = 2\n[[rules]]\nsinks = ["audit"]\n')
+    assert Delivery(cfg).buckets["audit"].rate == 2
