@@ -4,6 +4,7 @@
     anomaly-stream generate --count N [--rate R] [--output FILE]
                                                    synthetic traffic to Kafka or a JSONL file
     anomaly-stream ingest [--from-block N]         follow an Ethereum node into Kafka
+    anomaly-stream notify [faust worker options]   deliver alerts from the anomalies topic (NOTIFY_CONFIG)
     anomaly-stream backtest PATH [--label-field F] [--report OUT.json] [--plot OUT.png]
                                                    score a JSONL (or CSV) file offline
 """
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format, handler=command == "ingest")
     if command == "worker":
         return run_worker(settings, rest)
+    if command == "notify":
+        return run_notify(settings, rest)
     if command == "generate":
         return run_generate(settings, rest)
     if command == "backtest":
@@ -56,6 +59,22 @@ def run_worker(settings: Settings, faust_args: list[str]) -> int:
     mode.loop.use("uvloop")  # measured: Faust's per-batch overhead drops by about a third
     from .stream.app import app
 
+    return run_faust(app, settings, faust_args)
+
+
+def run_notify(settings: Settings, faust_args: list[str]) -> int:
+    from .notify import config
+    from .notify.app import create_app
+
+    try:
+        notify_config = config.load(settings.notify_config)
+    except config.ConfigError as exc:
+        print(f"anomaly-stream notify: {exc}", file=sys.stderr)
+        return 2
+    return run_faust(create_app(settings, notify_config), settings, faust_args)
+
+
+def run_faust(app, settings: Settings, faust_args: list[str]) -> int:
     # At warn or above, Faust's terminal spinner sets the root logger to DEBUG and
     # every produced message builds log records (a sixth of the worker's time);
     # at info or below it does not. setup_logging bounds Faust's own loggers.

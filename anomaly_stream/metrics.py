@@ -109,3 +109,19 @@ INGEST_ORPHANED_BLOCKS = Counter(
     "ingest_orphaned_blocks_total", "Published blocks that a reorg later orphaned.")
 INGEST_INPUTS_TRUNCATED = Counter(
     "ingest_inputs_truncated_total", "Transactions whose calldata was cut to fit the input topic's message size.")
+
+# Alert delivery (`anomaly-stream notify`)
+NOTIFY_DELIVERIES = Counter(
+    "notify_deliveries_total",
+    "Alerts handed to a sink, by result: delivered, or failed (bounded tries spent or a permanent error).",
+    ["sink", "result"])
+NOTIFY_RETRIES = Counter(
+    "notify_retries_total", "Delivery attempts that failed and were tried again (after backoff).", ["sink"])
+NOTIFY_DEDUPLICATED = Counter(
+    "notify_deduplicated_total",
+    "Anomalies not alerted because their alert key was alerted within the dedup window.")
+NOTIFY_DEAD_LETTERS = Counter(
+    "notify_dead_letters_total", "Undeliverable alerts written to the notify dead-letter topic.", ["sink"])
+NOTIFY_DELIVERY_SECONDS = Histogram(
+    "notify_delivery_seconds", "Time to deliver one alert to one sink, retries and rate-limit waits included.",
+    ["sink"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))

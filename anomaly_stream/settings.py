@@ -115,6 +115,10 @@ class Settings:
     ingest_rpc_concurrency: int = 4
     ingest_checkpoint_topic: str = ""  # empty: "<input>-ingest-checkpoint"
     ingest_metrics_port: int = 9108  # 0: no metrics endpoint
+    # Alert delivery (`anomaly-stream notify`): the TOML file of sinks and rules
+    # (read and validated by notify.config at the notifier's start; the worker ignores it).
+    notify_config: str = ""
+    kafka_notify_dlq_topic: str = ""  # empty: "<anomalies>-notify-dlq"
 
     @property
     def dlq_topic(self) -> str:
@@ -123,6 +127,15 @@ class Settings:
     @property
     def edges_topic(self) -> str:
         return self.kafka_edges_topic or f"{self.kafka_input_topic}-edges"
+
+    @property
+    def notify_dlq_topic(self) -> str:
+        return self.kafka_notify_dlq_topic or f"{self.kafka_anomalies_topic}-notify-dlq"
+
+    @property
+    def notify_app_id(self) -> str:
+        """The notifier's Faust app id: its own consumer group and changelog prefix."""
+        return f"{self.app_id}-notify"
 
     @property
     def address_state_max_per_partition(self) -> int:

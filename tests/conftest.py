@@ -28,11 +28,11 @@ def stack():
 
 @pytest.fixture
 def workers(stack, tmp_path):
-    """Factory: `workers(env)` starts a worker process; all are killed after the test."""
+    """Factory: `workers(env)` starts a worker process (`command="notify"`: a notifier); all are killed after the test."""
     started: list[WorkerProcess] = []
 
-    def start(env: dict[str, str], name: str = "worker") -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path, name=f"{name}{len(started)}").start()
+    def start(env: dict[str, str], name: str = "worker", command: str = "worker") -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path, name=f"{name}{len(started)}", command=command).start()
         started.append(worker)
         return worker
 

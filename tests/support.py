@@ -93,9 +93,10 @@ def connection(env: dict[str, str] | None) -> dict:
 
 
 class WorkerProcess:
-    """One `anomaly-stream worker` process with its own web port."""
+    """One `anomaly-stream worker` process (or another Faust command: `notify`) with its own web port."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str = "worker"):
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str = "worker", command: str = "worker"):
+        self.command = command
         self.port = free_port()
         self.env = {**os.environ, **env, "WEB_PORT": str(self.port), "WEB_HOST": "127.0.0.1"}
         self.log_path = log_dir / f"{name}-{self.port}.log"
@@ -104,7 +105,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "anomaly_stream", "worker"],
+            [sys.executable, "-m", "anomaly_stream", self.command],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
         )
         return self
@@ -248,13 +249,22 @@ def wait_edges_settled(workers, timeout: float = 60.0) -> None:
 
 def wait_balanced(workers, timeout: float = 60.0) -> None:
     """Until every worker is ready and holds input partitions: the rebalance is over."""
+    wait_until(lambda: all(w.get("/health/ready")[0] == 200 and
+                           orjson.loads(w.get("/health")[1])["kafka"]["assigned_partitions"] for w in workers),
+               timeout, "the workers balanced")
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5) -> None:
+    """Poll until `predicate()` holds (an OSError counts as not yet: a process still starting)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(w.get("/health/ready")[0] == 200 and
-               orjson.loads(w.get("/health")[1])["kafka"]["assigned_partitions"] for w in workers):
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"workers not balanced after {timeout}s")
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def keyed(txs) -> list[tuple[bytes, bytes]]:

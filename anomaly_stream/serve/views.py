@@ -158,8 +158,7 @@ class Api:
         self._decoded: dict[bytes, dict] = {}
 
     def owned_partitions(self) -> list[int]:
-        topic = self.settings.kafka_input_topic
-        return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic)
+        return self.app.assigned(self.settings.kafka_input_topic)
 
     def local_anomalies(self) -> list[dict]:
         """This replica's share of the buffer, newest first, already past their TTL excluded."""
@@ -174,14 +173,7 @@ class Api:
         return documents
 
     def not_ready_reason(self) -> str | None:
-        app = self.app
-        if app.rebalancing:
-            return "rebalancing"
-        if app.in_recovery or not app.tables.recovery.completed.is_set():
-            return "recovering tables"
-        if not self.owned_partitions():
-            return "no partitions of the input topic assigned"
-        return None
+        return self.app.not_ready_reason()
 
     def consumer_lag(self) -> dict[int, int]:
         """Lag of this replica's input partitions only, so a sum over replicas counts each once."""

@@ -1,4 +1,4 @@
-"""The one Faust App: topics, tables, the worker, and where the agents and views register.
+"""The detector's Faust App: topics, tables, the worker, and where the agents and views register.
 
 `faust -A anomaly_stream.stream.app worker` and `anomaly-stream worker` both
 run the module-level `app`, built from the environment (see `settings`).
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import faust
-
 from .. import metrics
 from ..chain.enrich import Enricher
 from ..detect import watchlist
@@ -20,27 +18,25 @@ from ..serve import views
 from ..serve.cache import Cache
 from ..settings import Settings
 from . import agents, kafka
-from .consumer import BatchingTransport
+from .faust_io import BatchingApp, FaustSink, TableStore, app_options
 from .replica import RawTable, ReplicatedTopic
 from .topics import ensure_topics
-from .worker import Store, Stores, Topics, Worker, buffer_window_seconds
+from .worker import Stores, Topics, Worker, buffer_window_seconds
 
 
-class App(faust.App):
-    """A Faust App whose consumer hands the input topic to agents in batches."""
+class App(BatchingApp):
+    """The detector's app: its consumer hands the input and edges topics to agents in batches."""
 
     settings: Settings
     worker: Worker
     watchlist: ReplicatedTopic
     feedback: ReplicatedTopic  # of a detect.feedback.Verdicts
 
-    def _new_transport(self):
-        return BatchingTransport(self.conf.broker_consumer, self)
-
-    async def on_first_start(self) -> None:
-        # Before the consumer subscribes: see topics.py.
+    async def ensure_topics(self) -> None:
         await ensure_topics(self.settings)
-        await super().on_first_start()
+
+    def served_topic(self) -> tuple[str, str]:
+        return self.settings.kafka_input_topic, "input"
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -54,60 +50,6 @@ class App(faust.App):
         await self.worker.enricher.stop()
         await self.worker.cache.stop()
         await super().on_stop()
-
-
-class FaustSink:
-    """The worker's output through the Faust producer.
-
-    With exactly_once a send joins the transaction of the input partition it
-    came from, so it becomes visible to read_committed subscribers exactly
-    when the offsets it came from are committed. (Faust's own `topic.send`
-    only finds a transaction for topics this worker consumes: anomalies and
-    dead letters would go out at once and repeat after a crash.)
-    `source_partition=None` sends outside any transaction: for state that
-    matches offsets Faust has already committed (revocation, shutdown).
-    With at_least_once Faust flushes the producer before every commit.
-    """
-
-    def __init__(self, app: App):
-        self.app = app
-
-    def _transactional_id(self, source_partition):
-        app = self.app
-        if app.in_transaction and source_partition is not None:
-            group = app.assignor.group_for_topic(app.settings.kafka_input_topic)
-            return f"{app.conf.id}-{group}-{source_partition}"
-        return None
-
-    async def send(self, topic, key, value, *, source_partition, partition=None, headers=None) -> None:
-        await self.app.producer.send(topic, key, value, partition, None, headers,
-                                     transactional_id=self._transactional_id(source_partition))
-
-    async def send_many(self, topic, messages, *, source_partition) -> None:
-        """`send` of each (key, value, partition), in order: the same producer calls, one transaction lookup."""
-        transactional_id = self._transactional_id(source_partition)
-        send = self.app.producer.send
-        for key, value, partition in messages:
-            await send(topic, key, value, partition, None, None, transactional_id=transactional_id)
-
-
-class TableStore(Store):
-    """A Faust table seen as a `Store`; its data is read late, since Faust creates it lazily."""
-
-    def __init__(self, table: Any):
-        self.table = table
-
-    @property
-    def data(self):
-        return self.table.data
-
-    @property
-    def changelog(self) -> str:
-        return self.table.changelog_topic.get_topic_name()
-
-    def encode_key(self, key: Any) -> bytes:
-        raw, _ = self.table.changelog_topic.prepare_key(key, self.table.key_serializer)
-        return raw
 
 
 def watch_lists(table: RawTable) -> Callable[[str], dict[str, str] | None]:
@@ -124,31 +66,13 @@ def watch_lists(table: RawTable) -> Callable[[str], dict[str, str] | None]:
 def create_app(settings: Settings) -> App:
     app = App(
         settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap_servers}",
-        broker_credentials=kafka.faust_credentials(settings),  # TLS, SASL (kafka.py)
-        store=settings.table_store,
+        **app_options(settings),
         datadir=settings.data_dir,
         processing_guarantee=settings.processing_guarantee,
-        topic_partitions=settings.kafka_input_partitions,
-        topic_replication_factor=settings.kafka_topic_replication_factor,
-        broker_session_timeout=settings.kafka_session_timeout_seconds,
-        broker_heartbeat_interval=settings.kafka_heartbeat_interval_seconds,
-        broker_rebalance_timeout=settings.kafka_session_timeout_seconds,
-        broker_commit_interval=settings.commit_interval_seconds,
-        broker_max_poll_records=settings.kafka_max_poll_records,
-        producer_linger=settings.kafka_producer_linger_ms / 1000.0,
         # A model checkpoint is one message of a few hundred KiB.
         producer_max_request_size=8 * 1024 * 1024,
-        consumer_auto_offset_reset="earliest",
         # Faust's own window sweep is replaced by TableBound (see state.py).
         table_cleanup_interval=3600.0,
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-        web_in_thread=False,
-        # Faust's /table and /router pages list table contents to anyone: off.
-        web_router_enabled=False,
-        web_tables_enabled=False,
-        autodiscover=False,
     )
     app.settings = settings
     partitions = settings.kafka_input_partitions

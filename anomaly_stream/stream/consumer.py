@@ -130,7 +130,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self._read_offset = ReadOffsets()
         self._holes: dict[TP, tuple[int, int]] = {}
         settings = self.app.settings
-        self.batch_topics = frozenset({settings.kafka_input_topic, settings.edges_topic})
+        # The notifier's app names its own (the anomalies topic); the detector's batches these two.
+        self.batch_topics = frozenset(getattr(self.app, "batch_topics", None)
+                                      or {settings.kafka_input_topic, settings.edges_topic})
 
     async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
         if self.in_transaction:

@@ -64,13 +64,7 @@ async def create_topic(admin: AIOKafkaAdminClient, name: str, partitions: int, r
 
 async def ensure_topics(settings: Settings) -> None:
     async with admin_client(settings.kafka_bootstrap_servers, **client_options(settings)) as admin:
-        # list_topics first: a metadata request naming a missing topic makes a
-        # broker with auto-creation on create it with its default partition count.
-        present = await admin.list_topics()
-        for name in topic_names(settings):
-            if name not in present:
-                await create_topic(admin, name, settings.kafka_input_partitions,
-                                   settings.kafka_topic_replication_factor)
+        present = await _create_missing(admin, topic_names(settings), settings)
         # One partition: a small list every replica holds whole (app.py), compacted:
         # the latest value of each address is its lists; the same for the verdicts,
         # whose retention is their TTL (detect.feedback). Only when missing: a client
@@ -83,11 +77,35 @@ async def ensure_topics(settings: Settings) -> None:
         for name, configs in replicated.items():
             if name not in present:
                 await create_topic(admin, name, 1, settings.kafka_topic_replication_factor, configs)
-        found = await _partition_count(admin, settings.kafka_input_topic)
-        if found != settings.kafka_input_partitions:
-            raise TopicMismatch(
-                f"topic {settings.kafka_input_topic} has {found} partitions but "
-                f"KAFKA_INPUT_PARTITIONS is {settings.kafka_input_partitions}")
+        await _check_partitions(admin, settings.kafka_input_topic, settings.kafka_input_partitions)
+
+
+async def ensure_notify_topics(settings: Settings) -> None:
+    """The notifier's: the anomalies topic it reads (with the worker's partition count) and its dead letters.
+
+    Its dedup table's changelog is co-partitioned with the anomalies topic, so
+    a mismatch refuses to start, as the worker does for its input.
+    """
+    async with admin_client(settings.kafka_bootstrap_servers, **client_options(settings)) as admin:
+        await _create_missing(admin, [settings.kafka_anomalies_topic, settings.notify_dlq_topic], settings)
+        await _check_partitions(admin, settings.kafka_anomalies_topic, settings.kafka_input_partitions)
+
+
+async def _create_missing(admin: AIOKafkaAdminClient, names: list[str], settings: Settings) -> list[str]:
+    """Create those of `names` that are missing; the topics that were present."""
+    # list_topics first: a metadata request naming a missing topic makes a
+    # broker with auto-creation on create it with its default partition count.
+    present = await admin.list_topics()
+    for name in names:
+        if name not in present:
+            await create_topic(admin, name, settings.kafka_input_partitions, settings.kafka_topic_replication_factor)
+    return present
+
+
+async def _check_partitions(admin: AIOKafkaAdminClient, topic: str, expected: int) -> None:
+    found = await _partition_count(admin, topic)
+    if found != expected:
+        raise TopicMismatch(f"topic {topic} has {found} partitions but KAFKA_INPUT_PARTITIONS is {expected}")
 
 
 async def _partition_count(admin: AIOKafkaAdminClient, topic: str, timeout: float = 30.0) -> int:

@@ -144,7 +144,7 @@ class MemorySink:
 class Store:
     """A changelogged table as the worker uses it: the data, and how its changelog is written.
 
-    A dict in tests and the backtest; `app.TableStore` over a Faust table in the worker.
+    A dict in tests and the backtest; `faust_io.TableStore` over a Faust table in the worker.
     """
 
     data: MutableMapping[Any, bytes]

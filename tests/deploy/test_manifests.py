@@ -25,6 +25,7 @@ DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "deploy" / "docker-compose.yml"
 VIEWS = REPO / "anomaly_stream" / "serve" / "views.py"
 APP = REPO / "anomaly_stream" / "stream" / "app.py"
+NOTIFY_APP = REPO / "anomaly_stream" / "notify" / "app.py"
 BIN = Path(sys.executable).parent
 # The Kubernetes version deploy/k8s/README.md names as the target.
 KUBERNETES_VERSION = "1.30.0"
@@ -184,6 +185,25 @@ def test_topics_cover_every_topic_the_worker_uses():
         checkpoint = cm["INGEST_CHECKPOINT_TOPIC"] or f"{cm['KAFKA_INPUT_TOPIC']}-ingest-checkpoint"
         assert declared[checkpoint]["spec"]["partitions"] == 1
         assert declared[checkpoint]["spec"]["config"]["cleanup.policy"] == "compact"
+
+
+def test_topics_cover_the_notifier():
+    cm = configmap()
+    declared = {t["spec"].get("topicName", t["metadata"]["name"]): t["spec"] for t in find("KafkaTopic")}
+    app_id = f"{cm['APP_ID']}-notify"  # Settings.notify_app_id
+    dlq = cm["KAFKA_NOTIFY_DLQ_TOPIC"] or f"{cm['KAFKA_ANOMALIES_TOPIC']}-notify-dlq"
+    tables = re.findall(r"""app\.Table\(\s*["']([^"']+)["']""", NOTIFY_APP.read_text())
+    assert tables == ["dedup"]
+    partitions = int(cm["KAFKA_INPUT_PARTITIONS"])
+    assert declared[dlq]["partitions"] == partitions
+    changelog = declared[f"{app_id}-dedup-changelog"]
+    assert changelog["partitions"] == partitions and changelog["config"]["cleanup.policy"] == "compact"
+    assert declared[f"{app_id}-__assignor-__leader"]["partitions"] == 1
+    # The example file's secrets are Secret keys, never ConfigMap values.
+    secret_keys = set(one("Secret", "anomaly-stream-secrets")["stringData"])
+    example = (REPO / "deploy" / "notify.example.toml").read_text()
+    named = set(re.findall(r'(?:secret_env|url_env) = "([A-Z_]+)"', example))
+    assert named and named <= secret_keys and not named & set(cm)
 
 
 def test_probes_point_at_registered_routes():

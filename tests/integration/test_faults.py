@@ -30,7 +30,7 @@ import pytest
 
 from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
-from ..support import KAFKA, REPO, consume_all, deployment_env, keyed, run
+from ..support import KAFKA, REPO, consume_all, deployment_env, keyed, run, wait_until
 from .test_detector import stream_with_outliers
 
 pytestmark = pytest.mark.integration
@@ -170,18 +170,6 @@ def stable_committed(env: dict[str, str], quiet: float = 2.0) -> dict[int, int]:
         if current == previous:
             return current
         previous = current
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def wait_all_committed(env: dict[str, str], timeout: float = 90) -> dict[int, int]:

@@ -8,7 +8,7 @@ import pytest
 
 from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
-from ..support import consume_all, keyed, produce, run, deployment_env
+from ..support import consume_all, keyed, produce, run, deployment_env, wait_until
 from .test_detector import outlier, stream_with_outliers
 
 pytestmark = pytest.mark.integration
@@ -20,15 +20,6 @@ def buffer_size(worker) -> float:
 
 def wait_rebuilt(worker, at_least: int = 1) -> None:
     worker.wait_metric("state_bounds_rebuilds_total", at_least, timeout=60)
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_anomaly_buffer_bounds_hold_across_restart_and_rebalance(workers):
