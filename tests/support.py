@@ -247,6 +247,12 @@ def wait_edges_settled(workers, timeout: float = 60.0) -> None:
     raise AssertionError("the edges topic never settled")
 
 
+def wait_processed(workers, n: int, timeout: float = 60.0) -> None:
+    """Until the workers together have scored n transactions (a worker busy with a batch may not answer)."""
+    wait_until(lambda: sum(w.metrics().get("transactions_processed_total", 0.0) for w in workers) >= n,
+               timeout, f"{n} transactions processed")
+
+
 def wait_balanced(workers, timeout: float = 60.0) -> None:
     """Until every worker is ready and holds input partitions: the rebalance is over."""
     wait_until(lambda: all(w.get("/health/ready")[0] == 200 and

@@ -12,7 +12,7 @@ import pytest
 
 from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
-from ..support import consume_all, deployment_env, keyed, produce, run, wait_balanced
+from ..support import consume_all, deployment_env, keyed, produce, run, wait_balanced, wait_processed
 from .test_detector import outlier
 
 pytestmark = pytest.mark.integration
@@ -29,17 +29,6 @@ def post(worker, path: str, body: bytes, key: str | None = KEY) -> tuple[int, di
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def processed(workers) -> float:
-    return sum(w.metrics().get("transactions_processed_total", 0) for w in workers)
-
-
-def wait_processed(workers, n: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while processed(workers) < n:
-        assert time.monotonic() < deadline, f"{processed(workers)} of {n} processed"
-        time.sleep(0.5)
 
 
 def test_a_verdict_reaches_every_replica_silences_the_benign_and_counts_towards_precision(workers):

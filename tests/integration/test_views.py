@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
-from ..support import deployment_env, free_port, keyed, produce, run, wait_balanced, wait_edges_settled
+from ..support import (deployment_env, free_port, keyed, produce, run, wait_balanced, wait_edges_settled,
+                       wait_processed)
 
 pytestmark = pytest.mark.integration
 
@@ -122,11 +123,7 @@ def test_any_replica_answers_any_query(workers):
     wait_balanced([a, b])
     txs = TrafficGenerator(GeneratorConfig(seed=8)).take(10_000)
     run(produce(env["KAFKA_INPUT_TOPIC"], keyed(txs)))
-    wait_total = time.monotonic() + 60
-    while time.monotonic() < wait_total:
-        if a.metrics()["transactions_processed_total"] + b.metrics()["transactions_processed_total"] >= len(txs):
-            break
-        time.sleep(0.5)
+    wait_processed([a, b], len(txs))
     wait_edges_settled([a, b])
     owned = set(json_get(a, "/health")[1]["kafka"]["assigned_partitions"])
     assert owned and owned != {0, 1, 2, 3}, "the test needs partitions on both workers"
