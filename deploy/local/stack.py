@@ -772,7 +772,8 @@ def print_endpoints(cfg: Config) -> None:
     if sasl_listening(cfg):
         print(f"KAFKA_SASL_BOOTSTRAP={HOST}:{cfg.sasl_port}  # SASL_PLAINTEXT, SCRAM-SHA-512")
         print(f"KAFKA_SASL_USERNAME={SASL_USERNAME}")
-        print(f"KAFKA_SASL_PASSWORD={sasl_password(cfg)}")
+        # The file, not the password: this output lands in CI logs.
+        print(f'KAFKA_SASL_PASSWORD="$(cat {cfg.sasl_password_file})"')
     print(f"REDIS_URL=redis://{HOST}:{cfg.redis_port}/0")
     print(f"ETH_RPC_URL={cfg.eth_url}  # ganache {cfg.ganache_version}, chain id 1337")
 
