@@ -45,7 +45,8 @@ MODEL_EVENTS_SEEN = Gauge(
     ["perspective", "partition"])
 MODEL_CHECKPOINTS_REJECTED = Counter(
     "model_checkpoints_rejected_total",
-    "Model checkpoints refused (corrupt, forged, unsigned): the partition started a fresh model.", ["reason"])
+    "Model checkpoints refused: the partition started a fresh model. reason: forged (the signature does not "
+    "verify or is missing), unsupported (another format or version, a pickle included), corrupt.", ["reason"])
 STATE_REBUILDS = Counter(
     "state_bounds_rebuilds_total", "Times the bounded tables were re-indexed after a recovery.")
 MODEL_CHECKPOINT_AGE = Gauge(

@@ -94,7 +94,16 @@ _MAX_PENDING = 1 << 16
 
 
 class CheckpointError(ValueError):
-    """A compiled-HST checkpoint or state that cannot be used; the message says why."""
+    """A compiled-HST checkpoint or state that cannot be used; the message says why.
+
+    `reason`, the label of `model_checkpoints_rejected_total`: `forged` (its
+    signature does not verify or is missing), `unsupported` (another format or
+    version, a pickle included), else `corrupt`.
+    """
+
+    def __init__(self, message: str, reason: str = "corrupt"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class CompiledHST:
@@ -559,25 +568,26 @@ def verified_prefix(raw, key: bytes | None, magic: bytes, version: int, noun: st
     raw = bytes(raw)
     if key is not None:
         if len(raw) < PREFIX.size + _TAG_SIZE:
-            raise CheckpointError("truncated: too short to carry an HMAC")
+            raise CheckpointError("truncated: too short to carry an HMAC", "forged")
         expected = hmac.new(key, raw[:-_TAG_SIZE], hashlib.sha256).digest()
         if not hmac.compare_digest(expected, raw[-_TAG_SIZE:]):
-            raise CheckpointError("HMAC mismatch: tampered, truncated, unsigned or signed with another key")
+            raise CheckpointError("HMAC mismatch: tampered, truncated, unsigned or signed with another key", "forged")
     if len(raw) < PREFIX.size:
         raise CheckpointError(f"truncated: {len(raw)} bytes, shorter than the {PREFIX.size}-byte prefix")
     found_magic, found_version, flags, head_len = PREFIX.unpack_from(raw)
     if found_magic != magic:
         hint = " (a pickle?)" if raw[:1] == b"\x80" else ""  # pickle protocol >= 2 opens with PROTO
-        raise CheckpointError(f"bad magic {found_magic!r}, not a {noun}{hint}")
+        raise CheckpointError(f"bad magic {found_magic!r}, not a {noun}{hint}", "unsupported")
     if found_version != version:
-        raise CheckpointError(f"unsupported {noun} version {found_version} (this code reads {version})")
+        raise CheckpointError(f"unsupported {noun} version {found_version} (this code reads {version})",
+                              "unsupported")
     if flags & ~FLAG_HMAC:
         raise CheckpointError(f"unknown flags {flags:#x}")
     signed = bool(flags & FLAG_HMAC)
     if key is not None and not signed:  # a valid tag over an unsigned blob: refuse all the same
-        raise CheckpointError("checkpoint carries no HMAC but a key is required")
+        raise CheckpointError("checkpoint carries no HMAC but a key is required", "forged")
     if key is None and signed:
-        raise CheckpointError("checkpoint carries an HMAC: a key is needed to verify it")
+        raise CheckpointError("checkpoint carries an HMAC: a key is needed to verify it", "forged")
     return raw, head_len, len(raw) - _TAG_SIZE if signed else len(raw)
 
 

@@ -34,7 +34,7 @@ def shifted(tx: dict, **fields) -> tuple[bytes, bytes]:
 def test_hostile_input_is_dead_lettered_or_set_right_and_nothing_is_wiped(workers):
     env = deployment_env(api_peer_key="peer-secret", api_write_key="write-secret",
                          model_checkpoint_key="ckpt-secret", address_state_ttl_seconds=3600)
-    # Checkpoints someone else wrote: garbage, a pickle, a well-formed one signed with another key.
+    # Checkpoints someone else wrote, for partitions 0 and 1: garbage in the format's clothes, a pickle.
     changelog = f"{env['APP_ID']}-model-checkpoints-changelog"
     forged = [(b"0", b"APMC\x00\x03garbage", 0), (b"1", b"\x80\x04\x95cos\nsystem\n", 1)]
     run(produce(changelog, forged, create_partitions=PARTITIONS))
@@ -64,8 +64,7 @@ def test_hostile_input_is_dead_lettered_or_set_right_and_nothing_is_wiped(worker
     dead = {k: v for k, v in m.items() if k.startswith("transactions_dead_lettered_total{")}
     assert sum(dead.values()) == len(hostile), dead
     assert dead.get("transactions_dead_lettered_total{reason=out_of_range}") == 2
-    assert m["model_checkpoints_rejected_total{reason=corrupt}"] + m.get(
-        "model_checkpoints_rejected_total{reason=forged}", 0) >= 1
+    assert m["model_checkpoints_rejected_total{reason=forged}"] == 2, "both, and the worker lives"
     dlq = run(consume_all(f"{env['KAFKA_INPUT_TOPIC']}-dlq", expect=len(hostile)))
     assert len(dlq) == len(hostile) and all(dict(r.headers)["dlq-reason"] for r in dlq)
 
@@ -85,7 +84,9 @@ def test_hostile_input_is_dead_lettered_or_set_right_and_nothing_is_wiped(worker
         assert exc.code == 401 and "error" in orjson.loads(exc.read())
     assert post(worker, f"/api/v1/anomalies/0x{'ab' * 32}/feedback", b'{"verdict": "false_positive"}', key=None)[0] == 401
     m = worker.metrics()
-    assert not {k: v for k, v in m.items() if k.startswith("http_requests_total{") and ",status=5" in k}
+    # (Readiness answers 503 while the worker starts: that is its job, not an error.)
+    assert not {k: v for k, v in m.items() if k.startswith("http_requests_total{") and ",status=5" in k
+                and "route=/api/v1" in k}
     assert worker.proc.poll() is None
 
 

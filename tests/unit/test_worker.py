@@ -117,6 +117,36 @@ async def test_checkpoints_follow_the_interval_and_release_drops_the_model(txs):
     assert restored.seen == 200, "the next owner resumes from the checkpoint"
 
 
+async def test_a_forged_or_corrupt_checkpoint_starts_a_fresh_model_and_is_counted(txs):
+    from anomaly_stream.metrics import MODEL_CHECKPOINTS_REJECTED
+    from anomaly_stream.stream.worker import checkpoint_key
+
+    def rejected(reason: str) -> float:
+        return MODEL_CHECKPOINTS_REJECTED.labels(reason)._value.get()
+
+    signed, unsigned = [], []
+    for key, out in (("the-key", signed), ("", unsigned)):
+        maker, _ = make_worker(model_checkpoint_key=key)
+        await maker.handle(0, records(txs[:300]))
+        out.append(maker.model(0).to_bytes())
+    good, plain = signed[0], unsigned[0]
+    cases = [("the-key", good[:-1] + bytes([good[-1] ^ 1]), "forged"),  # tampered
+             ("the-key", plain, "forged"),  # unsigned where a key is required
+             ("", good, "forged"),  # signed, and no key to verify it
+             ("", b"\x80\x04\x95cos\nsystem\n", "unsupported"),  # a pickle
+             ("", plain[: len(plain) // 2], "corrupt")]
+    for key, raw, reason in cases:
+        worker, _ = make_worker(model_checkpoint_key=key)
+        worker.stores.checkpoints.data[checkpoint_key(("sender", 0))] = raw
+        before = rejected(reason)
+        result = await worker.handle(0, records(txs[300:400], 300))
+        assert result.processed == 100 and worker.model(0).seen == 100, f"{reason}: a fresh model scored them"
+        assert rejected(reason) == before + 1, reason
+    worker, _ = make_worker(model_checkpoint_key="the-key")
+    worker.stores.checkpoints.data[checkpoint_key(("sender", 0))] = good
+    assert worker.model(0).seen == 300, "the genuine one is restored"
+
+
 async def test_a_sweep_expires_by_event_time_with_tombstones(txs):
     worker, sink = make_worker(address_state_ttl_seconds=60.0)
     old = [dict(tx, blockTimestamp=1_600_000_000) for tx in txs[:50]]
