@@ -55,6 +55,7 @@ def deployment_env(**overrides) -> dict[str, str]:
         "KAFKA_INPUT_TOPIC": f"{name}-transactions",
         "KAFKA_ANOMALIES_TOPIC": f"{name}-anomalies",
         "KAFKA_WATCHLIST_TOPIC": f"{name}-watchlist",
+        "KAFKA_FEEDBACK_TOPIC": f"{name}-feedback",
         "KAFKA_INPUT_PARTITIONS": "4",
         "KAFKA_SESSION_TIMEOUT_SECONDS": "6",
         "KAFKA_HEARTBEAT_INTERVAL_SECONDS": "1",

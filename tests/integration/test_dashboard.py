@@ -18,7 +18,8 @@ import pytest
 
 from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 
-from ..support import deployment_env, keyed, produce, run, stack_module, wait_edges_settled
+from ..support import deployment_env, keyed, produce, run, stack_module, wait_edges_settled, wait_until
+from .test_feedback import KEY as FEEDBACK_KEY, post
 from .test_watchlist import payments, wait_entries, watchlist_cli
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def test_dashboard_lists_filters_and_explains_the_flagged_anomalies(workers, bro
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    env = deployment_env(target_flag_rate=0.01, model_warmup_events=300)
+    env = deployment_env(target_flag_rate=0.01, model_warmup_events=300, api_write_key=FEEDBACK_KEY)
     worker = workers(env)
     worker.wait_ready()
     list_file = tmp_path / "list.txt"
@@ -99,6 +100,10 @@ def test_dashboard_lists_filters_and_explains_the_flagged_anomalies(workers, bro
     assert 10 <= len(items) < 500, len(items)
     keys = {f"{d['tx_hash']}:{d['perspective']}" for d in items}
     hit = next(d for d in items if d["tx_hash"] == hits[0]["hash"] and d["perspective"] == "sender")
+
+    # An analyst's verdict: the summary shows the precision it gives.
+    assert post(worker, f"/api/v1/anomalies/{hit['tx_hash']}/feedback", b'{"verdict": "confirmed"}')[0] == 202
+    wait_until(lambda: api(worker, "/api/v1/stats")["feedback"]["confirmed"] == 1, 20, "the verdict applied")
 
     with urllib.request.urlopen(worker.url("/dashboard"), timeout=5) as resp:
         assert resp.headers["Content-Type"] == "text/html; charset=utf-8"
@@ -170,6 +175,7 @@ def test_dashboard_lists_filters_and_explains_the_flagged_anomalies(workers, bro
     assert browser.find_elements(By.CSS_SELECTOR, "#chart-scores rect.bar")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-scores line.threshold")) == 4
     assert len(browser.find_elements(By.CSS_SELECTOR, "#models tbody tr")) == 8  # 4 partitions, 2 perspectives
+    assert browser.find_element(By.ID, "sum-precision").text.endswith("of 1")
 
     shot = screenshot_dir(tmp_path) / "dashboard.png"
     browser.save_screenshot(str(shot))

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from anomaly_stream.serve import views
+from anomaly_stream.settings import Settings
 
 
 async def get(path: str) -> tuple[int, dict, bytes]:
     """GET `path` (sent as encoded) from the dashboard's routes and middleware on a bare aiohttp app."""
     app = web.Application(middlewares=[views.observe])
+    app[views.API] = SimpleNamespace(queries_in_flight=0, settings=Settings())  # what the middleware reads
     app.router.add_get("/dashboard", lambda request: views.dashboard_file("index.html"))
     app.router.add_get("/dashboard/{name}", lambda request: views.dashboard_file(request.match_info["name"]))
     async with TestClient(TestServer(app)) as client:

@@ -287,6 +287,10 @@
     $("sum-flag-rate").textContent = pct(stats.flag_rate);
     $("sum-partitions").textContent = (stats.partitions_served || []).join(", ") || "none";
     $("sum-replicas").textContent = String((stats.replicas || []).length);
+    const fb = stats.feedback || {};
+    const verdicts = (fb.confirmed || 0) + (fb.false_positive || 0);
+    $("sum-precision").textContent = fb.precision == null ? "no verdicts"
+      : `${pct(fb.precision)} of ${verdicts}`;
   }
 
   function renderModels(stats) {
