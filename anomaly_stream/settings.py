@@ -83,6 +83,9 @@ class Settings:
     feedback_ttl_seconds: float = 30 * 24 * 3600.0
     feedback_benign_seconds: float = 7 * 24 * 3600.0
     feedback_max_entries: int = 100_000
+    # From the Secret: the bearer token of the API's reads (/api/v1; the write key also
+    # reads). Empty: reads are open (health, metrics and the dashboard's files always are).
+    api_read_key: str = field(default="", repr=False)
     # From the Secret: the bearer token of the API's writes (feedback). Empty: writes refused.
     api_write_key: str = field(default="", repr=False)
     # From the Secret: the replicas sign their requests to each other with it (serve.views.hop_value).

@@ -73,7 +73,9 @@ OPENAPI = {
                 "503": _ERROR},
         }},
     },
-    "components": {"schemas": {
+    # With API_READ_KEY set every /api/v1 route but this document wants the bearer token (401 without).
+    "security": [{}, {"bearer": []}],
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
         "Replica": {"type": "object", "required": ["replica", "partitions", "lag", "models"], "properties": {
             "replica": {"type": "string"}, "partitions": {"type": "array", "items": {"type": "integer"}},

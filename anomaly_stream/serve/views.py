@@ -116,6 +116,16 @@ def check_hop(key: str, value: str, path_qs: str, now: float) -> None:
         raise ApiError(401, f"{HOP_HEADER} is for replicas: a bad or expired signature")
 
 
+def authorise_read(settings, authorization: str) -> None:
+    """With API_READ_KEY set, /api/v1 needs `Authorization: Bearer` with it (or the write key)."""
+    key = settings.api_read_key
+    if not key:
+        return
+    given = authorization.encode()
+    if not any(k and hmac.compare_digest(given, f"Bearer {k}".encode()) for k in (key, settings.api_write_key)):
+        raise ApiError(401, "/api/v1 needs Authorization: Bearer <API_READ_KEY>")
+
+
 def authorise_write(key: str, authorization: str) -> None:
     """Writes need `Authorization: Bearer <API_WRITE_KEY>`; with no key set there are none."""
     if not key:
@@ -161,14 +171,19 @@ class Api:
         return self.app.assigned(self.settings.kafka_input_topic)
 
     def local_anomalies(self) -> list[dict]:
-        """This replica's share of the buffer, newest first, already past their TTL excluded."""
+        """This replica's share of the buffer, newest first, already past their TTL excluded.
+
+        Only its active partitions': the table also holds Faust's standby copies of
+        other replicas' partitions, which would list every anomaly twice in a merge.
+        """
+        owned = set(self.owned_partitions())
         cutoff = time.time() - self.settings.anomaly_buffer_ttl_seconds
         known, decoded = self._decoded, {}
         for raw in list(self.anomaly_buffer.data.values()):
             document = known.get(raw)
             decoded[raw] = orjson.loads(raw) if document is None else document
         self._decoded = decoded  # what left the buffer leaves the memo
-        documents = [d for d in decoded.values() if d["detected_at"] >= cutoff]
+        documents = [d for d in decoded.values() if d["detected_at"] >= cutoff and d["source"]["partition"] in owned]
         documents.sort(key=lambda d: (d["detected_at"], d["tx_hash"]), reverse=True)
         return documents
 
@@ -200,8 +215,10 @@ class Api:
 
     async def ask(self, url: str) -> tuple[int, bytes]:
         try:
-            hop = hop_value(self.settings.api_peer_key, URL(url).path_qs, time.time())
-            async with self.app.http_client.get(url, headers={HOP_HEADER: hop},
+            headers = {HOP_HEADER: hop_value(self.settings.api_peer_key, URL(url).path_qs, time.time())}
+            if self.settings.api_read_key:
+                headers["Authorization"] = f"Bearer {self.settings.api_read_key}"
+            async with self.app.http_client.get(url, headers=headers,
                                                 timeout=ClientTimeout(total=PEER_TIMEOUT)) as resp:
                 return resp.status, await resp.read()
         except (ClientError, asyncio.TimeoutError) as exc:
@@ -556,6 +573,8 @@ async def observe(request: web.Request, handler):
             raise ApiError(503, "too many queries in flight: retry shortly")
         api.queries_in_flight += query
         try:
+            if query and route != "/api/v1/openapi.json":
+                authorise_read(api.settings, request.headers.get("Authorization", ""))
             if HOP_HEADER in request.headers:
                 check_hop(api.settings.api_peer_key, request.headers[HOP_HEADER], request.path_qs, time.time())
             response = await handler(request)

@@ -11,6 +11,7 @@ listing asks it.
 from __future__ import annotations
 
 import time
+import urllib.error
 import urllib.request
 import zlib
 
@@ -27,12 +28,24 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 4
 
 
+READ = {"Authorization": "Bearer read-secret"}
+
+
+def get(worker, path: str, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(worker.url(path), headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
 def shifted(tx: dict, **fields) -> tuple[bytes, bytes]:
     return tx["from"].encode(), orjson.dumps({**tx, "hash": "0x" + "%064x" % (int(tx["hash"], 16) ^ 1), **fields})
 
 
 def test_hostile_input_is_dead_lettered_or_set_right_and_nothing_is_wiped(workers):
-    env = deployment_env(api_peer_key="peer-secret", api_write_key="write-secret",
+    env = deployment_env(api_peer_key="peer-secret", api_read_key="read-secret", api_write_key="write-secret",
                          model_checkpoint_key="ckpt-secret", address_state_ttl_seconds=3600)
     # Checkpoints someone else wrote, for partitions 0 and 1: garbage in the format's clothes, a pickle.
     changelog = f"{env['APP_ID']}-model-checkpoints-changelog"
@@ -72,16 +85,15 @@ def test_hostile_input_is_dead_lettered_or_set_right_and_nothing_is_wiped(worker
     # and the misplaced ones were scored in their home partitions.
     time.sleep(3 * float(env["STATE_SWEEP_INTERVAL_SECONDS"]))
     for sender in early + [tx["from"] for tx in misplaced[:20]]:
-        status, _ = worker.get(f"/api/v1/addresses/{sender}")
+        status, _ = get(worker, f"/api/v1/addresses/{sender}", READ)
         assert status == 200, sender
 
-    # HTTP: a forged hop header, a write without the key; never a 5xx.
-    request = urllib.request.Request(worker.url("/api/v1/anomalies"), headers={"X-Anomaly-Stream-Hop": "1"})
-    try:
-        urllib.request.urlopen(request, timeout=5)
-        raise AssertionError("an unsigned hop header was believed")
-    except urllib.error.HTTPError as exc:
-        assert exc.code == 401 and "error" in orjson.loads(exc.read())
+    # HTTP: no read key, a wrong one, a forged hop header, a write without the key; never a 5xx.
+    assert get(worker, "/api/v1/anomalies")[0] == 401
+    assert get(worker, "/api/v1/anomalies", {"Authorization": "Bearer write-secre"})[0] == 401
+    status, body = get(worker, "/api/v1/anomalies", {**READ, "X-Anomaly-Stream-Hop": "1"})
+    assert status == 401 and "Hop" in body["error"], "an unsigned hop header is not believed"
+    assert get(worker, "/api/v1/anomalies", READ)[0] == 200
     assert post(worker, f"/api/v1/anomalies/0x{'ab' * 32}/feedback", b'{"verdict": "false_positive"}', key=None)[0] == 401
     m = worker.metrics()
     # (Readiness answers 503 while the worker starts: that is its job, not an error.)
@@ -91,16 +103,18 @@ def test_hostile_input_is_dead_lettered_or_set_right_and_nothing_is_wiped(worker
 
 
 def test_a_listing_answers_without_a_dead_replica_and_says_what_is_missing(workers):
-    env = deployment_env(kafka_session_timeout_seconds=30, kafka_heartbeat_interval_seconds=1)
+    env = deployment_env(kafka_session_timeout_seconds=30, kafka_heartbeat_interval_seconds=1,
+                         api_read_key="read-secret", api_peer_key="peer-secret")
     a, b = workers(env), workers(env)
     a.wait_ready()
     b.wait_ready()
     wait_balanced([a, b])
+    status, listing = get(a, "/api/v1/anomalies", READ)
+    assert status == 200 and listing["partial"] is False, "the replicas let each other in"
     b_partitions = orjson.loads(b.get("/health")[1])["kafka"]["assigned_partitions"]
     b.kill()  # the group still lists it until its session times out
     started = time.monotonic()
-    status, body = a.get("/api/v1/anomalies", timeout=15)
+    status, listing = get(a, "/api/v1/anomalies", READ)
     elapsed = time.monotonic() - started
-    listing = orjson.loads(body)
     assert status == 200 and listing["partial"] is True
     assert listing["missing_partitions"] == sorted(b_partitions) and elapsed < 7, (listing, elapsed)

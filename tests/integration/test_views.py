@@ -141,6 +141,9 @@ def test_any_replica_answers_any_query(workers):
     _, listed_a = json_get(a, "/api/v1/anomalies?limit=500")
     _, listed_b = json_get(b, "/api/v1/anomalies?limit=500")
     assert listed_a["items"] and listed_a == listed_b
+    # Each replica lists its active partitions only, not the standby copies it also holds.
+    keys = [(d["tx_hash"], d["perspective"]) for d in listed_a["items"]]
+    assert len(keys) == len(set(keys)), "an anomaly listed twice"
     assert {d["source"]["partition"] for d in listed_a["items"]} == {0, 1, 2, 3}
     for document in listed_a["items"][:10]:
         for worker in (a, b):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from anomaly_stream.serve.views import ApiError, authorise_write, check_hop, hop_value
+from anomaly_stream.serve.views import ApiError, authorise_read, authorise_write, check_hop, hop_value
+from anomaly_stream.settings import Settings
 
 
 def test_a_write_needs_the_configured_bearer_token():
@@ -27,3 +28,18 @@ def test_a_hop_header_is_believed_only_with_a_fresh_signature():
         with pytest.raises(ApiError) as caught:
             check_hop("peer-k", value, path, at)
         assert caught.value.status == 401
+
+
+def test_reads_need_the_read_or_the_write_key_once_a_read_key_is_set():
+    open_api = Settings()
+    authorise_read(open_api, "")  # no key configured: reads are open
+    keyed = Settings(api_read_key="r-key", api_write_key="w-key")
+    authorise_read(keyed, "Bearer r-key")
+    authorise_read(keyed, "Bearer w-key")
+    for header in ("", "Bearer ", "Bearer r-ke", "r-key", "Basic r-key"):
+        with pytest.raises(ApiError) as caught:
+            authorise_read(keyed, header)
+        assert caught.value.status == 401
+    reads_only = Settings(api_read_key="r-key")
+    with pytest.raises(ApiError):
+        authorise_read(reads_only, "Bearer ")  # an empty write key is no key

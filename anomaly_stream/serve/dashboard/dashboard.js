@@ -89,8 +89,18 @@
 
   // -- the API --
 
+  // With API_READ_KEY set the API answers 401 until the key is given: the page asks for it
+  // once and keeps it for this tab only (sessionStorage), never in a URL.
+  const KEY_STORE = "anomaly-stream-api-key";
+
+  function headers() {
+    const key = sessionStorage.getItem(KEY_STORE);
+    return key ? {Accept: "application/json", Authorization: `Bearer ${key}`} : {Accept: "application/json"};
+  }
+
   async function getJSON(path) {
-    const response = await fetch(path, {headers: {Accept: "application/json"}, cache: "no-store"});
+    const response = await fetch(path, {headers: headers(), cache: "no-store"});
+    if (response.status === 401) $("auth").hidden = false;
     let body = null;
     try {
       body = await response.json();
@@ -534,6 +544,13 @@
     form.addEventListener("reset", () => setTimeout(filtersChanged, 0));
     $("score-perspective").addEventListener("change", renderCharts);
     $("detail-close").addEventListener("click", closeDetail);
+    $("auth").addEventListener("submit", (event) => {
+      event.preventDefault();
+      sessionStorage.setItem(KEY_STORE, $("api-key").value.trim());
+      $("api-key").value = "";
+      $("auth").hidden = true;
+      refreshListing().catch((error) => setStatus(`not updated: ${error.message}`, true));
+    });
     document.addEventListener("keydown", (event) => {
       if (event.key === "Escape" && !$("detail").hidden) closeDetail();
     });
