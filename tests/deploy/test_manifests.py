@@ -235,7 +235,7 @@ def test_ingress_tls_limits_ewma_and_no_affinity():
     assert not any("affinity" in key for key in annotations)
     assert ingress["spec"]["tls"]
     paths = [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
-    assert "/api/metrics" not in paths
+    assert sorted(paths) == ["/api/v1", "/dashboard"], "metrics and health stay inside the cluster"
 
 
 def test_configmap_keys_are_exactly_the_settings():
