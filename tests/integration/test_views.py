@@ -138,14 +138,13 @@ def test_any_replica_answers_any_query(workers):
         partitions.add(body_a["partition"])
     assert partitions & owned and partitions - owned, "addresses owned by both workers were asked"
 
-    _, listed_a = json_get(a, "/api/v1/anomalies?limit=500")
-    _, listed_b = json_get(b, "/api/v1/anomalies?limit=500")
-    assert listed_a["items"] and listed_a == listed_b
+    listed_a, listed_b = all_pages(a, 500), all_pages(b, 500)
+    assert listed_a and listed_a == listed_b
     # Each replica lists its active partitions only, not the standby copies it also holds.
-    keys = [(d["tx_hash"], d["perspective"]) for d in listed_a["items"]]
+    keys = [(d["tx_hash"], d["perspective"]) for d in listed_a]
     assert len(keys) == len(set(keys)), "an anomaly listed twice"
-    assert {d["source"]["partition"] for d in listed_a["items"]} == {0, 1, 2, 3}
-    for document in listed_a["items"][:10]:
+    assert {d["source"]["partition"] for d in listed_a} == {0, 1, 2, 3}
+    for document in listed_a[:10]:
         for worker in (a, b):
             status, found = json_get(worker, f"/api/v1/anomalies/{document['tx_hash']}")
             assert status == 200 and found["tx_hash"] == document["tx_hash"]
@@ -153,26 +152,30 @@ def test_any_replica_answers_any_query(workers):
     assert stats["partitions_served"] == [0, 1, 2, 3] and stats["processed_total"] == len(txs)
 
 
+def all_pages(worker, limit: int) -> list[dict]:
+    """Every buffered anomaly, following next_cursor from the first page."""
+    items, cursor = [], None
+    while True:
+        _, page = json_get(worker, f"/api/v1/anomalies?limit={limit}" + (f"&cursor={cursor}" if cursor else ""))
+        items.extend(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+
+
 def test_pagination_is_stable_and_filters_apply(workers):
-    # Fewer anomalies than one listing's 500, so the pages can be compared with it whole.
     env = deployment_env(target_flag_rate=0.01, model_warmup_events=300)
     worker = workers(env)
     worker.wait_ready()
     feed(env, worker)
-    _, everything = json_get(worker, "/api/v1/anomalies?limit=500")
-    pages, cursor = [], None
-    while True:
-        _, page = json_get(worker, "/api/v1/anomalies?limit=7" + (f"&cursor={cursor}" if cursor else ""))
-        pages.extend(page["items"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
-    assert len(everything["items"]) < 500
-    assert [d["tx_hash"] for d in pages] == [d["tx_hash"] for d in everything["items"]]
-    top = everything["items"][0]
+    everything = all_pages(worker, 500)
+    pages = all_pages(worker, 7)
+    assert len(everything) > 7
+    assert [d["tx_hash"] for d in pages] == [d["tx_hash"] for d in everything]
+    top = everything[0]
     _, by_address = json_get(worker, f"/api/v1/anomalies?address={top['address']}")
     assert by_address["items"] and all(d["address"] == top["address"] for d in by_address["items"])
-    cut = sorted(d["score"] for d in everything["items"])[len(everything["items"]) // 2]
+    cut = sorted(d["score"] for d in everything)[len(everything) // 2]
     _, high = json_get(worker, f"/api/v1/anomalies?min_score={cut}&limit=500")
     assert high["items"] and all(d["score"] >= cut for d in high["items"])
 
