@@ -47,9 +47,13 @@ class Cache:
         self.client = self._connect(self.settings)
 
     async def stop(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        """Close the pool; a Redis that does not answer the close is let go (a shutdown must go on)."""
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("redis_close_failed", error=type(exc).__name__)
 
     @staticmethod
     def _connect(s: Settings) -> redis.Redis:

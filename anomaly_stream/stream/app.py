@@ -45,11 +45,15 @@ class App(BatchingApp):
         await self.feedback.start()
 
     async def on_stop(self) -> None:
-        await self.feedback.stop()
-        await self.watchlist.stop()
-        await self.worker.enricher.stop()
-        await self.worker.cache.stop()
-        await super().on_stop()
+        # Faust's own stop (consumer, producer, agents) must run whatever ours do: a Redis
+        # close that timed out once skipped it, and the worker never exited after SIGTERM.
+        try:
+            await self.feedback.stop()
+            await self.watchlist.stop()
+            await self.worker.enricher.stop()
+            await self.worker.cache.stop()
+        finally:
+            await super().on_stop()
 
 
 def watch_lists(table: RawTable) -> Callable[[str], dict[str, str] | None]:

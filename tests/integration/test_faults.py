@@ -425,7 +425,9 @@ def test_scale_out_and_in_under_load(workers):
         prober.workers.remove(second)
         second_consumed = counter(second, "transactions_consumed_total")
         second.proc.terminate()
+        exit_by = time.monotonic() + 60
         while second.proc.poll() is None:
+            assert time.monotonic() < exit_by, "the second worker did not exit within 60 s of SIGTERM"
             try:
                 second_consumed = max(second_consumed, counter(second, "transactions_consumed_total"))
             except (OSError, ValueError):

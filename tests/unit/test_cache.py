@@ -36,3 +36,16 @@ async def test_a_failed_load_fails_every_caller_that_shared_it():
     assert all(isinstance(r, RuntimeError) for r in results)
     with pytest.raises(RuntimeError):
         await cache.get_or_load("address", "0xcd", load)
+
+
+async def test_a_redis_that_does_not_answer_the_close_does_not_stop_the_shutdown():
+    import redis.asyncio as redis
+
+    class Hanging:
+        async def aclose(self):
+            raise redis.TimeoutError("Timed out closing connection after 0.1")
+
+    cache = Cache(Settings())
+    cache.client = Hanging()
+    await cache.stop()  # once raised, and the worker's on_stop skipped Faust's: it never exited
+    assert cache.client is None
