@@ -150,21 +150,18 @@ def process_batch(
             result.dead_letters.append(DeadLetter(record, exc.reason, exc.detail))
             continue
         sender = tx.sender
-        if require_key and (record.key is None or record.key.decode("ascii", "replace") != sender
-                            or (home is not None and home(record.key) != partition)):
+        if require_key and _misplaced(record, sender, partition, home):
             result.rekeyed.append((sender, record))
+            continue
+        now = _event_time(tx, record, latest_possible)
+        if now is None:
+            # One block from the future would move the partition's event-time
+            # watermark and expire every profile of the partition at the next sweep.
+            result.dead_letters.append(DeadLetter(record, "out_of_range", "blockTimestamp ahead of the clock"))
             continue
         profile = profiles.get(sender)
         if profile is None:
             profile = lookup(sender)
-        now = tx.block_timestamp or record.timestamp
-        if now > latest_possible:
-            if tx.block_timestamp:
-                # One block from the future would move the partition's event-time
-                # watermark and expire every profile of the partition at the next sweep.
-                result.dead_letters.append(DeadLetter(record, "out_of_range", "blockTimestamp ahead of the clock"))
-                continue
-            now = latest_possible  # a producer's clock ahead: the message is fine, its time is not
         try:
             call = decode_call(tx.to, tx.value_wei, tx.input)
             known = profile.counterparties if profile is not None else ()
@@ -183,6 +180,22 @@ def process_batch(
         result.edges.extend(edges_of(tx, call, fresh, now))
     _judge(model, rows, may_learn, pending, partition, SENDER, result, clock, benign)
     return result
+
+
+def _misplaced(record: Record, sender: str, partition: int, home: Callable[[bytes], int] | None) -> bool:
+    key = record.key
+    return (key is None or key.decode("ascii", "replace") != sender
+            or (home is not None and home(key) != partition))
+
+
+def _event_time(tx: Tx, record: Record, latest_possible: float) -> float | None:
+    """The transaction's time, None for a block from the future."""
+    now = tx.block_timestamp or record.timestamp
+    if now <= latest_possible:
+        return now
+    if tx.block_timestamp:
+        return None
+    return latest_possible  # a producer's clock ahead: the message is fine, its time is not
 
 
 def _sender_rules(tx: Tx, call: Call, profile: AddressProfile, known: tuple[str, ...],
