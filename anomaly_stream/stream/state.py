@@ -67,6 +67,21 @@ class TableBound:
             entries.sort(key=lambda e: e[0])
             self.index[partition] = OrderedDict((key, t) for t, key in entries)
 
+    def trim(self, partition: int) -> list[tuple[int, Any]]:
+        """Delete a partition's oldest keys over the size bound, right after a write.
+
+        The sweep alone let the table hold everything written between two
+        sweeps (a fresh-clone run saw twice the bound); the caller writes the
+        tombstones of what is returned (`delete_through`) after the values.
+        """
+        keys = self.index.get(partition)
+        evicted = []
+        while keys and len(keys) > self.max_per_partition:
+            key, _ = keys.popitem(last=False)
+            self.table.data.pop(key, None)
+            evicted.append((partition, key))
+        return evicted
+
     def sweep(self, now: Callable[[int], float]) -> list[tuple[int, Any]]:
         """Delete keys past the TTL or over the size bound, oldest first.
 

@@ -290,6 +290,14 @@ class Worker:
         if not written:
             return
         await write_through(self.sink, self.stores.profiles, partition, written)
+        await self._trim("profiles", self.profiles_bound, self.stores.profiles, partition)
+
+    async def _trim(self, table: str, bound: TableBound, store: Store, partition: int) -> None:
+        """The size bound at write time; the TTL waits for the sweep."""
+        evicted = bound.trim(partition)
+        if evicted:
+            metrics.STATE_EXPIRED.labels(table).inc(len(evicted))
+            await delete_through(self.sink, store, evicted)
 
     async def _publish_anomalies(self, partition: int, anomalies: list[dict]) -> None:
         if self.enricher is not None:
@@ -307,6 +315,7 @@ class Worker:
             items.append((key, value))
             self.buffer_bound.touch(partition, key, document["detected_at"])
         await write_through(self.sink, self.stores.anomaly_buffer, partition, items)
+        await self._trim("anomaly_buffer", self.buffer_bound, self.stores.anomaly_buffer, partition)
         await self.sink.send_many(
             self.topics.anomalies,
             [(document["address"].encode(), value, partition) for (_, value), document in zip(items, anomalies)],
@@ -394,14 +403,15 @@ class Worker:
             log.info("state_bounds_rebuilt", partitions=sorted(owned),
                      profiles=len(self.profiles_bound), anomalies=len(self.buffer_bound))
         now = self.clock()
-        expired = self.profiles_bound.sweep(lambda p: self.watermarks.get(p, 0.0))
-        await delete_through(self.sink, self.stores.profiles, expired)
-        metrics.STATE_EXPIRED.labels("profiles").inc(len(expired))
-        expired = self.buffer_bound.sweep(lambda p: now)
-        await delete_through(self.sink, self.stores.anomaly_buffer, expired)
-        metrics.STATE_EXPIRED.labels("anomaly_buffer").inc(len(expired))
+        expired_profiles = self.profiles_bound.sweep(lambda p: self.watermarks.get(p, 0.0))
+        expired_anomalies = self.buffer_bound.sweep(lambda p: now)
+        # Sizes taken before the awaits below let batches add to the tables.
         metrics.ADDRESS_PROFILES.set(len(self.profiles_bound))
         metrics.ANOMALY_BUFFER_SIZE.set(len(self.buffer_bound))
+        metrics.STATE_EXPIRED.labels("profiles").inc(len(expired_profiles))
+        metrics.STATE_EXPIRED.labels("anomaly_buffer").inc(len(expired_anomalies))
+        await delete_through(self.sink, self.stores.profiles, expired_profiles)
+        await delete_through(self.sink, self.stores.anomaly_buffer, expired_anomalies)
         # A partition whose traffic stopped still gets its last batches checkpointed.
         for key in list(self.models):
             if self.checkpoint_due(key, now):

@@ -56,6 +56,17 @@ def test_sweep_enforces_size_per_partition_oldest_first():
     assert len(b) == 4
 
 
+def test_trim_keeps_the_size_bound_at_write_time_oldest_first():
+    b = bound(ttl=1e9, size=2)
+    for i, key in enumerate("abcd"):
+        write(b, 0, key, float(i))
+    write(b, 1, "x", 0.0)
+    assert b.trim(0) == [(0, "a"), (0, "b")]
+    assert b.trim(1) == [] and b.trim(7) == []
+    assert set(b.table.data) == {"c", "d", "x"}
+    assert list(b.index[0]) == ["c", "d"]
+
+
 def test_touch_moves_a_key_to_the_newest_end():
     b = bound(ttl=1e9, size=2)
     write(b, 0, "a", 1)

@@ -100,6 +100,17 @@ async def test_anomalies_are_buffered_published_and_indexed(txs):
     assert all(orjson.loads(m.value)["onchain"] is None for m in published)
 
 
+async def test_the_buffer_holds_its_size_bound_between_sweeps_with_tombstones(txs):
+    worker, sink = make_worker(anomaly_buffer_max_size=3, target_flag_rate=0.2)
+    for start in range(0, 1500, 300):
+        await worker.handle(0, records(txs[start:start + 300], start))
+        assert len(worker.stores.anomaly_buffer.data) <= 3 and len(worker.buffer_bound) <= 3
+    written = sink.on("buffer-changelog")
+    kept = {m.key for m in written if m.value is not None} - {m.key for m in written if m.value is None}
+    assert len(sink.on("anomalies")) > 3, "the test needs more anomalies than the bound"
+    assert len(kept) == 3  # the changelog, compacted, restores what the table holds
+
+
 async def test_checkpoints_follow_the_interval_and_release_drops_the_model(txs):
     clock = Clock()
     worker, sink = make_worker(clock, model_checkpoint_interval_seconds=30.0)
