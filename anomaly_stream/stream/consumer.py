@@ -24,6 +24,7 @@ from faust.types import TP
 from mode import Service
 
 from ..detect.detector import Record
+from .transactions import RebalanceSafeTransactions
 
 
 class RecordBatch(NamedTuple):
@@ -245,3 +246,5 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 class BatchingTransport(faust_aiokafka.Transport):
     Consumer = BatchingConsumer
+    TransactionManager = RebalanceSafeTransactions
+
