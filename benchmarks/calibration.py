@@ -7,7 +7,8 @@ traffic, bots included) through the sender and receiver feature transforms,
 in chain order, one profile per address as the worker keeps them, and prints
 the 50/90/99/99.9th percentiles of every transformed feature (the values the
 limits in `anomaly_stream.detect.features` apply to) and of the burst count
-`detector.LEARN_CAP_PER_MINUTE` caps. Writes benchmarks/results/calibration.json.
+`detector.LEARN_CAP_PER_MINUTE` caps, and the quantities the flow rules of
+`anomaly_stream.detect.flows` apply their limits to (`flows.*`). Writes benchmarks/results/calibration.json.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from common import arguments, write_result
 from anomaly_stream.detect.features import (
     PERSPECTIVE_FEATURES, RECEIVER, SENDER, FeeMarket, edges_of, receiver_raw, sender_raw,
 )
-from anomaly_stream.detect.schema import InvalidTransaction, decode
+from anomaly_stream.detect import flows
+from anomaly_stream.detect.schema import WEI_PER_ETH, InvalidTransaction, decode
 from anomaly_stream.detect.semantics import decode_call
 from anomaly_stream.tools.readers import read_transactions
 
@@ -34,7 +36,7 @@ def replay(path: Path) -> dict[str, list[float]]:
     market, profiles, columns = FeeMarket(), {}, {}
     granted: dict[str, set] = {}  # spender -> distinct owners that granted it
     spender_sends: dict[int, int] = {}  # owners granted before -> transactions the spender sent
-    clock = 0.0
+    clock, start = 0.0, None
     for obj in read_transactions(path):
         try:
             tx = decode(orjson.dumps(obj))
@@ -43,6 +45,7 @@ def replay(path: Path) -> dict[str, list[float]]:
         # Sets without timestamps (2024 blocks): 12 s slots from the first block.
         now = tx.block_timestamp or (tx.block_number or 0) * 12.0
         clock = max(clock, now)
+        start = clock if start is None else start
         call = decode_call(tx.to, tx.value_wei, tx.input)
         if tx.sender in granted:  # features.pulls_from_approver: real spenders do not send
             n = len(granted[tx.sender])
@@ -55,10 +58,21 @@ def replay(path: Path) -> dict[str, list[float]]:
         for name, value in zip(PERSPECTIVE_FEATURES[SENDER], raw):
             columns.setdefault(f"{SENDER}.{name}", []).append(value)
         columns.setdefault("sender.burst_count", []).append(profiles[tx.sender].burst)
+        if call.kind == "eth_transfer" and tx.value_wei > 0:
+            columns.setdefault("flows.eth_transfer_value", []).append(tx.value_wei / WEI_PER_ETH)
         for edge in edges_of(tx, call, fresh, clock):
             raw, profiles[edge.receiver], _ = receiver_raw(edge, profiles.get(edge.receiver), clock)
             for name, value in zip(PERSPECTIVE_FEATURES[RECEIVER], raw):
                 columns.setdefault(f"{RECEIVER}.{name}", []).append(value)
+            inflow = flows.observe(edge, profiles[edge.receiver], clock)
+            # At a trace's start every address is first seen, so "fresh within
+            # the hour" holds for exchanges too; a running worker has seen them.
+            # `flows_after_1h` leaves the trace's first hour out.
+            late = clock - start > flows.FRESH_WINDOW_SECONDS
+            for name, value in zip(flows.Inflow._fields, inflow):
+                columns.setdefault(f"flows.{name}", []).append(float(value))
+                if late:
+                    columns.setdefault(f"flows_after_1h.{name}", []).append(float(value))
     columns["spenders.granted_by_2+"] = [float(sum(len(v) >= 2 for v in granted.values()))]
     columns["spenders.sends_after_1_grant"] = [float(spender_sends.get(1, 0))]
     columns["spenders.sends_after_2+_grants"] = [float(sum(v for k, v in spender_sends.items() if k >= 2))]
@@ -78,10 +92,15 @@ def main() -> int:
         for column, values in columns.items():
             v = np.asarray(values)
             q = [round(float(np.percentile(v, p)), 3) for p in PERCENTILES]
-            share = round(float((v > 0).mean()), 4)
+            share = round(float((v > 0).mean()), 5)
             result[name][column] = {"n": len(v), "percentiles": dict(zip(map(str, PERCENTILES), q)),
                                     "share_nonzero": share}
-            print(f"  {column:40s} n={len(v):6d} nonzero={share:.4f} p50/90/99/99.9={q}")
+            nz = v[v > 0]
+            q_nz = [round(float(np.percentile(nz, p)), 3) for p in PERCENTILES] if len(nz) else []
+            result[name][column]["nonzero_percentiles"] = dict(zip(map(str, PERCENTILES), q_nz))
+            result[name][column]["max"] = round(float(v.max()), 3)
+            print(f"  {column:40s} n={len(v):6d} nonzero={share:.5f} p50/90/99/99.9={q} "
+                  f"of nonzero={q_nz} max={v.max():.3g}")
     write_result(opts.json, result)
     return 0
 

@@ -12,7 +12,8 @@ Two batch functions, one per perspective (see `features`):
 edges; `process_edges` scores those edges as events of the receiving
 address. A transaction is an anomaly when its model score is above the
 threshold in force or a rule fires (a watch-listed address, a look-alike of
-a real counterparty, a contract created with watch-listed funds); every
+a real counterparty, a contract created with watch-listed funds, a fresh
+address drained into by one sender: `flows`); every
 anomaly says why in `reasons`.
 
 The model cannot be steered by what it flags: a flagged transaction is not
@@ -32,6 +33,7 @@ from typing import Callable, Iterable, NamedTuple
 import numpy as np
 import orjson
 
+from . import flows
 from .feedback import nothing_benign
 from .features import (
     APPROVAL_WINDOW_SECONDS, RECEIVER, SENDER, AddressProfile, Edge, compact, edges_of, extract_receiver,
@@ -165,10 +167,11 @@ def process_batch(
         try:
             call = decode_call(tx.to, tx.value_wei, tx.input)
             known = profile.counterparties if profile is not None else ()
-            fresh = profile is None or profile.n_tx == 0
+            fresh = flows.young(profile, now)
             x, profile, new_counterparty = extract_sender(tx, call, profile, now, market)
             reasons = _sender_rules(tx, call, profile, known, new_counterparty, listed)
             reasons.extend(_spender_rule(tx, call, profile, now))
+            reasons.extend(flows.followup_reason(profile, _moves_value(tx, call), now))
         except Exception as exc:  # noqa: BLE001 - a bug must cost one message, not the worker
             result.dead_letters.append(DeadLetter(record, PROCESSING_ERROR, repr(exc)[:200]))
             continue
@@ -180,6 +183,10 @@ def process_batch(
         result.edges.extend(edges_of(tx, call, fresh, now))
     _judge(model, rows, may_learn, pending, partition, SENDER, result, clock, benign)
     return result
+
+
+def _moves_value(tx: Tx, call: Call) -> bool:
+    return call.kind == "token_transfer" or (call.kind == "eth_transfer" and tx.value_wei > 0)
 
 
 def _misplaced(record: Record, sender: str, partition: int, home: Callable[[bytes], int] | None) -> bool:
@@ -253,6 +260,9 @@ def process_edges(
     result = BatchResult()
     profiles = result.profiles
     rows, may_learn, pending = [], [], []
+    # Freshness means something only against traffic already seen: the flow
+    # rules wait for the partition's receiver model to be warm.
+    warm = model.warm
     for record in records:
         try:
             edge = Edge.from_bytes(record.value)
@@ -270,7 +280,7 @@ def process_edges(
         except Exception as exc:  # noqa: BLE001 - a bug must cost one message, not the worker
             result.dead_letters.append(DeadLetter(record, PROCESSING_ERROR, repr(exc)[:200]))
             continue
-        reasons = []
+        reasons = flows.inflow_reasons(edge, profile, edge.event_time, warm)
         if _spender_pulled(edge, profile):
             reasons.append({"rule": "spender_pulls", "role": "spender", "address": receiver,
                             "since": profile.pulled_at})
@@ -325,6 +335,8 @@ def _judge(model: PartitionModel, rows: list, may_learn: list, pending: list[_Sc
 def severity(reasons: list[dict], score: float, threshold: float) -> str:
     """high: a rule named the address; medium: a clear model outlier; low: just above the threshold."""
     if any(r["rule"] in ("watchlist", "lookalike", "spender_pulls") for r in reasons):
+        return "high"
+    if any(r["rule"] == flows.DRAIN for r in reasons):
         return "high"
     if any(r["rule"] == "funded_by_watchlist" for r in reasons):
         return "medium"

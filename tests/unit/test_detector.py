@@ -420,3 +420,30 @@ def test_an_address_marked_benign_is_not_flagged_by_the_model_but_rules_still_fi
     assert not {tx["hash"] for tx in big[:3]} & set(flagged), "the benign senders' are not"
     assert result.suppressed == 3
     assert [r["rule"] for r in flagged[listed["hash"]]["reasons"]] == ["watchlist"], "a rule still fires"
+
+
+def test_a_wallet_emptied_into_a_fresh_address_is_flagged_then_what_that_address_sends():
+    """flows.drain_to_fresh: the second large move from the sole sender on the receiver's side, then the thief."""
+    sender_model = PartitionModel(ModelConfig())
+    receiver_model = PartitionModel(ModelConfig(warmup_events=0, window_size=1),
+                                    features=PERSPECTIVE_FEATURES[RECEIVER])
+    receiver_model.learned = 1  # warm: the flow rules judge freshness only against traffic already seen
+    victim, thief, onward = ("0x" + c * 20 for c in ("41", "42", "43"))
+    profiles = {}
+
+    def send_and_receive(tx, offset):
+        sent = process_batch(sender_model, [keyed(tx, offset)], profiles.get, 0)
+        profiles.update(sent.profiles)
+        recs = [Record(i, e.receiver.encode(), e.to_bytes(), 1.0) for i, e in enumerate(sent.edges)]
+        received = process_edges(receiver_model, recs, profiles.get, 0)
+        profiles.update(received.profiles)
+        return sent, received
+
+    _, first = send_and_receive(tx_from(victim, thief, 30 * 10**18, n=7), 1)
+    assert not any(r["rule"] == "drain_to_fresh" for d in first.anomalies for r in d["reasons"])
+    _, second = send_and_receive(tx_from(victim, thief, 8 * 10**18, n=8, t=1_700_000_030), 2)
+    [doc] = [d for d in second.anomalies if d["reasons"][0]["rule"] == "drain_to_fresh"]
+    assert doc["address"] == thief and doc["severity"] == "high" and doc["reasons"][0]["moves"] == 2
+    onward_sent, _ = send_and_receive(tx_from(thief, onward, 37 * 10**18, n=0, t=1_700_000_300), 3)
+    [doc] = onward_sent.anomalies
+    assert doc["perspective"] == "sender" and any(r["rule"] == "drain_to_fresh" for r in doc["reasons"])

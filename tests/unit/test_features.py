@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 import pickle
 
+import orjson
 import pytest
 
+from anomaly_stream.detect import flows
+
 from anomaly_stream.detect.features import (
+    new_profile,
     FEATURES,
     MARKET_WINDOW,
     PERSPECTIVE_FEATURES,
@@ -276,3 +280,83 @@ def test_fee_market_matches_a_brute_force_median_and_pickles():
     assert restored.median() == market.median()
 
 
+
+
+# -- flow rules (detect/flows.py) ------------------------------------------------------------
+
+
+
+def inflow(e: Edge, profile=None, warm: bool = True):
+    _, profile, _ = extract_receiver(e, profile, e.event_time)
+    return flows.inflow_reasons(e, profile, e.event_time, warm), profile
+
+
+def test_a_fresh_address_drained_into_by_one_sender_is_flagged_from_the_second_move():
+    victim = addr(1)
+    reasons, profile = inflow(edge(ME, victim, T0, value=40 * 10**18))
+    assert reasons == [], "one move is a payment"
+    reasons, profile = inflow(edge(ME, victim, T0 + 60, value=5 * 10**18), profile)
+    assert [r["rule"] for r in reasons] == [flows.DRAIN] and reasons[0]["moves"] == 2
+    assert reasons[0]["eth"] == pytest.approx(45.0) and profile.flow_at == T0 + 60
+    restored = AddressProfile.from_bytes(profile.to_bytes())
+    assert restored == profile, "the inflow state survives the changelog"
+
+
+def test_no_drain_when_a_second_sender_paid_the_address_or_the_amounts_are_small():
+    _, profile = inflow(edge(ME, addr(1), T0, value=40 * 10**18))
+    _, profile = inflow(edge(ME, addr(2), T0 + 10, value=40 * 10**18), profile)
+    reasons, profile = inflow(edge(ME, addr(1), T0 + 20, value=40 * 10**18), profile)
+    assert reasons == [] and profile.src == "*"
+    _, small = inflow(edge(ME, addr(1), T0, value=10**18))
+    reasons, _ = inflow(edge(ME, addr(1), T0 + 30, value=10**18), small)
+    assert reasons == [], "2 ETH in two moves is under DRAIN_MIN_ETH"
+
+
+def test_no_drain_into_an_address_that_sends_or_is_no_longer_fresh_or_while_cold():
+    _, profile = inflow(edge(ME, addr(1), T0, value=40 * 10**18))
+    late, _ = inflow(edge(ME, addr(1), T0 + flows.DRAIN_WINDOW_SECONDS + 1, value=40 * 10**18), profile)
+    assert late == [], "the second move came after the drain window"
+    _, profile = inflow(edge(ME, addr(1), T0, value=40 * 10**18))
+    profile.n_tx = 1  # the receiver sent something: no sink
+    reasons, _ = inflow(edge(ME, addr(1), T0 + 30, value=40 * 10**18), profile)
+    assert reasons == []
+    _, profile = inflow(edge(ME, addr(1), T0, value=40 * 10**18), warm=False)
+    reasons, profile = inflow(edge(ME, addr(1), T0 + 30, value=40 * 10**18), profile, warm=False)
+    assert reasons == [] and profile.src_n == 2, "state is kept while the partition is cold"
+
+
+def test_two_tokens_from_one_sender_into_a_fresh_address_are_a_drain_and_one_token_twice_is_not():
+    def token_edge(t, token):
+        return Edge("0x" + "34" * 32, ME, addr(1), "to", "token_transfer", "transfer", token, 0, addr(1), False, t, 1)
+    _, profile = inflow(token_edge(T0, TOKEN))
+    reasons, profile = inflow(token_edge(T0 + 5, TOKEN), profile)
+    assert reasons == [], "the same token twice: a payout"
+    reasons, profile = inflow(token_edge(T0 + 9, "0x" + "77" * 20), profile)
+    assert reasons and reasons[0]["tokens"] == 2
+
+
+def test_the_drained_address_is_followed_on_its_sending_side_for_an_hour():
+    profile = new_profile(T0)
+    profile.flow_at = T0
+    assert flows.followup_reason(profile, True, T0 + 600)[0]["rule"] == flows.DRAIN
+    assert flows.followup_reason(profile, False, T0 + 600) == [], "only value moves"
+    assert flows.followup_reason(profile, True, T0 + flows.FOLLOWUP_SECONDS + 1) == []
+
+
+def test_young_senders_were_funded_within_the_hour_and_edges_need_an_early_nonce():
+    assert not flows.young(None, T0), "never seen: an old address we did not see before"
+    _, funded, _ = receive(edge(ME, addr(1), T0))
+    assert flows.young(funded, T0 + 60)
+    assert not flows.young(funded, T0 + flows.FRESH_WINDOW_SECONDS + 1)
+    tx = make_tx(to=addr(2))
+    call = decode_call(tx.to, tx.value_wei, tx.input)
+    assert not edges_of(tx, call, True, T0)[0].sender_fresh, "nonce 5 is no new address on chain"
+    assert edges_of(tx._replace(nonce=0), call, True, T0)[0].sender_fresh
+
+
+def test_a_profile_of_the_previous_version_reads_with_empty_inflow_state():
+    _, profile, _ = receive(edge(ME, addr(4), T0))
+    old = orjson.loads(profile.to_bytes())[:24]
+    restored = AddressProfile.from_bytes(orjson.dumps(old))
+    assert restored.src == "" and restored.src_n == 0 and restored.flow_at == 0.0
+    assert restored.in_n == profile.in_n

@@ -1,0 +1,140 @@
+"""Flow rules: how value reaches a fresh address, seen from that address (the receiving side).
+
+A rule in the style of Forta's bots, beside the trees:
+
+- **drain_to_fresh**: an address that has sent nothing, first seen within
+  the last ten minutes, received every value move (ETH with value, token
+  transfers) from ONE sender, at least two of them, adding up to 10+ ETH or
+  to 2+ distinct tokens. A wallet emptied into a new address in several
+  transfers (a compromised key, a drainer) looks like this from the new
+  address; ordinary payouts come from senders that pay many addresses.
+  An address it fired on is marked (`flow_at`): what it sends for the hour
+  after is flagged on the sending side too (`followup_reason`).
+
+The profile also keeps `fresh_in` (value moves received only from young
+senders, `young`), which `benchmarks/calibration.py` reports: a fan-in rule
+on it (3+ young senders, and only those, into a fresh receiver) and a peel
+rule (a young sender's 10+ ETH as a brand-new receiver's first inflow) were
+measured and dropped: on real 2017 traffic they fired on 99 and ~480 of
+14,547 edges after the trace's first hour (real funded-then-swept fan-ins
+and fresh-to-fresh hops exist in numbers), over the 1% budget.
+
+Limits come from the real traffic of ../shared/data/traffic, the figures
+`benchmarks/calibration.py` prints under `flows.*` (2017 | 2024 | 2020-22
+MEV blocks; `flows_after_1h.*` leaves out a trace's first hour, where every
+address is first seen). Plain functions over the `AddressProfile`; no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .features import INBOUND_WINDOW_SECONDS, RUN_SECONDS, AddressProfile, Edge
+from .lookalike import digest
+from .schema import WEI_PER_ETH
+
+# A receiver is "fresh" for these rules within the hour after we first saw it
+# (features.INBOUND_WINDOW_SECONDS) and while it has sent nothing.
+FRESH_WINDOW_SECONDS = INBOUND_WINDOW_SECONDS
+# ETH a sole sender must have moved into a fresh receiver: the p90 of real
+# plain ETH transfer values is 25.8 ETH in 2017, 0.87 in 2024, 1.05 in the
+# MEV blocks (benchmarks/calibration.py, "flows.eth_transfer_value"); 10 ETH
+# sits between 2017's p50 (1.0) and p90. With it the rule fires on 29 of
+# 14,547 real 2017 edges after the trace's first hour (0.2%), none in 2024
+# or the MEV blocks (benchmarks/real_traffic.py, by reason).
+DRAIN_MIN_ETH = 10.0
+# Distinct tokens a sole sender moved into a fresh receiver: no real 2017 or
+# MEV edge has two or more (flows.sole_source_tokens, max 1); 2024's (max 4)
+# fall in its five minutes, where every address is first seen.
+DRAIN_MIN_TOKENS = 2
+# A drain's moves into the fresh address come within this of its first
+# (features.RUN_SECONDS, a run of moves). Over real 2017 edges, two or more
+# moves from a sole sender into a fresh receiver: 2.0% of value moves within
+# its first hour, 1.1% within its first ten minutes (tune seeds: no recall lost).
+DRAIN_WINDOW_SECONDS = RUN_SECONDS
+# What a marked address sends is flagged for this long after the mark.
+FOLLOWUP_SECONDS = INBOUND_WINDOW_SECONDS
+
+DRAIN = "drain_to_fresh"
+_TOKEN_ID = 10  # characters of a token address kept to tell tokens apart
+
+
+class Inflow(NamedTuple):
+    """What the flow rules measure on one edge (0 when the rule's condition does not hold)."""
+
+    sole_source_moves: int  # value moves from the receiver's only sender, the receiver fresh
+    sole_source_eth: float
+    sole_source_tokens: int
+    fresh_only_senders: int  # young senders into a fresh receiver that received from nothing else
+    fresh_hop_eth: float  # ETH of a young sender's payment that is a fresh receiver's first
+
+
+def young(profile: AddressProfile | None, now: float) -> bool:
+    """A throwaway sender: funded within the hour before (first seen as a receiver), at most one send before.
+
+    `features.edges_of` adds the chain's word (a nonce of at most 1). An
+    address never seen before is not young: real first-time senders of an
+    8.7-hour trace are mostly old addresses (2017: ICO contributors, users
+    of exchanges); fan-in sources and peel hops were paid just before.
+    """
+    return (profile is not None and profile.in_n > 0 and profile.n_tx <= 1
+            and now - profile.first_seen <= FRESH_WINDOW_SECONDS)
+
+
+def moves_value(edge: Edge) -> bool:
+    return edge.role == "to" and (edge.kind == "token_transfer" or (edge.kind == "eth_transfer"
+                                                                     and edge.value_wei > 0))
+
+
+def observe(edge: Edge, profile: AddressProfile, now: float) -> Inflow:
+    """Update the receiver's inflow state with `edge` (call once per edge, after extract_receiver)."""
+    if not moves_value(edge):
+        return Inflow(0, 0.0, 0, 0, 0.0)
+    fresh = profile.n_tx == 0 and now - profile.first_seen <= FRESH_WINDOW_SECONDS
+    first_inflow = profile.src == ""
+    sender = digest(edge.sender)
+    eth = edge.value_wei / WEI_PER_ETH if edge.kind == "eth_transfer" else 0.0
+    if first_inflow or profile.src == sender:
+        profile.src = sender
+        profile.src_n += 1
+        profile.src_eth += eth
+        if edge.token is not None:
+            tid = edge.token[-_TOKEN_ID:]
+            if tid not in profile.src_tokens and len(profile.src_tokens) < 4:
+                profile.src_tokens = profile.src_tokens + (tid,)
+    else:
+        profile.src = "*"
+    if profile.fresh_in >= 0:
+        profile.fresh_in = profile.fresh_in + 1 if edge.sender_fresh else -1
+    sole = fresh and profile.src == sender and now - profile.first_seen <= DRAIN_WINDOW_SECONDS
+    return Inflow(
+        profile.src_n if sole else 0,
+        profile.src_eth if sole else 0.0,
+        len(profile.src_tokens) if sole else 0,
+        profile.fresh_in if fresh and profile.fresh_in > 0 else 0,
+        eth if fresh and first_inflow and edge.sender_fresh else 0.0,
+    )
+
+
+def inflow_reasons(edge: Edge, profile: AddressProfile, now: float, warm: bool = True) -> list[dict]:
+    """The flow rules that fire on this edge; a drain marks the receiver for the follow-up.
+
+    The state is updated whatever `warm` says; the rules fire only when warm.
+    """
+    f = observe(edge, profile, now)
+    reasons = []
+    if not warm:
+        return reasons
+    if f.sole_source_moves >= 2 and (f.sole_source_eth >= DRAIN_MIN_ETH or f.sole_source_tokens >= DRAIN_MIN_TOKENS):
+        reasons.append({"rule": DRAIN, "role": "receiver", "address": edge.receiver, "sender": edge.sender,
+                        "moves": f.sole_source_moves, "eth": round(f.sole_source_eth, 6),
+                        "tokens": f.sole_source_tokens})
+        profile.flow_at = now
+    return reasons
+
+
+def followup_reason(profile: AddressProfile, moves: bool, now: float) -> list[dict]:
+    """A value move sent by an address the drain rule marked within FOLLOWUP_SECONDS."""
+    if moves and profile.flow_at and now - profile.flow_at <= FOLLOWUP_SECONDS:
+        return [{"rule": DRAIN, "role": "sender", "since": profile.flow_at}]
+    return []
