@@ -20,10 +20,17 @@ up:
 down:
 	$(STACK) down
 
-# Starts the stack, runs every test (unit and integration), stops the stack whatever happened.
+# The broker of the fault tests' second run: Kafka 4 dropped EOS v1 from Kafka Streams, not from
+# the broker, and exactly_once here is Faust's per-partition transactional producers (EOS v1).
+KAFKA4_VERSION ?= 4.1.1
+
+# Starts the stack, runs every test (unit and integration), stops the stack whatever happened;
+# then the fault tests again against Kafka 4.
 test: install
 	$(STACK) up
-	$(BIN)/pytest -q -p no:cacheprovider; status=$$?; $(STACK) down; exit $$status
+	$(BIN)/pytest -q -p no:cacheprovider; status=$$?; $(STACK) down; [ $$status -eq 0 ] || exit $$status
+	KAFKA_VERSION=$(KAFKA4_VERSION) $(STACK) up
+	$(BIN)/pytest -q -p no:cacheprovider tests/integration/test_faults.py; status=$$?; $(STACK) down; exit $$status
 
 unit: install
 	$(BIN)/pytest -q -m "not integration"

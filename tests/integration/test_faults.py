@@ -324,6 +324,55 @@ def test_sigkill_mid_stream_loses_nothing(workers, guarantee):
         assert not duplicated, summary
 
 
+def test_sigkill_during_a_rebalance_loses_and_repeats_nothing(workers):
+    """exactly_once: the old owner dies while the group rebalances, in the middle of handing over."""
+    ttl, max_size = 60, 8
+    env = prepare(deployment_env(processing_guarantee="exactly_once", model_checkpoint_interval_seconds=1,
+                                 anomaly_buffer_ttl_seconds=ttl, anomaly_buffer_max_size=max_size,
+                                 target_flag_rate=0.02, model_warmup_events=300))
+    topic = env["KAFKA_INPUT_TOPIC"]
+    txs = TrafficGenerator(GeneratorConfig(seed=41)).take(12_000)
+    first = workers(env, "first")
+    first.wait_ready()
+    producer = SteadyProducer(topic, keyed(txs), rate=1_000)
+    producer.start()
+    prober = Prober()
+    try:
+        first.wait_metric("transactions_consumed_total", 3_000, timeout=60)
+        second = workers(env, "second")
+
+        def rebalancing() -> bool:
+            status, body = first.get("/health/ready", timeout=3)
+            return status == 503 and b"rebalancing" in body
+
+        wait_until(rebalancing, 60, "the first worker to see the rebalance", interval=0.05)
+        first.kill()  # SIGKILL mid-rebalance: open transactions, a half-finished hand-over
+        killed_at = stable_committed(env)  # an EndTxn sent before the kill still completes
+        second.wait_ready()
+        prober.workers.append(second)
+        prober.start()
+        producer.finish()
+        ends = wait_all_committed(env)
+        assert sum(ends.values()) == len(txs)
+        second.wait_metric("transactions_consumed_total", sum(ends.values()) - sum(killed_at.values()), timeout=30)
+        m = assert_books_balance(second)
+        docs = anomalies(env)
+    finally:
+        prober.stop()
+    duplicated = {h for h, n in collections.Counter(d["tx_hash"] for d in docs).items() if n > 1}
+    print(f"sigkill mid-rebalance: committed at the kill {killed_at}, end {ends}; the survivor consumed "
+          f"{m['transactions_consumed_total']:.0f}; {len(docs)} sender anomalies, {len(duplicated)} duplicated; "
+          f"max buffer {max(prober.buffer_sizes, default=0):.0f} <= {max_size}")
+    assert second.proc.poll() is None, "the surviving worker exited"
+    assert not duplicated, sorted((d["source"]["partition"], d["source"]["offset"]) for d in docs
+                                  if d["tx_hash"] in duplicated)
+    assert max(prober.buffer_sizes, default=0) <= max_size
+    assert set(prober.live) == {200} and not prober.failures, (prober.live, prober.failures[:5])
+    # Every input offset has an owner: the group's offsets reached the end, and what the
+    # killed worker had not committed the survivor read (books balanced above).
+    assert m["anomalies_published_total"] > 0
+
+
 # -- broker restart -------------------------------------------------------------
 
 
