@@ -28,9 +28,9 @@ KAFKA4_VERSION ?= 4.1.1
 # then the fault tests again against Kafka 4.
 test: install
 	$(STACK) up
-	$(BIN)/pytest -q -p no:cacheprovider; status=$$?; $(STACK) down; [ $$status -eq 0 ] || exit $$status
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25; status=$$?; $(STACK) down; [ $$status -eq 0 ] || exit $$status
 	KAFKA_VERSION=$(KAFKA4_VERSION) $(STACK) up
-	$(BIN)/pytest -q -p no:cacheprovider tests/integration/test_faults.py; status=$$?; $(STACK) down; exit $$status
+	$(BIN)/pytest -q -p no:cacheprovider --durations=10 tests/integration/test_faults.py; status=$$?; $(STACK) down; exit $$status
 
 unit: install
 	$(BIN)/pytest -q -m "not integration"
