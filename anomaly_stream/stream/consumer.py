@@ -139,8 +139,11 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         if self.in_transaction:
             # Between batches only: the transaction then holds exactly the sends
             # of the batches whose offsets it commits (agents.detect, worker.Worker.batch_lock).
+            # The partitions are listed inside the lock: a partition's input and
+            # edges batches share one transactional id, so a list taken before a
+            # batch of the other topic finished committed its output without its offset.
             async with self.app.worker.batch_lock:
-                return await super()._commit_tps(tps, start_new_transaction)
+                return await super()._commit_tps(list(self._filter_tps_with_pending_acks()), start_new_transaction)
         return await super()._commit_tps(tps, start_new_transaction)
 
     async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
