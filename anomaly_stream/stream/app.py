@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+# The first model a worker builds imports River (detect/hst.py), 3-5 s of scipy and
+# pandas: done here, before the loop runs, it no longer stalls the first batch and
+# the health checks with it (a fault test's probe timed out on it).
+import river.anomaly  # noqa: F401
+
 from .. import metrics
 from ..chain.enrich import Enricher
 from ..detect import watchlist

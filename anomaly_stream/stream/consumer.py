@@ -143,8 +143,23 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             # edges batches share one transactional id, so a list taken before a
             # batch of the other topic finished committed its output without its offset.
             async with self.app.worker.batch_lock:
-                return await super()._commit_tps(list(self._filter_tps_with_pending_acks()), start_new_transaction)
+                return await self._commit_acked(start_new_transaction)
         return await super()._commit_tps(tps, start_new_transaction)
+
+    async def _commit_acked(self, start_new_transaction: bool) -> bool:
+        return await super()._commit_tps(list(self._filter_tps_with_pending_acks()), start_new_transaction)
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.in_transaction:
+            # Faust forgets the revoked partitions' acknowledgements (in an eager
+            # rebalance, all of them) before it commits: acknowledged batches'
+            # output would go out without their offsets, and be produced again by
+            # whoever reads the partition next. Commit them first. No batch can
+            # finish between this commit and Faust's forgetting: the lock is
+            # released without yielding to the waiting agent.
+            async with self.app.worker.batch_lock:
+                await self._commit_acked(start_new_transaction=True)
+        await super().on_partitions_revoked(revoked)
 
     async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
         if self.in_transaction:

@@ -1,7 +1,7 @@
 """exactly_once across rebalances: Faust's per-partition transactions, ended and begun at the right time.
 
 faust-streaming 0.15.3 keeps one transactional producer per input partition
-(EOS v1, transactional id `{app id}-{topic group}-{partition}`) and gets two
+(EOS v1, transactional id `{app id}-{topic group}-{partition}`) and gets three
 things wrong when partitions move between live workers
 (https://github.com/faust-streaming/faust/issues/323):
 
@@ -13,20 +13,23 @@ things wrong when partitions move between live workers
   producer lived on, was fenced by the new owner, and the next time the
   partition came back the worker sent through the fenced one and crashed
   (`ProducerFenced`).
-- It begins a transaction for every assigned partition, also for producers
-  already in one ("Invalid state transition IN_TRANSACTION ->
-  IN_TRANSACTION"): a transaction that held sends but no offsets (a sweep's
-  tombstones, a periodic checkpoint) stayed open across the rebalance, and
-  its records held back the last stable offset of the changelog partitions
-  the worker itself then recovered (read_committed).
+- It leaves open, across the rebalance, the transactions of batches whose
+  acknowledgements it has just forgotten (and begins them again: "Invalid
+  state transition IN_TRANSACTION -> IN_TRANSACTION"). A kept partition is
+  then read again from its committed offset into the same transaction, so
+  its anomalies were committed twice; the open records also held back the
+  last stable offset of the changelogs the worker itself then recovered
+  (read_committed).
 
-`RebalanceSafeTransactions` commits, when partitions are revoked, the
-offsets of every finished batch with their output, then ends every
-transaction still open (they hold only sends consistent with committed
-offsets: a sweep's tombstones, a periodic checkpoint),
-stops the producers of every partition no longer active here, and begins
-transactions only where none is open. Offsets, sends and fencing are
-otherwise Faust's.
+- `Consumer.on_partitions_revoked` forgets the acknowledgements of revoked
+  partitions before it commits, so their output went out without their
+  offsets; `consumer.BatchingConsumer` commits them first.
+
+`RebalanceSafeTransactions` commits, when partitions are revoked, what is
+left (a batch acknowledged after that, the sends of no input offset) and
+ends every transaction, stops the producers of every partition no longer
+active here, and begins transactions only where none is open. Offsets,
+sends and fencing are otherwise Faust's.
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ from faust.types import TP
 class RebalanceSafeTransactions(TransactionManager):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         await self.flush()
-        # Every batch is acknowledged by now (Faust's wait_empty), but its final
-        # commit is skipped while a timer commit runs, and that one only covers
-        # the partitions it listed before it waited for the batch lock
-        # (consumer.BatchingConsumer): commit the offsets left with their output.
+        # The batches acknowledged since the consumer's commit before Faust forgot
+        # the acknowledgements (consumer.BatchingConsumer.on_partitions_revoked),
+        # if wait_empty's final commit was skipped while a timer commit ran ...
         await self.consumer.force_commit(start_new_transaction=False)
+        # ... and then what is still open holds only sends of no input offset (a
+        # sweep's tombstones, a periodic checkpoint): committed, not left open.
         for transactional_id, producer in list(self.producer._transaction_producers.items()):
             if producer._txn_manager.is_in_transaction():
                 # Faust's commit_transaction drops a producer that turns out fenced.

@@ -63,7 +63,7 @@ def tps(topic, *partitions):
     return {TP(topic, p) for p in partitions}
 
 
-async def test_revocation_commits_offsets_first_then_every_open_transaction():
+async def test_revocation_commits_offsets_first_then_ends_every_open_transaction():
     producer = FakeProducer(open_ids=["app-1-0", "app-1-2"], ready_ids=["app-1-1"])
     await manager(producer).on_partitions_revoked(tps(INPUT, 0, 1, 2))
     assert producer.calls == [("flush", ""), ("offsets", "False"), ("commit", "app-1-0"), ("commit", "app-1-2")]
