@@ -66,7 +66,11 @@ def register(app, transactions, edges) -> None:
     async def on_shutdown(sender, **kwargs) -> None:
         # Faust skips the revocation callbacks when the worker itself stops: checkpoint
         # here, before its producer's final flush, so a clean scale-in loses no learning.
-        await worker.release({partition for _, partition in worker.models})
+        # The batch in flight first; one the agent still had is checkpointed after it
+        # (`Worker.closing`): a hand-over lost 1,298 events of learning once.
+        worker.closing = True
+        async with worker.batch_lock:
+            await worker.release({partition for _, partition in worker.models})
 
     @app.timer(app.settings.state_sweep_interval_seconds)
     async def enforce_bounds() -> None:

@@ -212,6 +212,7 @@ class Worker:
         # Held for a whole batch; the consumer commits exactly_once transactions only
         # while nobody holds it (consumer.BatchingConsumer._commit_tps).
         self.batch_lock = asyncio.Lock()
+        self.closing = False  # set at shutdown, after the models' last checkpoint (agents.on_shutdown)
         self.last_progress = time.monotonic()
 
     # -- a batch --
@@ -262,8 +263,14 @@ class Worker:
             self.flagged[perspective, partition] += len(result.anomalies)
         now = self.clock()
         self.watermarks[partition] = max(self.watermarks.get(partition, 0.0), result.latest_event_time)
-        if self.checkpoint_due((perspective, partition), now):
-            await self.checkpoint((perspective, partition), now)
+        key = (perspective, partition)
+        if self.closing:
+            # A batch after the shutdown checkpoint (Faust stops waiting for streams
+            # at shutdown): what it taught the model goes out too, after Faust's
+            # last commit, so outside any transaction.
+            await self.checkpoint(key, now, in_transaction=False)
+        elif self.checkpoint_due(key, now):
+            await self.checkpoint(key, now)
         self.last_progress = time.monotonic()
         _count(perspective, len(records), result, self.models[perspective, partition],
                time.perf_counter() - started, partition)

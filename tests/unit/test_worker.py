@@ -128,6 +128,17 @@ async def test_checkpoints_follow_the_interval_and_release_drops_the_model(txs):
     assert restored.seen == 200, "the next owner resumes from the checkpoint"
 
 
+async def test_a_batch_after_the_shutdown_checkpoint_is_checkpointed_too(txs):
+    worker, sink = make_worker(model_checkpoint_interval_seconds=3600)
+    await worker.handle(0, records(txs[:300]))
+    worker.closing = True
+    await worker.release({0})
+    await worker.handle(0, records(txs[300:400], 300))
+    last = sink.on("checkpoints-changelog")[-1]
+    assert worker.stores.checkpoints.data[last.key] == last.value
+    assert worker.saved_seen[("sender", 0)] == worker.models["sender", 0].seen == 400
+
+
 async def test_a_forged_or_corrupt_checkpoint_starts_a_fresh_model_and_is_counted(txs):
     from anomaly_stream.metrics import MODEL_CHECKPOINTS_REJECTED
     from anomaly_stream.stream.worker import checkpoint_key
