@@ -55,7 +55,17 @@ DRAIN_WINDOW_SECONDS = RUN_SECONDS
 # What a marked address sends is flagged for this long after the mark.
 FOLLOWUP_SECONDS = INBOUND_WINDOW_SECONDS
 
+# Fresh senders, all first paid by one address, into one fresh receiver: see
+# benchmarks/calibration.py "flows_after_1h.same_funder_senders". (set below)
+FAN_IN_MIN_SENDERS = 3
+# A young sender's payment that is a fresh receiver's first, with this many
+# fresh addresses in a row behind it (the sender included): "flows_after_1h.fresh_hop_depth".
+PEEL_MIN_DEPTH = 3
+
 DRAIN = "drain_to_fresh"
+FAN_IN = "fan_in_same_funder"
+PEEL = "fresh_hop_chain"
+RULES = (DRAIN, FAN_IN, PEEL)
 _TOKEN_ID = 10  # characters of a token address kept to tell tokens apart
 
 
@@ -67,6 +77,8 @@ class Inflow(NamedTuple):
     sole_source_tokens: int
     fresh_only_senders: int  # young senders into a fresh receiver that received from nothing else
     fresh_hop_eth: float  # ETH of a young sender's payment that is a fresh receiver's first
+    same_funder_senders: int  # distinct young senders into a fresh receiver, all first paid by one address
+    fresh_hop_depth: int  # fresh addresses in a row behind a young sender's payment that is a fresh receiver's first
 
 
 def young(profile: AddressProfile | None, now: float) -> bool:
@@ -89,7 +101,7 @@ def moves_value(edge: Edge) -> bool:
 def observe(edge: Edge, profile: AddressProfile, now: float) -> Inflow:
     """Update the receiver's inflow state with `edge` (call once per edge, after extract_receiver)."""
     if not moves_value(edge):
-        return Inflow(0, 0.0, 0, 0, 0.0)
+        return Inflow(0, 0.0, 0, 0, 0.0, 0, 0)
     fresh = profile.n_tx == 0 and now - profile.first_seen <= FRESH_WINDOW_SECONDS
     first_inflow = profile.src == ""
     sender = digest(edge.sender)
@@ -106,6 +118,18 @@ def observe(edge: Edge, profile: AddressProfile, now: float) -> Inflow:
         profile.src = "*"
     if profile.fresh_in >= 0:
         profile.fresh_in = profile.fresh_in + 1 if edge.sender_fresh else -1
+    if not profile.funder and eth > 0.0:
+        # Provenance: the first ETH payment, and how many fresh addresses in a row it came through.
+        profile.funder = sender
+        profile.hops = edge.sender_hops + 1 if edge.sender_fresh else 0
+    if fresh and edge.sender_fresh and edge.sender_funder and profile.fan_funder != "*":
+        if profile.fan_funder in ("", edge.sender_funder):
+            profile.fan_funder = edge.sender_funder
+            if sender not in profile.fan_senders and len(profile.fan_senders) < FAN_IN_MIN_SENDERS:
+                profile.fan_senders = profile.fan_senders + (sender,)
+        else:
+            profile.fan_funder = "*"
+    same_funder = len(profile.fan_senders) if fresh and profile.fan_funder not in ("", "*") else 0
     sole = fresh and profile.src == sender and now - profile.first_seen <= DRAIN_WINDOW_SECONDS
     return Inflow(
         profile.src_n if sole else 0,
@@ -113,6 +137,8 @@ def observe(edge: Edge, profile: AddressProfile, now: float) -> Inflow:
         len(profile.src_tokens) if sole else 0,
         profile.fresh_in if fresh and profile.fresh_in > 0 else 0,
         eth if fresh and first_inflow and edge.sender_fresh else 0.0,
+        same_funder,
+        edge.sender_hops + 1 if fresh and first_inflow and edge.sender_fresh else 0,
     )
 
 
@@ -129,12 +155,20 @@ def inflow_reasons(edge: Edge, profile: AddressProfile, now: float, warm: bool =
         reasons.append({"rule": DRAIN, "role": "receiver", "address": edge.receiver, "sender": edge.sender,
                         "moves": f.sole_source_moves, "eth": round(f.sole_source_eth, 6),
                         "tokens": f.sole_source_tokens})
-        profile.flow_at = now
+        profile.flow_at, profile.flow_rule = now, DRAIN
+    if f.same_funder_senders >= FAN_IN_MIN_SENDERS:
+        reasons.append({"rule": FAN_IN, "role": "receiver", "address": edge.receiver, "sender": edge.sender,
+                        "senders": f.same_funder_senders})
+        profile.flow_at, profile.flow_rule = now, FAN_IN
+    if f.fresh_hop_depth >= PEEL_MIN_DEPTH:
+        reasons.append({"rule": PEEL, "role": "receiver", "address": edge.receiver, "sender": edge.sender,
+                        "depth": f.fresh_hop_depth})
+        profile.flow_at, profile.flow_rule = now, PEEL
     return reasons
 
 
 def followup_reason(profile: AddressProfile, moves: bool, now: float) -> list[dict]:
-    """A value move sent by an address the drain rule marked within FOLLOWUP_SECONDS."""
+    """A value move sent by an address a flow rule marked within FOLLOWUP_SECONDS."""
     if moves and profile.flow_at and now - profile.flow_at <= FOLLOWUP_SECONDS:
-        return [{"rule": DRAIN, "role": "sender", "since": profile.flow_at}]
+        return [{"rule": profile.flow_rule or DRAIN, "role": "sender", "since": profile.flow_at}]
     return []
