@@ -53,14 +53,15 @@ def replay(path: Path) -> dict[str, list[float]]:
         if call.kind == "approval" and not call.revoke and call.counterparty is not None:
             granted.setdefault(call.counterparty, set()).add(call.owner or tx.sender)
         profile = profiles.get(tx.sender)
-        fresh = profile is None or profile.n_tx == 0
+        fresh = flows.young(profile, clock)  # as detector.process_batch has it
+        funder, hops = (profile.funder, profile.hops) if profile is not None else ("", 0)
         raw, profiles[tx.sender], _ = sender_raw(tx, call, profile, clock, market)
         for name, value in zip(PERSPECTIVE_FEATURES[SENDER], raw):
             columns.setdefault(f"{SENDER}.{name}", []).append(value)
         columns.setdefault("sender.burst_count", []).append(profiles[tx.sender].burst)
         if call.kind == "eth_transfer" and tx.value_wei > 0:
             columns.setdefault("flows.eth_transfer_value", []).append(tx.value_wei / WEI_PER_ETH)
-        for edge in edges_of(tx, call, fresh, clock):
+        for edge in edges_of(tx, call, fresh, clock, funder, hops):
             raw, profiles[edge.receiver], _ = receiver_raw(edge, profiles.get(edge.receiver), clock)
             for name, value in zip(PERSPECTIVE_FEATURES[RECEIVER], raw):
                 columns.setdefault(f"{RECEIVER}.{name}", []).append(value)

@@ -168,6 +168,7 @@ def process_batch(
             call = decode_call(tx.to, tx.value_wei, tx.input)
             known = profile.counterparties if profile is not None else ()
             fresh = flows.young(profile, now)
+            funder, hops = (profile.funder, profile.hops) if profile is not None else ("", 0)
             x, profile, new_counterparty = extract_sender(tx, call, profile, now, market)
             reasons = _sender_rules(tx, call, profile, known, new_counterparty, listed)
             reasons.extend(_spender_rule(tx, call, profile, now))
@@ -180,7 +181,7 @@ def process_batch(
         rows.append(x)
         may_learn.append(not reasons and profile.burst <= LEARN_CAP_PER_MINUTE)
         pending.append(_Scored(record, tx, call, sender, reasons, now))
-        result.edges.extend(edges_of(tx, call, fresh, now))
+        result.edges.extend(edges_of(tx, call, fresh, now, funder, hops))
     _judge(model, rows, may_learn, pending, partition, SENDER, result, clock, benign)
     return result
 
@@ -336,7 +337,7 @@ def severity(reasons: list[dict], score: float, threshold: float) -> str:
     """high: a rule named the address; medium: a clear model outlier; low: just above the threshold."""
     if any(r["rule"] in ("watchlist", "lookalike", "spender_pulls") for r in reasons):
         return "high"
-    if any(r["rule"] == flows.DRAIN for r in reasons):
+    if any(r["rule"] in flows.RULES for r in reasons):
         return "high"
     if any(r["rule"] == "funded_by_watchlist" for r in reasons):
         return "medium"

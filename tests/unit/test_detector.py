@@ -243,9 +243,10 @@ def word(x) -> str:
     return (x[2:] if isinstance(x, str) else f"{x:x}").rjust(64, "0")
 
 
-def tx_from(sender: str, to: str | None, value: int = 10**17, data: str = "0x", n: int = 0, t: int = 1_700_000_000):
+def tx_from(sender: str, to: str | None, value: int = 10**17, data: str = "0x", n: int = 0, t: int = 1_700_000_000,
+            nonce: int = 1):
     return {"hash": "0x" + f"{n:064x}", "from": sender, "to": to, "value": hex(value), "gas": "0x5208",
-            "gasPrice": hex(20 * 10**9), "nonce": "0x1", "input": data, "blockTimestamp": hex(t)}
+            "gasPrice": hex(20 * 10**9), "nonce": hex(nonce), "input": data, "blockTimestamp": hex(t)}
 
 
 def test_a_watch_listed_counterparty_is_an_anomaly_whatever_the_score_and_is_not_learned(txs):
@@ -447,3 +448,70 @@ def test_a_wallet_emptied_into_a_fresh_address_is_flagged_then_what_that_address
     onward_sent, _ = send_and_receive(tx_from(thief, onward, 37 * 10**18, n=0, t=1_700_000_300), 3)
     [doc] = onward_sent.anomalies
     assert doc["perspective"] == "sender" and any(r["rule"] == "drain_to_fresh" for r in doc["reasons"])
+
+
+def _chain(models=None):
+    """A sender and a receiver model and a send_and_receive that routes each batch's edges, as the worker does."""
+    sender_model = PartitionModel(ModelConfig())
+    receiver_model = PartitionModel(ModelConfig(warmup_events=10**6), features=PERSPECTIVE_FEATURES[RECEIVER])
+    profiles = {}
+
+    def send_and_receive(tx, offset):
+        sent = process_batch(sender_model, [keyed(tx, offset)], profiles.get, 0)
+        profiles.update(sent.profiles)
+        recs = [Record(i, e.receiver.encode(), e.to_bytes(), 1.0) for i, e in enumerate(sent.edges)]
+        received = process_edges(receiver_model, recs, profiles.get, 0)
+        profiles.update(received.profiles)
+        return sent, received
+
+    return send_and_receive, profiles
+
+
+def _fan_in(funders, t0=1_700_000_000):
+    """Fresh sources, source i first paid by funders[i], each sweeping 0.05 ETH into one fresh collector."""
+    send_and_receive, profiles = _chain()
+    collector = "0x" + "c0" * 20
+    fired = []
+    for i, funder in enumerate(funders):
+        source = "0x" + f"{0x50 + i:02x}" * 20
+        send_and_receive(tx_from(funder, source, 6 * 10**16, n=100 + i, t=t0 + 20 * i), 2 * i)
+        _, received = send_and_receive(tx_from(source, collector, 5 * 10**16, n=200 + i, t=t0 + 20 * i + 60, nonce=0),
+                                       2 * i + 1)
+        fired.append(any(r["rule"] == "fan_in_same_funder" for d in received.anomalies for r in d["reasons"]))
+    return fired, profiles, send_and_receive, collector
+
+
+def test_fresh_sources_funded_by_one_address_sweeping_into_a_fresh_collector_are_flagged_from_the_third():
+    """flows.fan_in_same_funder, while the receiver model is still warming up; then what the collector sends."""
+    hub = "0x" + "4f" * 20
+    fired, profiles, send_and_receive, collector = _fan_in([hub] * 5)
+    assert fired == [False, False, True, True, True]
+    assert profiles["0x" + "50" * 20].funder == profiles["0x" + "51" * 20].funder != ""
+    sent, _ = send_and_receive(tx_from(collector, "0x" + "99" * 20, 2 * 10**17, n=0, t=1_700_000_500), 99)
+    [doc] = sent.anomalies
+    assert [r["rule"] for r in doc["reasons"]] == ["fan_in_same_funder"] and doc["severity"] == "high"
+
+
+def test_fresh_sources_paid_by_different_addresses_are_no_fan_in():
+    """Real deposit addresses swept into one collector were paid by their many users."""
+    fired, _, _, _ = _fan_in(["0x" + f"{0xa0 + i:02x}" * 20 for i in range(5)])
+    assert not any(fired)
+    # One source paid by another address than the rest ends it for the collector.
+    hub, other = "0x" + "4f" * 20, "0x" + "4e" * 20
+    fired, _, _, _ = _fan_in([hub, hub, other, hub, hub])
+    assert not any(fired)
+
+
+def test_sources_with_history_are_no_fan_in():
+    """Sources that have sent before (nonce > 1) are no throwaway addresses, whatever paid them."""
+    send_and_receive, _ = _chain()
+    hub, collector = "0x" + "4f" * 20, "0x" + "c0" * 20
+    fired = False
+    for i in range(5):
+        source = "0x" + f"{0x50 + i:02x}" * 20
+        send_and_receive(tx_from(hub, source, 6 * 10**16, n=100 + i, t=1_700_000_000 + 20 * i), 2 * i)
+        _, received = send_and_receive(tx_from(source, collector, 5 * 10**16, n=200 + i, t=1_700_000_060 + 20 * i,
+                                                       nonce=40),
+                                       2 * i + 1)
+        fired |= any(r["rule"] == "fan_in_same_funder" for d in received.anomalies for r in d["reasons"])
+    assert not fired

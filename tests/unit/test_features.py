@@ -360,3 +360,44 @@ def test_a_profile_of_the_previous_version_reads_with_empty_inflow_state():
     restored = AddressProfile.from_bytes(orjson.dumps(old))
     assert restored.src == "" and restored.src_n == 0 and restored.flow_at == 0.0
     assert restored.in_n == profile.in_n
+
+
+def test_edges_carry_the_senders_funder_and_a_version_1_edge_still_decodes():
+    tx = make_tx(to=addr(2))._replace(nonce=0)
+    call = decode_call(tx.to, tx.value_wei, tx.input)
+    [e] = edges_of(tx, call, True, T0, "ab" * 6, 2)
+    assert (e.sender_funder, e.sender_hops) == ("ab" * 6, 2)
+    assert Edge.from_bytes(e.to_bytes()) == e and orjson.loads(e.to_bytes())[0] == 2
+    v1 = orjson.loads(e.to_bytes())[:13]
+    v1[0] = 1
+    old = Edge.from_bytes(orjson.dumps(v1))
+    assert old[:12] == e[:12] and (old.sender_funder, old.sender_hops) == ("", 0)
+    for bad in (v1 + ["", 0], orjson.loads(e.to_bytes())[:13], [True] + v1[1:], [[2]] + v1[1:]):
+        with pytest.raises(ValueError):
+            Edge.from_bytes(orjson.dumps(bad))
+    bad_hops = orjson.loads(e.to_bytes())
+    bad_hops[-1] = -1
+    with pytest.raises(ValueError):
+        Edge.from_bytes(orjson.dumps(bad_hops))
+
+
+def test_an_address_records_its_first_eth_payer_and_the_fresh_hops_behind_it():
+    hub = addr(7)
+    _, profile, _ = receive(edge(ME, hub, T0, fresh=False))
+    flows.observe(edge(ME, hub, T0, fresh=False), profile, T0)
+    assert profile.funder == digest(hub) and profile.hops == 0
+    later = edge(ME, addr(8), T0 + 5, fresh=True)._replace(sender_hops=3)
+    flows.observe(later, profile, T0 + 5)
+    assert profile.funder == digest(hub) and profile.hops == 0, "the first payer stays"
+    _, other, _ = receive(later._replace(receiver=addr(9)))
+    flows.observe(later._replace(receiver=addr(9)), other, T0 + 5)
+    assert other.funder == digest(addr(8)) and other.hops == 4
+
+
+def test_a_profile_before_provenance_reads_with_no_funder():
+    _, profile, _ = receive(edge(ME, addr(4), T0))
+    flows.observe(edge(ME, addr(4), T0), profile, T0)
+    old = orjson.loads(profile.to_bytes())[:30]
+    restored = AddressProfile.from_bytes(orjson.dumps(old))
+    assert restored.funder == "" and restored.fan_senders == () and restored.src == profile.src
+    assert AddressProfile.from_bytes(profile.to_bytes()) == profile
