@@ -425,20 +425,11 @@ def test_an_address_marked_benign_is_not_flagged_by_the_model_but_rules_still_fi
 
 def test_a_wallet_emptied_into_a_fresh_address_is_flagged_then_what_that_address_sends():
     """flows.drain_to_fresh: the second large move from the sole sender on the receiver's side, then the thief."""
-    sender_model = PartitionModel(ModelConfig())
     receiver_model = PartitionModel(ModelConfig(warmup_events=0, window_size=1),
                                     features=PERSPECTIVE_FEATURES[RECEIVER])
     receiver_model.learned = 1  # warm: the flow rules judge freshness only against traffic already seen
     victim, thief, onward = ("0x" + c * 20 for c in ("41", "42", "43"))
-    profiles = {}
-
-    def send_and_receive(tx, offset):
-        sent = process_batch(sender_model, [keyed(tx, offset)], profiles.get, 0)
-        profiles.update(sent.profiles)
-        recs = [Record(i, e.receiver.encode(), e.to_bytes(), 1.0) for i, e in enumerate(sent.edges)]
-        received = process_edges(receiver_model, recs, profiles.get, 0)
-        profiles.update(received.profiles)
-        return sent, received
+    send_and_receive, _ = _chain(receiver_model)
 
     _, first = send_and_receive(tx_from(victim, thief, 30 * 10**18, n=7), 1)
     assert not any(r["rule"] == "drain_to_fresh" for d in first.anomalies for r in d["reasons"])
@@ -450,10 +441,11 @@ def test_a_wallet_emptied_into_a_fresh_address_is_flagged_then_what_that_address
     assert doc["perspective"] == "sender" and any(r["rule"] == "drain_to_fresh" for r in doc["reasons"])
 
 
-def _chain(models=None):
+def _chain(receiver_model=None):
     """A sender and a receiver model and a send_and_receive that routes each batch's edges, as the worker does."""
     sender_model = PartitionModel(ModelConfig())
-    receiver_model = PartitionModel(ModelConfig(warmup_events=10**6), features=PERSPECTIVE_FEATURES[RECEIVER])
+    if receiver_model is None:
+        receiver_model = PartitionModel(ModelConfig(warmup_events=10**6), features=PERSPECTIVE_FEATURES[RECEIVER])
     profiles = {}
 
     def send_and_receive(tx, offset):
