@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from river.anomaly import HalfSpaceTrees
 
+from anomaly_stream.detect import hst as hst_module
 from anomaly_stream.detect.hst import FORMAT_VERSION, MAGIC, CheckpointError, CompiledHST
 
 # Five named columns (the detector's feature set changes; these tests do not depend on it).
@@ -115,6 +116,27 @@ def test_small_batches_only_with_a_long_window():
     hst = HalfSpaceTrees(**config)
     expected = river_run(hst, X)
     model = CompiledHST.new(features=FEATURES, **config)
+    sizes = [int(s) for s in rng.integers(1, 9, size=len(X))]
+    sizes = sizes[: int(np.searchsorted(np.cumsum(sizes), len(X)))]
+    sizes.append(len(X) - sum(sizes))
+    assert np.array_equal(compiled_run(model, X, sizes), expected)
+    assert_same_state(model, hst)
+
+
+@pytest.mark.parametrize("remembered", [1024, 3])
+def test_small_batches_of_repeated_rows(monkeypatch, remembered):
+    """Real feature rows repeat (mostly zeros): remembered paths and totals stay River's across pivots.
+
+    With room for 3 rows, the memory is cleared and refilled all the time.
+    """
+    monkeypatch.setattr(hst_module, "_REMEMBERED", remembered)
+    rng = np.random.default_rng(9)
+    distinct = np.where(rng.random((12, 5)) < 0.7, 0.0, rng.random((12, 5)))
+    distinct[0] = 0.0
+    X = distinct[rng.choice(12, size=3_000, p=[0.6] + [0.4 / 11] * 11)]
+    hst = HalfSpaceTrees(**DEFAULT)
+    expected = river_run(hst, X)
+    model = CompiledHST.new(features=FEATURES, **DEFAULT)
     sizes = [int(s) for s in rng.integers(1, 9, size=len(X))]
     sizes = sizes[: int(np.searchsorted(np.cumsum(sizes), len(X)))]
     sizes.append(len(X) - sum(sizes))
