@@ -26,7 +26,7 @@ import collections
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, MutableMapping, Protocol, Sequence
+from typing import Any, Callable, MutableMapping, NamedTuple, Protocol, Sequence
 
 import orjson
 import structlog
@@ -213,6 +213,7 @@ class Worker:
         # while nobody holds it (consumer.BatchingConsumer._commit_tps).
         self.batch_lock = asyncio.Lock()
         self.last_progress = time.monotonic()
+        self.gauges: dict[tuple[str, int], _ModelGauges] = {}
 
     # -- a batch --
 
@@ -265,8 +266,11 @@ class Worker:
         if self.checkpoint_due((perspective, partition), now):
             await self.checkpoint((perspective, partition), now)
         self.last_progress = time.monotonic()
-        _count(perspective, len(records), result, self.models[perspective, partition],
-               time.perf_counter() - started, partition)
+        key = (perspective, partition)
+        gauges = self.gauges.get(key)
+        if gauges is None:
+            gauges = self.gauges[key] = _ModelGauges.of(perspective, partition)
+        _count(perspective, len(records), result, self.models[key], time.perf_counter() - started, gauges)
 
     async def _dead_letter(self, partition: int, result: BatchResult) -> None:
         for dead in result.dead_letters:
@@ -420,8 +424,24 @@ def checkpoint_key(key: tuple[str, int]) -> bytes:
     return b"%d" % partition if perspective == SENDER else b"%s:%d" % (perspective.encode(), partition)
 
 
+class _ModelGauges(NamedTuple):
+    """The labelled metrics of one model: a `labels()` lookup costs more than the update itself."""
+
+    threshold: Any
+    drift: Any
+    seen: Any
+    observe_score: Callable[[float], None]
+
+    @classmethod
+    def of(cls, perspective: str, partition: int) -> _ModelGauges:
+        return cls(metrics.MODEL_THRESHOLD.labels(perspective, partition),
+                   metrics.MODEL_THRESHOLD_DRIFT.labels(perspective, partition),
+                   metrics.MODEL_EVENTS_SEEN.labels(perspective, partition),
+                   metrics.ANOMALY_SCORE.labels(perspective).observe)
+
+
 def _count(perspective: str, n: int, result: BatchResult, model: PartitionModel, seconds: float,
-           partition: int) -> None:
+           gauges: _ModelGauges) -> None:
     if perspective == SENDER:
         metrics.TRANSACTIONS_CONSUMED.inc(n)
         metrics.TRANSACTIONS_PROCESSED.inc(result.processed)
@@ -433,10 +453,10 @@ def _count(perspective: str, n: int, result: BatchResult, model: PartitionModel,
         metrics.ANOMALIES_SUPPRESSED.labels(perspective).inc(result.suppressed)
     metrics.BATCH_SIZE.observe(n)
     metrics.BATCH_SECONDS.observe(seconds)
-    metrics.MODEL_THRESHOLD.labels(perspective, partition).set(model.threshold)
-    metrics.MODEL_THRESHOLD_DRIFT.labels(perspective, partition).set(model.drift)
-    metrics.MODEL_EVENTS_SEEN.labels(perspective, partition).set(model.seen)
-    observe = metrics.ANOMALY_SCORE.labels(perspective).observe  # one label lookup per batch
+    gauges.threshold.set(model.threshold)
+    gauges.drift.set(model.drift)
+    gauges.seen.set(model.seen)
+    observe = gauges.observe_score
     for score in result.scores[::16]:
         observe(score)
 
