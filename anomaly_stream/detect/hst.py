@@ -71,6 +71,7 @@ import hashlib
 import hmac
 import json
 import struct
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,7 +94,7 @@ _BLOCK = 4096
 # Up to this many events, score_learn walks Python lists (as River does, without its objects).
 _SMALL = 8
 # Rows whose path (and total) the small-batch walk remembers, per model: a path
-# is n_trees * (height + 1) pointers (1.1 KB at the default size).
+# is n_trees * (height + 1) 8-byte ints (1.1 KB at the default size).
 _REMEMBERED = 1024
 _MAX_PENDING = 1 << 16
 
@@ -150,9 +151,11 @@ class CompiledHST:
         self._depth_shift = np.arange(height + 1, dtype=np.int64)[:, None, None]  # r_mass * 2**depth
         self._lists = None  # Python-list copies of the structure and of r_mass, for small batches
         self._r_list = None
-        self._paths_of: dict[tuple[float, ...], tuple[int, ...]] = {}  # row -> its path (`_walk`)
+        self._paths_of: dict[tuple[float, ...], array] = {}  # row -> its path (`_walk`)
         self._totals: dict[tuple[float, ...], int] = {}  # row -> its score's total under this r_mass
-        self._pending: list[int] = []  # nodes visited by small batches, not yet in _l_mass
+        # Nodes visited by small batches, not yet in _l_mass: machine ints, which numpy
+        # reads in place (a list of 35k ints a window took longer to convert than to add).
+        self._pending = array("q")
 
     # -- building ---------------------------------------------------------------------------
 
@@ -284,25 +287,24 @@ class CompiledHST:
         if len(pending) > _MAX_PENDING:
             self._flush()
 
-    def _walk(self, row: list[float]) -> tuple[int, ...]:
+    def _walk(self, row: list[float]) -> array:
         """The global node indices of a row's root-to-leaf path in every tree, tree after tree."""
         if self._lists is None:
-            # The ints of `_nodes` are shared by every remembered path (a path holds pointers only).
-            self._lists = self._feature.tolist(), self._threshold.tolist(), list(range(self._feature.size))
-        feature, threshold, nodes = self._lists
+            self._lists = self._feature.tolist(), self._threshold.tolist()
+        feature, threshold = self._lists
         path = []
         visit = path.append
         levels, offset_of = range(self.height), self.n_nodes
         for t in range(self.n_trees):
             g = t * offset_of
             offset = 2 - g
-            visit(nodes[g])
+            visit(g)
             for _ in levels:
                 g = 2 * g + offset - (row[feature[g]] < threshold[g])  # left 2i + 1, right 2i + 2
-                visit(nodes[g])
-        return tuple(path)
+                visit(g)
+        return array("q", path)  # 8 bytes a node; `_pending.extend` copies it whole
 
-    def _total(self, path: tuple[int, ...]) -> int:
+    def _total(self, path: array) -> int:
         """River's score sum for a path: each tree's r_mass * 2**depth down to the first node below size_limit."""
         if self._r_list is None:
             self._r_list = self._r_mass.tolist()
@@ -318,8 +320,8 @@ class CompiledHST:
 
     def _flush(self) -> None:
         if self._pending:
-            self._learn(np.array(self._pending, dtype=np.intp))
-            self._pending.clear()  # in place: _score_learn_small holds its append
+            self._learn(np.frombuffer(self._pending, dtype=np.int64))
+            del self._pending[:]  # the view above is gone: the array may shrink
 
     def _learn(self, paths: np.ndarray) -> None:
         if paths.size < 4 * self._l_mass.size:
