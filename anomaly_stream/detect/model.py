@@ -232,32 +232,33 @@ class PartitionModel:
         run thousands of batches of a few rows). Bins hold non-negative sums, so
         adding the 0.0 of bins that got nothing changes nothing.
         """
-        weights = self._histogram_weights(scores)
-        if len(scores) > _FEW:
+        values = scores.tolist()
+        weights = self._histogram_weights(values)
+        if len(values) > _FEW:
             bins = np.minimum((scores * BINS).astype(np.intp), BINS - 1)
             np.maximum(bins, 0, out=bins)
             self.hist += np.bincount(bins, weights=weights, minlength=BINS)
             return
         sums: dict[int, float] = {}
-        for score, weight in zip(scores.tolist(), weights.tolist()):
+        for score, weight in zip(values, weights):
             b = min(max(int(score * BINS), 0), BINS - 1)  # int() truncates as astype does
             sums[b] = sums.get(b, 0.0) + weight
         hist = self.hist
         for b, weight in sums.items():
             hist[b] += weight
 
-    def _histogram_weights(self, scores: np.ndarray) -> np.ndarray:
+    def _histogram_weights(self, scores: list[float]) -> list[float]:
         """1 per row; the flagged share from the budget (FLAG_CREDIT), so a flood cannot lift the threshold."""
-        weights = np.ones(len(scores))
-        flagged = scores > self.threshold
-        n_flagged = int(np.count_nonzero(flagged))
+        threshold = self.threshold
+        flagged = [score > threshold for score in scores]
+        n_flagged = sum(flagged)
         credit = min(self._flag_credit + FLAG_CREDIT * self.config.target_flag_rate * len(scores), FLAG_CREDIT_MAX)
+        weight = 1.0
         if n_flagged:
             weight = min(1.0, credit / n_flagged)
-            weights[flagged] = weight
             credit -= weight * n_flagged
         self._flag_credit = credit
-        return weights
+        return [weight if f else 1.0 for f in flagged]
 
     def _ring_add(self, rows: np.ndarray) -> None:
         rows = rows[-SAMPLE_SIZE:]

@@ -465,13 +465,16 @@ class _ModelGauges(NamedTuple):
 
 def _count(perspective: str, n: int, result: BatchResult, model: PartitionModel, seconds: float,
            gauges: _ModelGauges) -> None:
+    # Counters only when there is something to add: each inc takes a lock.
     if perspective == SENDER:
         metrics.TRANSACTIONS_CONSUMED.inc(n)
         metrics.TRANSACTIONS_PROCESSED.inc(result.processed)
-        metrics.TRANSACTIONS_REKEYED.inc(len(result.rekeyed))
+        if result.rekeyed:
+            metrics.TRANSACTIONS_REKEYED.inc(len(result.rekeyed))
     else:
         metrics.EDGES_PROCESSED.inc(result.processed)
-    metrics.ANOMALIES_PUBLISHED.inc(len(result.anomalies))
+    if result.anomalies:
+        metrics.ANOMALIES_PUBLISHED.inc(len(result.anomalies))
     if result.suppressed:
         metrics.ANOMALIES_SUPPRESSED.labels(perspective).inc(result.suppressed)
     metrics.BATCH_SIZE.observe(n)
