@@ -58,6 +58,14 @@ def random_sizes(rng: np.random.Generator, n: int) -> list[int]:
     return sizes
 
 
+def small_sizes(rng: np.random.Generator, n: int) -> list[int]:
+    """Batch sizes of 1 to 8 (the small-batch path only) adding up to n."""
+    sizes = [int(s) for s in rng.integers(1, 9, size=n)]
+    sizes = sizes[: int(np.searchsorted(np.cumsum(sizes), n))]
+    sizes.append(n - sum(sizes))
+    return sizes
+
+
 def clusters(rng: np.random.Generator, n: int, d: int = 5) -> np.ndarray:
     centres = rng.random((4, d))
     X = centres[rng.integers(4, size=n)] + rng.normal(0, 0.03, (n, d))
@@ -116,10 +124,7 @@ def test_small_batches_only_with_a_long_window():
     hst = HalfSpaceTrees(**config)
     expected = river_run(hst, X)
     model = CompiledHST.new(features=FEATURES, **config)
-    sizes = [int(s) for s in rng.integers(1, 9, size=len(X))]
-    sizes = sizes[: int(np.searchsorted(np.cumsum(sizes), len(X)))]
-    sizes.append(len(X) - sum(sizes))
-    assert np.array_equal(compiled_run(model, X, sizes), expected)
+    assert np.array_equal(compiled_run(model, X, small_sizes(rng, len(X))), expected)
     assert_same_state(model, hst)
 
 
@@ -137,10 +142,7 @@ def test_small_batches_of_repeated_rows(monkeypatch, remembered):
     hst = HalfSpaceTrees(**DEFAULT)
     expected = river_run(hst, X)
     model = CompiledHST.new(features=FEATURES, **DEFAULT)
-    sizes = [int(s) for s in rng.integers(1, 9, size=len(X))]
-    sizes = sizes[: int(np.searchsorted(np.cumsum(sizes), len(X)))]
-    sizes.append(len(X) - sum(sizes))
-    assert np.array_equal(compiled_run(model, X, sizes), expected)
+    assert np.array_equal(compiled_run(model, X, small_sizes(rng, len(X))), expected)
     assert_same_state(model, hst)
 
 
