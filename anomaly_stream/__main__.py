@@ -58,7 +58,9 @@ def run_worker(settings: Settings, faust_args: list[str]) -> int:
 
     mode.loop.use("uvloop")  # measured: Faust's per-batch overhead drops by about a third
     from .stream.app import app
+    from .stream.worker import collect_less
 
+    collect_less()
     return run_faust(app, settings, faust_args)
 
 

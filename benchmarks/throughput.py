@@ -53,7 +53,7 @@ import structlog  # noqa: E402
 
 from anomaly_stream.detect.detector import Record  # noqa: E402
 from anomaly_stream.settings import Settings  # noqa: E402
-from anomaly_stream.stream.worker import MemorySink, Store, Stores, Topics, Worker, kafka_partition  # noqa: E402
+from anomaly_stream.stream.worker import MemorySink, Store, Stores, Topics, Worker, collect_less, kafka_partition  # noqa: E402
 
 BATCH = 1000  # records per partition batch in the bare path (a getmany gives up to max_poll_records)
 MODEL_BATCH = 500
@@ -208,6 +208,7 @@ def main() -> int:
     if opts.short:
         opts.count, opts.runs, opts.latency_seconds, opts.model_count = 50_000, 1, 10.0, 10_000
     quiet()
+    collect_less()  # the garbage collector as the worker process sets it (bare and plain run here)
     kafka = not opts.no_kafka and kafka_up()
     if not opts.no_kafka and not kafka:
         print(f"no broker at {KAFKA}: the Kafka lines are skipped", flush=True)

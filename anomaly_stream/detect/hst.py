@@ -29,6 +29,8 @@ event at a time, say) would pay numpy's per-call overhead dozens of times
 per level; it walks Python lists of the same arrays instead (River's walk
 without its node objects) and adds its visits to `l_mass` in bulk later
 (at the pivot, or before the state is read): scores never read `l_mass`.
+It remembers the path of each row it has seen and, until the next pivot,
+its score: rows repeat in real traffic (mostly-zero features).
 
 Bit-identical, not approximately equal: every term `r_mass * 2 ** depth` is
 an integer, and River's float sums of them stay exact (below `max_score`,
@@ -69,6 +71,7 @@ import hashlib
 import hmac
 import json
 import struct
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,6 +93,9 @@ _MAX_WINDOW = 2**32 - 1  # masses are stored as uint16 or uint32
 _BLOCK = 4096
 # Up to this many events, score_learn walks Python lists (as River does, without its objects).
 _SMALL = 8
+# Rows whose path (and total) the small-batch walk remembers, per model: a path
+# is n_trees * (height + 1) 8-byte ints (1.1 KB at the default size).
+_REMEMBERED = 1024
 _MAX_PENDING = 1 << 16
 
 
@@ -145,7 +151,11 @@ class CompiledHST:
         self._depth_shift = np.arange(height + 1, dtype=np.int64)[:, None, None]  # r_mass * 2**depth
         self._lists = None  # Python-list copies of the structure and of r_mass, for small batches
         self._r_list = None
-        self._pending: list[int] = []  # nodes visited by small batches, not yet in _l_mass
+        self._paths_of: dict[tuple[float, ...], array] = {}  # row -> its path (`_walk`)
+        self._totals: dict[tuple[float, ...], int] = {}  # row -> its score's total under this r_mass
+        # Nodes visited by small batches, not yet in _l_mass: machine ints, which numpy
+        # reads in place (a list of 35k ints a window took longer to convert than to add).
+        self._pending = array("q")
 
     # -- building ---------------------------------------------------------------------------
 
@@ -241,55 +251,77 @@ class CompiledHST:
         Learns row `e` iff `may_learn[e]` (None: every row may) and its score
         is at most `bar`; marks it in `learned` (if given). The visited nodes
         wait in `_pending` (global indices) and are added to `l_mass` in bulk
-        at the pivot (or when many are pending): scores never read `l_mass`,
-        and everything else that does flushes first. A row that is not
-        learned takes its visits back out of `_pending`.
+        at the pivot (or when many are pending): scores never read `l_mass`.
+
+        Rows repeat (most real transactions have mostly-zero features, the
+        all-zero row above all), so a row's path is remembered (`_paths_of`:
+        the structure never changes) and so is its score's integer total
+        until the next pivot changes `r_mass` (`_totals`).
         """
-        if self._lists is None:
-            self._lists = self._feature.tolist(), self._threshold.tolist()
-        if self._r_list is None:
-            self._r_list = self._r_mass.tolist()
-        feature, threshold = self._lists
-        r_mass = self._r_list
-        n_trees, height, nodes, size_limit = self.n_trees, self.height, self.n_nodes, self.size_limit
+        paths, totals = self._paths_of, self._totals
         pending = self._pending
-        visit = pending.append
-        levels = range(height)
         for e, row in enumerate(X.tolist()):
-            mark = len(pending)
-            total = 0
-            for t in range(n_trees):
-                g = t * nodes
-                offset = 2 - g
-                going = True
-                visit(g)
-                for depth in levels:
-                    if going:
-                        r = r_mass[g]
-                        total += r << depth
-                        going = r >= size_limit
-                    g = 2 * g + offset - (row[feature[g]] < threshold[g])
-                    visit(g)
-                if going:
-                    total += r_mass[g] << height
-            score = 0.0 if self.first_window else 1 - total / self.max_score
+            key = tuple(row)
+            path = paths.get(key)
+            if path is None:
+                if len(paths) >= _REMEMBERED:
+                    paths.clear()
+                path = paths[key] = self._walk(row)
+            if self.first_window:
+                score = 0.0
+            else:
+                total = totals.get(key)
+                if total is None:
+                    if len(totals) >= _REMEMBERED:
+                        totals.clear()
+                    total = totals[key] = self._total(path)
+                score = 1 - total / self.max_score
             scores[e] = score
             if (may_learn is None or may_learn[e]) and score <= bar:
                 if learned is not None:
                     learned[e] = True
+                pending.extend(path)
                 self.counter += 1
                 if self.counter == self.window_size:
                     self._pivot()
-                    r_mass = self._r_list = self._r_mass.tolist()
-            else:
-                del pending[mark:]  # skipped: its visits are not learned
         if len(pending) > _MAX_PENDING:
             self._flush()
 
+    def _walk(self, row: list[float]) -> array:
+        """The global node indices of a row's root-to-leaf path in every tree, tree after tree."""
+        if self._lists is None:
+            self._lists = self._feature.tolist(), self._threshold.tolist()
+        feature, threshold = self._lists
+        path = []
+        visit = path.append
+        levels, offset_of = range(self.height), self.n_nodes
+        for t in range(self.n_trees):
+            g = t * offset_of
+            offset = 2 - g
+            visit(g)
+            for _ in levels:
+                g = 2 * g + offset - (row[feature[g]] < threshold[g])  # left 2i + 1, right 2i + 2
+                visit(g)
+        return array("q", path)  # 8 bytes a node; `_pending.extend` copies it whole
+
+    def _total(self, path: array) -> int:
+        """River's score sum for a path: each tree's r_mass * 2**depth down to the first node below size_limit."""
+        if self._r_list is None:
+            self._r_list = self._r_mass.tolist()
+        r_mass, size_limit, per_tree = self._r_list, self.size_limit, self.height + 1
+        total = 0
+        for start in range(0, len(path), per_tree):
+            for depth, g in enumerate(path[start: start + per_tree]):
+                r = r_mass[g]
+                total += r << depth
+                if r < size_limit:
+                    break
+        return total
+
     def _flush(self) -> None:
         if self._pending:
-            self._learn(np.array(self._pending, dtype=np.intp))
-            self._pending.clear()  # in place: _score_learn_small holds its append
+            self._learn(np.frombuffer(self._pending, dtype=np.int64))
+            del self._pending[:]  # the view above is gone: the array may shrink
 
     def _learn(self, paths: np.ndarray) -> None:
         if paths.size < 4 * self._l_mass.size:
@@ -304,6 +336,7 @@ class CompiledHST:
         self.first_window = False
         self.counter = 0
         self._r_list = None
+        self._totals.clear()
 
     def _score(self, paths: np.ndarray) -> np.ndarray:
         """River's score_one for each event of a piece between pivots, from its paths.

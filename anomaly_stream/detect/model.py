@@ -81,6 +81,7 @@ SAMPLE_EVERY = 8  # every 8th scored row joins the sample used to explain flags
 FLAG_CREDIT = 2.0
 FLAG_CREDIT_MAX = 5.0
 SAMPLE_SIZE = 512
+_FEW = 8  # rows up to which a batch's histogram and checks are Python loops (`_add_to_histogram`)
 MAGIC = b"APMC"
 # 3: the non-executable encoding (1 and 2 were pickles, now refused with CheckpointError).
 CHECKPOINT_VERSION = 3
@@ -175,9 +176,9 @@ class PartitionModel:
         X = np.ascontiguousarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(self.features):
             raise ValueError(f"X must have shape (n, {len(self.features)}), got {X.shape}")
-        if not np.isfinite(X).all():
-            raise ValueError("X has non-finite values")
         n = len(X)
+        if not (all(map(math.isfinite, X.ravel().tolist())) if n <= _FEW else np.isfinite(X).all()):
+            raise ValueError("X has non-finite values")
         if may_learn is not None:
             may_learn = np.asarray(may_learn, dtype=bool)
         scores, learned = self.hst.score_learn_where(X, may_learn, self.threshold)
@@ -187,9 +188,7 @@ class PartitionModel:
         self.seen += n
         self._since_batch += n
         self.learned += int(np.count_nonzero(learned))
-        bins = np.minimum((scores * BINS).astype(np.intp), BINS - 1)
-        np.maximum(bins, 0, out=bins)
-        self.hist += np.bincount(bins, weights=self._histogram_weights(scores), minlength=BINS)
+        self._add_to_histogram(scores)
         # Rows whose 1-based position in the stream is a multiple of SAMPLE_EVERY.
         rows = X[(-first - 1) % SAMPLE_EVERY:: SAMPLE_EVERY]
         self.sample.extend(map(tuple, rows.tolist()))
@@ -225,18 +224,41 @@ class PartitionModel:
             scores.append(self.score_learn(X[start:], None if may_learn is None else may_learn[start:]))
         return np.concatenate(scores), np.concatenate(thresholds)
 
-    def _histogram_weights(self, scores: np.ndarray) -> np.ndarray:
+    def _add_to_histogram(self, scores: np.ndarray) -> None:
+        """Each score's weight into its bin; the sums are bincount's, in its order, either way.
+
+        Up to _FEW scores, a Python loop: numpy's per-call cost (four calls over
+        1000 bins) was most of a small batch's scoring (backtests of quiet traces
+        run thousands of batches of a few rows). Bins hold non-negative sums, so
+        adding the 0.0 of bins that got nothing changes nothing.
+        """
+        values = scores.tolist()
+        weights = self._histogram_weights(values)
+        if len(values) > _FEW:
+            bins = np.minimum((scores * BINS).astype(np.intp), BINS - 1)
+            np.maximum(bins, 0, out=bins)
+            self.hist += np.bincount(bins, weights=weights, minlength=BINS)
+            return
+        sums: dict[int, float] = {}
+        for score, weight in zip(values, weights):
+            b = min(max(int(score * BINS), 0), BINS - 1)  # int() truncates as astype does
+            sums[b] = sums.get(b, 0.0) + weight
+        hist = self.hist
+        for b, weight in sums.items():
+            hist[b] += weight
+
+    def _histogram_weights(self, scores: list[float]) -> list[float]:
         """1 per row; the flagged share from the budget (FLAG_CREDIT), so a flood cannot lift the threshold."""
-        weights = np.ones(len(scores))
-        flagged = scores > self.threshold
-        n_flagged = int(np.count_nonzero(flagged))
+        threshold = self.threshold
+        flagged = [score > threshold for score in scores]
+        n_flagged = sum(flagged)
         credit = min(self._flag_credit + FLAG_CREDIT * self.config.target_flag_rate * len(scores), FLAG_CREDIT_MAX)
+        weight = 1.0
         if n_flagged:
             weight = min(1.0, credit / n_flagged)
-            weights[flagged] = weight
             credit -= weight * n_flagged
         self._flag_credit = credit
-        return weights
+        return [weight if f else 1.0 for f in flagged]
 
     def _ring_add(self, rows: np.ndarray) -> None:
         rows = rows[-SAMPLE_SIZE:]
@@ -286,9 +308,11 @@ class PartitionModel:
         if not self.warm or total <= 0:
             return None
         budget = total * self.config.target_flag_rate
-        above = np.cumsum(self.hist[::-1])[::-1]  # above[i]: the mass of bins i and up
-        over = np.flatnonzero(above[1:] > budget)  # bins i >= 1 with too much mass from i up
-        i = int(over[-1]) + 1 if over.size else 0
+        from_top = np.cumsum(self.hist[::-1])  # from_top[k]: the mass of bins BINS - 1 - k and up
+        # The highest bin i >= 1 whose mass from i up is over the budget: from_top never
+        # decreases (the counts are not negative), so its first k over the budget.
+        k = int(np.searchsorted(from_top, budget, side="right"))
+        i = BINS - 1 - k if k < BINS - 1 else 0
         return (i + 1) / BINS  # scores strictly above the upper edge of bin i are flagged
 
     def _apply(self, quantile: float) -> None:

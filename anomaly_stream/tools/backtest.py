@@ -51,7 +51,7 @@ import orjson
 from ..detect.detector import Record, nothing_listed
 from ..detect.features import RECEIVER, SENDER
 from ..detect.model import ModelConfig, PartitionModel
-from ..stream.worker import Store, Stores, Topics, Worker, kafka_partition
+from ..stream.worker import Store, Stores, Topics, Worker, collect_less, kafka_partition
 from ..detect import watchlist
 from ..settings import Settings
 from .evaluation import FPR_POINTS, NORMAL, evaluate
@@ -468,6 +468,7 @@ def main(argv: Sequence[str] | None = None, settings=None) -> int:
     partitions = opts.partitions or (getattr(settings, "kafka_input_partitions", None) or 8)
     if partitions < 1:
         parser.error("--partitions must be >= 1")
+    collect_less()  # as the worker does
     started = time.perf_counter()
     outcome = run(opts, settings, partitions)
     summary = report(outcome, labelled=opts.label_field is not None, warm_only=opts.warm_only)

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from river.anomaly import HalfSpaceTrees
 
+from anomaly_stream.detect import hst as hst_module
 from anomaly_stream.detect.hst import FORMAT_VERSION, MAGIC, CheckpointError, CompiledHST
 
 # Five named columns (the detector's feature set changes; these tests do not depend on it).
@@ -54,6 +55,14 @@ def random_sizes(rng: np.random.Generator, n: int) -> list[int]:
         size = int(rng.integers(1, 9) if kind == 0 else rng.integers(9, 700) if kind == 1
                    else rng.integers(3000, 6000))
         sizes.append(min(size, n - sum(sizes)))
+    return sizes
+
+
+def small_sizes(rng: np.random.Generator, n: int) -> list[int]:
+    """Batch sizes of 1 to 8 (the small-batch path only) adding up to n."""
+    sizes = [int(s) for s in rng.integers(1, 9, size=n)]
+    sizes = sizes[: int(np.searchsorted(np.cumsum(sizes), n))]
+    sizes.append(n - sum(sizes))
     return sizes
 
 
@@ -115,10 +124,25 @@ def test_small_batches_only_with_a_long_window():
     hst = HalfSpaceTrees(**config)
     expected = river_run(hst, X)
     model = CompiledHST.new(features=FEATURES, **config)
-    sizes = [int(s) for s in rng.integers(1, 9, size=len(X))]
-    sizes = sizes[: int(np.searchsorted(np.cumsum(sizes), len(X)))]
-    sizes.append(len(X) - sum(sizes))
-    assert np.array_equal(compiled_run(model, X, sizes), expected)
+    assert np.array_equal(compiled_run(model, X, small_sizes(rng, len(X))), expected)
+    assert_same_state(model, hst)
+
+
+@pytest.mark.parametrize("remembered", [1024, 3])
+def test_small_batches_of_repeated_rows(monkeypatch, remembered):
+    """Real feature rows repeat (mostly zeros): remembered paths and totals stay River's across pivots.
+
+    With room for 3 rows, the memory is cleared and refilled all the time.
+    """
+    monkeypatch.setattr(hst_module, "_REMEMBERED", remembered)
+    rng = np.random.default_rng(9)
+    distinct = np.where(rng.random((12, 5)) < 0.7, 0.0, rng.random((12, 5)))
+    distinct[0] = 0.0
+    X = distinct[rng.choice(12, size=3_000, p=[0.6] + [0.4 / 11] * 11)]
+    hst = HalfSpaceTrees(**DEFAULT)
+    expected = river_run(hst, X)
+    model = CompiledHST.new(features=FEATURES, **DEFAULT)
+    assert np.array_equal(compiled_run(model, X, small_sizes(rng, len(X))), expected)
     assert_same_state(model, hst)
 
 

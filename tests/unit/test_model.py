@@ -637,3 +637,27 @@ def test_histogram_bins():
     model = PartitionModel(ModelConfig())
     model.score_learn(np.zeros((300, D)))  # first window scores 0, then the densest point
     assert model.hist.shape == (BINS,) and model.hist.sum() == 300
+
+
+_ONE_MODEL = PartitionModel(ModelConfig())  # built once: River builds its trees in tens of ms
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.lists(st.sampled_from([0.0, 0.0004, 0.0005, 0.2, 0.2004, 0.5, 0.9991, 0.9999, 1.0]), min_size=1,
+                max_size=8), st.floats(0.0, 1.0), st.floats(0.0, 5.0))
+def test_a_few_scores_fill_the_histogram_as_bincount_does(scores, threshold, credit):
+    """Up to model._FEW scores go into the histogram by a Python loop: the same sums, bit for bit."""
+    import anomaly_stream.detect.model as model_module
+
+    model, outcomes, saved = _ONE_MODEL, [], model_module._FEW
+    for few in (saved, 0):
+        model.hist = np.random.default_rng(3).random(len(model.hist)) * 7.3
+        model.threshold, model._flag_credit = threshold, credit
+        model_module._FEW = few
+        try:
+            model._add_to_histogram(np.array(scores))
+        finally:
+            model_module._FEW = saved
+        outcomes.append((model.hist.copy(), model._flag_credit))
+    assert np.array_equal(outcomes[0][0], outcomes[1][0])
+    assert outcomes[0][1] == outcomes[1][1]
