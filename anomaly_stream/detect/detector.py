@@ -36,7 +36,7 @@ import orjson
 from . import flows
 from .feedback import nothing_benign
 from .features import (
-    APPROVAL_WINDOW_SECONDS, RECEIVER, SENDER, AddressProfile, Edge, compact, edges_of, extract_receiver,
+    APPROVAL_WINDOW_SECONDS, RECEIVER, SENDER, AddressProfile, Edge, FeeMarket, compact, edges_of, extract_receiver,
     extract_sender, pulls_from_approver,
 )
 from .lookalike import digest, imitated
@@ -165,14 +165,7 @@ def process_batch(
         if profile is None:
             profile = lookup(sender)
         try:
-            call = decode_call(tx.to, tx.value_wei, tx.input)
-            known = profile.counterparties if profile is not None else ()
-            fresh = flows.young(profile, now)
-            funder, hops = (profile.funder, profile.hops) if profile is not None else ("", 0)
-            x, profile, new_counterparty = extract_sender(tx, call, profile, now, market)
-            reasons = _sender_rules(tx, call, profile, known, new_counterparty, listed)
-            reasons.extend(_spender_rule(tx, call, profile, now))
-            reasons.extend(flows.followup_reason(profile, _moves_value(tx, call), now))
+            call, x, profile, reasons, edges = _sender_act(tx, profile, now, market, listed)
         except Exception as exc:  # noqa: BLE001 - a bug must cost one message, not the worker
             result.dead_letters.append(DeadLetter(record, PROCESSING_ERROR, repr(exc)[:200]))
             continue
@@ -181,9 +174,23 @@ def process_batch(
         rows.append(x)
         may_learn.append(not reasons and profile.burst <= LEARN_CAP_PER_MINUTE)
         pending.append(_Scored(record, tx, call, sender, reasons, now))
-        result.edges.extend(edges_of(tx, call, fresh, now, funder, hops))
+        result.edges.extend(edges)
     _judge(model, rows, may_learn, pending, partition, SENDER, result, clock, benign)
     return result
+
+
+def _sender_act(tx: Tx, profile: AddressProfile | None, now: float, market: FeeMarket | None, listed: Listed):
+    """One transaction as its sender's act: its call, the trees' row, the sender's new
+    profile, the rules' reasons and the edges it gives the receivers' side."""
+    call = decode_call(tx.to, tx.value_wei, tx.input)
+    known = profile.counterparties if profile is not None else ()
+    fresh = flows.young(profile, now)
+    funder, hops = (profile.funder, profile.hops) if profile is not None else ("", 0)
+    x, profile, new_counterparty = extract_sender(tx, call, profile, now, market)
+    reasons = _sender_rules(tx, call, profile, known, new_counterparty, listed)
+    reasons.extend(_spender_rule(tx, call, profile, now))
+    reasons.extend(flows.followup_reason(profile, _moves_value(tx, call), now))
+    return call, x, profile, reasons, edges_of(tx, call, fresh, now, funder, hops)
 
 
 def _moves_value(tx: Tx, call: Call) -> bool:
