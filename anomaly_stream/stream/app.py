@@ -14,6 +14,8 @@ from typing import Any, Callable
 # pandas: done here, before the loop runs, it no longer stalls the first batch and
 # the health checks with it (a fault test's probe timed out on it).
 import river.anomaly  # noqa: F401
+import structlog
+from prometheus_client import REGISTRY
 
 from .. import metrics
 from ..chain.enrich import Enricher
@@ -27,6 +29,8 @@ from .faust_io import BatchingApp, FaustSink, TableStore, app_options
 from .replica import RawTable, ReplicatedTopic
 from .topics import ensure_topics
 from .worker import Stores, Topics, Worker, buffer_window_seconds
+
+log = structlog.get_logger(__name__)
 
 
 class App(BatchingApp):
@@ -59,6 +63,10 @@ class App(BatchingApp):
             await self.worker.cache.stop()
         finally:
             await super().on_stop()
+            # The last batches run after the web server stops answering: the totals, once more.
+            total = REGISTRY.get_sample_value
+            log.info("worker_stopped", transactions_consumed=int(total("transactions_consumed_total") or 0),
+                     anomalies_published=int(total("anomalies_published_total") or 0))
 
 
 def watch_lists(table: RawTable) -> Callable[[str], dict[str, str] | None]:
