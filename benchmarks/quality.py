@@ -144,19 +144,19 @@ def main() -> int:
     result = run(opts.short, seeds, opts.params, opts.episodes, opts.partitions, kinds)
     result["median"] = summary = summarise(result)
     heads = ("recall@1%", "recall@0.1%", "recall@op", "episodes@op")
-    for background, kinds in summary.items():
+    for background, rows in summary.items():
         print(f"\n{background}: background flag rate at the operating point "
-              f"{kinds['background_flag_rate']:.3%} of {int(kinds['background_n'])} transactions")
+              f"{rows['background_flag_rate']:.3%} of {int(rows['background_n'])} transactions")
         print(f"{'kind':<30}" + "".join(f"{h:>13}" for h in heads))
         for kind in KINDS:
-            if kind in kinds:
-                print(f"{kind:<30}" + "".join(f"{kinds[kind][h]:>13.3f}" for h in heads))
+            if kind in rows:
+                print(f"{kind:<30}" + "".join(f"{rows[kind][h]:>13.3f}" for h in heads))
     write_result(opts.json, result)
     if kinds != KINDS:
         return 0  # a partial run: the committed plot stays the whole picture
     plots.bars(RESULTS / "quality.png", "Recall at 1% false positives per attack kind (median over seeds)",
-               "recall", {f"{b[:4]}: {k}": row["recall@1%"] for b, kinds in summary.items()
-                          for k, row in kinds.items() if isinstance(row, dict)})
+               "recall", {f"{b[:4]}: {k}": row["recall@1%"] for b, rows in summary.items()
+                          for k, row in rows.items() if isinstance(row, dict)})
     return 0
 
 
