@@ -25,12 +25,14 @@ down:
 KAFKA4_VERSION ?= 4.1.1
 
 # Starts the stack, runs every test (unit and integration), stops the stack whatever happened;
-# then the fault tests again against Kafka 4.
+# then the fault tests again against Kafka 4 (KAFKA_VERSION also for pytest: the broker
+# restart test restarts the broker it found).
 test: install
 	$(STACK) up
 	$(BIN)/pytest -q -p no:cacheprovider --durations=25; status=$$?; $(STACK) down; [ $$status -eq 0 ] || exit $$status
 	KAFKA_VERSION=$(KAFKA4_VERSION) $(STACK) up
-	$(BIN)/pytest -q -p no:cacheprovider --durations=10 tests/integration/test_faults.py; status=$$?; $(STACK) down; exit $$status
+	KAFKA_VERSION=$(KAFKA4_VERSION) $(BIN)/pytest -q -p no:cacheprovider --durations=10 tests/integration/test_faults.py; \
+		status=$$?; $(STACK) down; exit $$status
 
 unit: install
 	$(BIN)/pytest -q -m "not integration"
