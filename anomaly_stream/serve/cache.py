@@ -61,10 +61,15 @@ class Cache:
         url = s.redis_url
         if s.redis_ssl and url.startswith("redis://"):
             url = "rediss://" + url[len("redis://"):]
-        return redis.Redis.from_url(
+        # A blocking pool: a burst of look-ups beyond REDIS_MAX_CONNECTIONS waits for a
+        # connection (up to the timeout) instead of failing at once with
+        # MaxConnectionsError, which put the cache in its cool-down in a test's burst.
+        pool = redis.BlockingConnectionPool.from_url(
             url, password=s.redis_password or None, max_connections=s.redis_max_connections,
+            timeout=s.redis_timeout_seconds,
             socket_timeout=s.redis_timeout_seconds, socket_connect_timeout=s.redis_timeout_seconds,
         )
+        return redis.Redis.from_pool(pool)
 
     def _may_call(self) -> bool:
         """Closed: yes. Cooling down: no. Cool-down over: one call probes for the others."""
