@@ -46,10 +46,22 @@ class ReadOffsets(defaultdict):
     def __init__(self) -> None:
         super().__init__(lambda: None)
         self._delivered: set[TP] = set()
+        self._moves: defaultdict[TP, int] = defaultdict(int)
 
     def delivered(self, tp: TP, offset: int) -> None:
         super().__setitem__(tp, offset)
         self._delivered.add(tp)
+
+    def moves(self, tp: TP) -> int:
+        """How often Faust has set or removed the position (a seek, a revocation).
+
+        A delivery waits on the agent's queue; if the position moved meanwhile,
+        recording the delivery would overwrite the new position with an old one
+        (a revocation's removal with "delivered up to here": given the partition
+        again, the worker dropped the fetch from the committed offset up to there
+        as already read, and acknowledged it with the records after it).
+        """
+        return self._moves[tp]
 
     def positioned(self, tp: TP) -> bool:
         # perform_seek writes an entry (None when the group has no committed
@@ -64,14 +76,17 @@ class ReadOffsets(defaultdict):
 
     def __setitem__(self, tp: TP, offset: int | None) -> None:
         self._delivered.discard(tp)
+        self._moves[tp] += 1
         super().__setitem__(tp, offset)
 
     def __delitem__(self, tp: TP) -> None:
         self._delivered.discard(tp)
+        self._moves[tp] += 1
         super().__delitem__(tp)
 
     def pop(self, tp: TP, *default: Any) -> Any:
         self._delivered.discard(tp)
+        self._moves[tp] += 1
         return super().pop(tp, *default)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
@@ -159,6 +174,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             # released without yielding to the waiting agent.
             async with self.app.worker.batch_lock:
                 await self._commit_acked(start_new_transaction=True)
+        for tp in revoked:
+            self._holes.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
@@ -223,6 +240,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         if step.action == SKIP:
             return
         self._holes.pop(tp, None)
+        moves = self._read_offset.moves(tp)
         fresh = tp_records[step.first:]
         last = fresh[-1]
         if last.offset > step.gap_from:
@@ -234,7 +252,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         message.key = None
         message.value = batch
         await self.wait_first(callback(message), self.suspend_flow.wait())
-        self._read_offset.delivered(tp, last.offset)
+        if self._read_offset.moves(tp) == moves:
+            self._read_offset.delivered(tp, last.offset)
 
     async def _deliver_each(self, tp: TP, tp_records: list[Any], callback) -> None:
         """Faust's own per-message path, for every topic that is not batched."""
@@ -249,7 +268,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             if self._commit_every is not None and self._n_acked >= self._commit_every:
                 self._n_acked = 0
                 await self.commit()
+            moves = self._read_offset.moves(tp)
             await self.wait_first(callback(self._to_message(tp, record)), self.suspend_flow.wait())
+            if self._read_offset.moves(tp) != moves:
+                return  # sought or revoked meanwhile: the new position stands
             self._read_offset[tp] = offset
 
 
@@ -265,4 +287,3 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class BatchingTransport(faust_aiokafka.Transport):
     Consumer = BatchingConsumer
     TransactionManager = RebalanceSafeTransactions
-

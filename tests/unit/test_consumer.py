@@ -1,8 +1,16 @@
-"""The batch consumer's bookkeeping (ReadOffsets) and its decision per fetched slice (decide)."""
+"""The batch consumer's bookkeeping (ReadOffsets), its decision per fetched slice (decide),
+and what a delivery interrupted by a rebalance leaves behind."""
 
+import asyncio
+from collections import defaultdict
+from types import SimpleNamespace
+
+from aiokafka.structs import ConsumerRecord
 from faust.types import TP
+from intervaltree import IntervalTree
 
-from anomaly_stream.stream.consumer import DELIVER, REWIND, SEEK_BACK, SKIP, ReadOffsets, Step, decide
+from anomaly_stream.stream.consumer import (DELIVER, REWIND, SEEK_BACK, SKIP, BatchingConsumer, ReadOffsets, Step,
+                                            decide)
 
 TP0 = TP("transactions", 0)
 
@@ -67,3 +75,83 @@ def test_an_aborted_transactions_hole_is_delivered_once_it_shows_again():
     assert again == Step(DELIVER, 0, 50), "the hole is acknowledged with the batch"
     other = decide(True, 50, [90], (50, 80), 1)
     assert other.action == SEEK_BACK, "a different hole is a new suspect"
+
+
+# -- a delivery that a rebalance interrupts -----------------------------------
+
+def idle_consumer() -> BatchingConsumer:
+    """The state `_deliver_batch` reads and writes, without Kafka or Faust's services."""
+    consumer = object.__new__(BatchingConsumer)
+    consumer.app = SimpleNamespace(consumer_generation_id=1)
+    consumer._read_offset = ReadOffsets()
+    consumer._holes = {}
+    consumer._gap = defaultdict(IntervalTree)
+    consumer._committed_offset = defaultdict(lambda: None)
+    consumer.max_hole = 1
+    consumer.suspend_flow = asyncio.Event()
+
+    async def wait_first(*awaitables):
+        tasks = [asyncio.ensure_future(a) for a in awaitables]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+
+    consumer.wait_first = wait_first
+    return consumer
+
+
+def records(first: int, count: int) -> list[ConsumerRecord]:
+    return [ConsumerRecord(TP0.topic, 0, o, 1_700_000_000_000, 0, None, b"{}", None, 0, 2, ())
+            for o in range(first, first + count)]
+
+
+def deliver_during(consumer: BatchingConsumer, rebalance) -> None:
+    async def agent_queue_full(message):
+        rebalance()  # what Faust does while the delivery waits on the agent's queue
+        consumer.suspend_flow.set()
+        await asyncio.Event().wait()
+
+    consumer._read_offset[TP0] = 100  # seeked to the committed offset
+    asyncio.run(consumer._deliver_batch(TP0, records(100, 122), agent_queue_full))
+
+
+def test_a_revocation_during_the_hand_over_leaves_no_stale_position():
+    consumer = idle_consumer()
+    deliver_during(consumer, lambda: consumer._read_offset.pop(TP0, None))
+    # The batch used to be recorded as delivered after the revocation removed
+    # the partition: given the partition again, the worker would drop the fetch
+    # from the committed offset up to 121 as already read (the suspected cause
+    # of 122 records lost in a Kafka 4 scale-in).
+    assert not consumer._read_offset.positioned(TP0)
+
+
+def test_a_rebalance_during_the_hand_over_keeps_the_new_seek():
+    consumer = idle_consumer()
+
+    def revoke_assign_and_seek():
+        consumer._read_offset.pop(TP0, None)
+        consumer.app.consumer_generation_id = 2
+        consumer._read_offset[TP0] = 100
+
+    deliver_during(consumer, revoke_assign_and_seek)
+    assert consumer._read_offset.expected(TP0) == 100
+
+
+def test_a_seek_during_the_hand_over_keeps_the_new_seek():
+    consumer = idle_consumer()
+    # Faust's recovery seeks to the committed offset (perform_seek) in the same generation.
+    deliver_during(consumer, lambda: consumer._read_offset.update({TP0: 100}))
+    assert consumer._read_offset.expected(TP0) == 100
+
+
+def test_a_finished_hand_over_records_the_delivery():
+    consumer = idle_consumer()
+    consumer._read_offset[TP0] = 100
+    delivered = []
+
+    async def agent(message):
+        delivered.append(message.value)
+
+    asyncio.run(consumer._deliver_batch(TP0, records(100, 5), agent))
+    assert consumer._read_offset.expected(TP0) == 105
+    assert [r.offset for r in delivered[0].records] == [100, 101, 102, 103, 104]
