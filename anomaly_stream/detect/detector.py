@@ -61,6 +61,8 @@ MAX_CLOCK_SKEW_SECONDS = 300.0
 # Buckets of event time that an alert key groups: an episode (a drain, a
 # phishing campaign's approvals) is one alert per address and rule in 6 hours.
 ALERT_BUCKET_SECONDS = 6 * 3600
+# The rule for an address whose first funds came from a watch-listed one.
+FUNDED = "funded_by_watchlist"
 
 Listed = Callable[[str], "dict[str, str] | None"]  # address -> {list name: label}, None if on none
 Benign = Callable[[str], bool]  # marked a false positive by an analyst (detect.feedback)
@@ -189,6 +191,7 @@ def _sender_act(tx: Tx, profile: AddressProfile | None, now: float, market: FeeM
     x, profile, new_counterparty = extract_sender(tx, call, profile, now, market)
     reasons = _sender_rules(tx, call, profile, known, new_counterparty, listed)
     reasons.extend(_spender_rule(tx, call, profile, now))
+    reasons.extend(_funded_rule(tx, call, profile, now))
     reasons.extend(flows.followup_reason(profile, _moves_value(tx, call), now))
     return call, x, profile, reasons, edges_of(tx, call, fresh, now, funder, hops)
 
@@ -233,10 +236,24 @@ def _sender_rules(tx: Tx, call: Call, profile: AddressProfile, known: tuple[str,
             # The sender pays (or approves) a look-alike of an address it really dealt with.
             reasons.append({"rule": "lookalike", "role": "counterparty", "address": call.counterparty,
                             "imitates": _shown(target)})
-    if profile.funded_by and call.kind == "creation":
-        reasons.append({"rule": "funded_by_watchlist", "list": profile.funded_by, "role": "sender",
-                        "address": tx.sender})
     return reasons
+
+
+def _funded_rule(tx: Tx, call: Call, profile: AddressProfile, now: float) -> list[dict]:
+    """A contract created with watch-listed funds, then its creator's calls for the hour after.
+
+    The exploit pattern of Forta's Tornado-funded bots: fund through a mixer,
+    deploy, call the new contract. What it sends of value in that hour is
+    flagged by `flows.followup_reason` (the mark is shared with the flow rules).
+    """
+    if not profile.funded_by:
+        return []
+    if call.kind == "creation":
+        profile.flow_at, profile.flow_rule = now, FUNDED
+    elif not (call.kind == "call" and profile.flow_rule == FUNDED
+              and now - profile.flow_at <= flows.FOLLOWUP_SECONDS):
+        return []
+    return [{"rule": FUNDED, "list": profile.funded_by, "role": "sender", "address": tx.sender}]
 
 
 def _spender_rule(tx: Tx, call: Call, profile: AddressProfile, now: float) -> list[dict]:
@@ -295,7 +312,7 @@ def process_edges(
         if imitates is not None:
             reasons.append({"rule": "lookalike", "role": "sender" if edge.role == "to" else "counterparty",
                             "address": edge.other, "imitates": _shown(imitates)})
-        if first_funds and edge.role == "to" and edge.value_wei:
+        if first_funds and edge.role == "to" and (edge.value_wei or edge.kind == "withdrawal"):
             lists = listed(edge.other)
             if lists:
                 # Funding provenance: 44% of the attacks Forta saw in H1 2024 were
@@ -346,7 +363,7 @@ def severity(reasons: list[dict], score: float, threshold: float) -> str:
         return "high"
     if any(r["rule"] in flows.RULES for r in reasons):
         return "high"
-    if any(r["rule"] == "funded_by_watchlist" for r in reasons):
+    if any(r["rule"] == FUNDED for r in reasons):
         return "medium"
     return "medium" if score >= threshold + (1.0 - threshold) / 2 else "low"
 

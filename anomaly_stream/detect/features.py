@@ -550,7 +550,7 @@ _EDGE_SHAPES = frozenset({(13, 1), (15, 2)})
 # `to` is a contract that every user of a dapp calls (in real traffic such
 # receivers have 16+ distinct senders an hour at the 90th percentile), which
 # says nothing about the contract and drowns the receivers that matter.
-EDGE_KINDS = frozenset({"eth_transfer", "token_transfer", "approval"})
+EDGE_KINDS = frozenset({"eth_transfer", "token_transfer", "approval", "withdrawal"})
 
 
 def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float, funder: str = "", hops: int = 0) -> list[Edge]:
@@ -570,10 +570,13 @@ def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float, funder: str = "
     out = []
     counterparty, owner = call.counterparty, call.owner
     if counterparty is not None and counterparty != tx.sender:
-        # A spender meets whoever grants: the owner of a permit, which anyone may submit.
-        grantor = owner if call.kind == "approval" and owner is not None else tx.sender
+        # A spender meets whoever grants: the owner of a permit, which anyone may submit;
+        # a mixer's recipient the pool that pays it, whoever relays the withdrawal.
+        grantor = owner if call.kind in ("approval", "withdrawal") and owner is not None else tx.sender
         out.append(Edge(tx.hash, counterparty, grantor, "to", call.kind, call.method, call.token,
                         tx.value_wei, tx.sender, sender_fresh, now, tx.block_number, funder, hops))
+    if call.kind == "withdrawal":
+        return out
     if owner is not None and owner != tx.sender and owner != counterparty and counterparty is not None:
         out.append(Edge(tx.hash, owner, counterparty, "owner", call.kind, call.method, call.token,
                         tx.value_wei, tx.sender, sender_fresh, now, tx.block_number, funder, hops))

@@ -141,7 +141,8 @@ Kinds, after real incidents (sources in ../shared/data/README.md):
   ../shared/data/labels/etherscan-tags, else the background's busiest
   plain-transfer recipients), and the last address pays an exchange.
 - exploit_contract: a fresh EOA X is funded through Tornado Cash (Forta: 44%
-  of H1 2024 attacks were): `tornado_withdrawals` withdrawals from a real
+  of H1 2024 attacks were; `exploit_tornado_share` of the episodes, the
+  others by one exchange or fresh-address payment): `tornado_withdrawals` withdrawals from a real
   Tornado Cash ETH pool (OFAC-listed, addresses below), each a relayer's
   `withdraw(proof, root, nullifierHash, recipient=X, relayer, fee, refund)`
   call to the pool (`tornado_funding="transfer"` writes each as an ETH
@@ -202,6 +203,8 @@ is drawn uniformly per episode or per transaction, integers inclusive):
     peel_fraction           (0.01, 0.05)
     peel_start_share        (0.6, 0.95)
     tornado_withdrawals     (1, 3)      exploit funding withdrawals (10 ETH pool; 100 ETH: 1 in 4)
+    exploit_tornado_share   1.0         exploits funded through Tornado Cash; the others by one
+                                        exchange or fresh-address payment of the same amount
     exploit_code_bytes      (4000, 16000)
     exploit_calls           (1, 3)
     exploit_tokens          (1, 4)      tokens moved per exploit call
@@ -299,6 +302,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "peel_fraction": (0.01, 0.05),
     "peel_start_share": (0.6, 0.95),
     "tornado_withdrawals": (1, 3),
+    "exploit_tornado_share": 1.0,
     "exploit_code_bytes": (4000, 16000),
     "exploit_calls": (1, 3),
     "exploit_tokens": (1, 4),
@@ -1219,9 +1223,14 @@ class _Kind:
             return None
         pool = "100" if rng.random() < 0.25 else "10"
         drafts: list[_Draft] = []
-        for _ in range(n_funding):
-            drafts += self.tornado(attacker, t, pool)
-            t += rng.uniform(30, 600) * scale
+        share = self.p["exploit_tornado_share"]
+        if share >= 1.0 or rng.random() < share:
+            for _ in range(n_funding):
+                drafts += self.tornado(attacker, t, pool)
+                t += rng.uniform(30, 600) * scale
+        else:
+            source = "exchange" if rng.random() < 0.5 else "fresh"
+            drafts += self.fund(attacker, t, n_funding * int(float(pool) * ETH), source)
         t += rng.uniform(600, 7200) * scale
         drafts.append(self.creation(t, attacker, self.draw("exploit_code_bytes", integer=True), contract))
         selector = rng.randbytes(4).hex()

@@ -10,6 +10,7 @@ import pytest
 from anomaly_stream.detect import detector
 from anomaly_stream.detect.detector import (
     ANOMALY_SCHEMA,
+    FUNDED,
     DeadLetter,
     Record,
     alert_key,
@@ -313,6 +314,37 @@ def test_funds_from_a_listed_address_mark_the_receiver_and_its_contract_creation
     creation = process_batch(sender_model, [keyed(tx_from(fresh, None, 0, "0x6080", n=2), 2)], profiles.get, 0)
     [doc] = creation.anomalies
     assert doc["reasons"][0] == {"rule": "funded_by_watchlist", "list": "ofac", "role": "sender", "address": fresh}
+
+
+def test_a_mixer_withdrawal_funds_its_recipient_and_its_exploit_calls_are_flagged_for_an_hour():
+    sender_model = PartitionModel(ModelConfig())
+    receiver_model = PartitionModel(ModelConfig(), features=PERSPECTIVE_FEATURES[RECEIVER])
+    pool, relayer, attacker = "0x" + "77" * 20, "0x" + "66" * 20, "0x" + "88" * 20
+    contract = "0x" + "99" * 20
+    listed = {pool: {"ofac": "Tornado Cash"}}.get
+    # withdraw(proof, root, nullifierHash, recipient, relayer, fee, refund), relayed: 0 ETH at top level.
+    data = ("0x21a0adb6" + word(224) + "ab" * 32 + "cd" * 32 + word(attacker) + word(relayer) + word(10**16)
+            + word(0) + word(32) + "ef" * 32)
+    t0 = 1_700_000_000
+    withdrawal = process_batch(sender_model, [keyed(tx_from(relayer, pool, 0, data, n=1, t=t0), 1)],
+                               no_profiles, 0, listed=listed)
+    [to_recipient] = withdrawal.edges
+    assert (to_recipient.receiver, to_recipient.other, to_recipient.kind) == (attacker, pool, "withdrawal")
+    profiles = dict(withdrawal.profiles)
+    received = process_edges(receiver_model, [Record(0, attacker.encode(), to_recipient.to_bytes(), 1.0)],
+                             profiles.get, 0, listed=listed)
+    profiles.update(received.profiles)
+    assert profiles[attacker].funded_by == "ofac"
+
+    def rules(tx, n):
+        result = process_batch(sender_model, [keyed(tx, n)], profiles.get, 0)
+        profiles.update(result.profiles)
+        return [r["rule"] for doc in result.anomalies for r in doc["reasons"]]
+
+    assert rules(tx_from(attacker, None, 0, "0x6080", n=2, t=t0 + 1800, nonce=0), 2) == [FUNDED]
+    attack = "0xdeadbeef" + word(1)
+    assert FUNDED in rules(tx_from(attacker, contract, 0, attack, n=3, t=t0 + 2400), 3)
+    assert FUNDED not in rules(tx_from(attacker, contract, 0, attack, n=4, t=t0 + 1800 + 2 * 3600, nonce=2), 4)
 
 
 def test_a_malformed_edge_is_dead_lettered():

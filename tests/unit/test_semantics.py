@@ -132,6 +132,7 @@ EXPECTED_SIGNATURES = {
     "permit(address,((address,uint160,uint48,uint48),address,uint256),bytes)",
     "transferFrom(address,address,uint160,address)",
     "permitTransferFrom(((address,uint256),uint256,uint256),(address,uint256),address,bytes)",
+    "withdraw(bytes,bytes32,bytes32,address,address,uint256,uint256)",
 }
 
 
@@ -228,10 +229,10 @@ def test_real_eth_transfers_and_creations(by_hash):
 # token_transfer is 13.8% of 2024 transactions and 21% of its contract calls
 # (ETH transfers and creations excluded), against 3.2% in 2017.
 EXPECTED_KINDS = {
-    "2017": {"eth_transfer": 16666, "token_transfer": 642, "approval": 14, "creation": 31, "call": 2646},
-    "2024": {"eth_transfer": 1209, "token_transfer": 496, "approval": 270, "creation": 0, "call": 1616},
-    "2023": {"eth_transfer": 83, "token_transfer": 55, "approval": 43, "creation": 1, "call": 116},
-    "mev": {"eth_transfer": 2796, "token_transfer": 1591, "approval": 447, "creation": 2, "call": 2527},
+    "2017": {"eth_transfer": 16666, "token_transfer": 642, "approval": 14, "creation": 31, "withdrawal": 0, "call": 2646},
+    "2024": {"eth_transfer": 1209, "token_transfer": 496, "approval": 270, "creation": 0, "withdrawal": 0, "call": 1616},
+    "2023": {"eth_transfer": 83, "token_transfer": 55, "approval": 43, "creation": 1, "withdrawal": 0, "call": 116},
+    "mev": {"eth_transfer": 2796, "token_transfer": 1591, "approval": 447, "creation": 2, "withdrawal": 0, "call": 2527},
 }
 EXPECTED_METHODS = {
     "2017": {"transfer": 610, "transferFrom": 32, "approve": 14},
@@ -453,6 +454,19 @@ def test_permit2_calls_round_trip():
         "token_transfer", "permit2_permitTransferFrom", BOB, ALICE, TOKEN, 600, False, False)
     # Permit2's layout means nothing at another address.
     assert decode_call(TOKEN, 0, data).kind == "call"
+
+
+def test_mixer_withdrawals_name_the_recipient_and_the_pool():
+    # The traffic files hold no Tornado Cash withdrawal (2017 predates it, the
+    # 2024 blocks have none): the layout is its pools' withdraw().
+    pool = "0x910cbd523d972eb0a6f4cae4618ad62622b39dbf"  # Tornado Cash 10 ETH (OFAC-listed)
+    sig = "withdraw(bytes,bytes32,bytes32,address,address,uint256,uint256)"
+    types = ["bytes", "bytes32", "bytes32", "address", "address", "uint256", "uint256"]
+    data = _calldata(sig, types, [b"\x01" * 256, b"\x02" * 32, b"\x03" * 32, BOB, ALICE, 10**16, 0])
+    assert decode_call(pool, 0, data) == Call("withdrawal", "mixer_withdraw", BOB, pool, None, 10**16, False, False)
+    truncated = _calldata(sig, types[:3] + ["address", "address", "uint256", "uint256"],
+                          [b"\x01" * 256, b"\x02" * 32, b"\x03" * 32, BOB, ALICE, 1, 0])[:-200]
+    assert decode_call(pool, 0, truncated).kind == "call", "a proof past the end reverts"
 
 
 @settings(max_examples=200, deadline=None)
