@@ -99,6 +99,10 @@ def evaluate(txs: list[dict], outcome) -> dict:
             "episodes@op": sum(caught.values()) / len(caught),
             "episodes": len(caught),
         }
+        # Which steps of the attack are missed (role: see tools.scenarios).
+        roles = np.array([role.get(h) for h in hashes[rows]], dtype=object)
+        for r in sorted(set(roles)):
+            result[kind][f"recall@1%/{r}"] = float((scores[rows][roles == r] > cuts["1%"]).mean())
     return result
 
 
@@ -161,6 +165,8 @@ def main() -> int:
         for kind in KINDS:
             if kind in rows:
                 print(f"{kind:<30}" + "".join(f"{rows[kind][h]:>13.3f}" for h in heads))
+                by_role = {k.split("/")[1]: v for k, v in rows[kind].items() if k.startswith("recall@1%/")}
+                print(f"{'':<30}recall@1% by role: " + ", ".join(f"{r} {v:.2f}" for r, v in by_role.items()))
     write_result(opts.json, result)
     if kinds != KINDS or opts.no_watchlist:
         return 0  # a partial run: the committed plot stays the whole picture
