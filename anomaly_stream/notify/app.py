@@ -86,7 +86,7 @@ def create_app(settings: Settings, config: NotifyConfig) -> NotifyApp:
 
     @app.agent(anomalies, name="notify")
     async def notify(batches):
-        await agents.handled(batches, lock, notifier.handle)
+        await agents.handled(batches, lock, notifier.handle, app.consumer.handled)
 
     @app.timer(settings.state_sweep_interval_seconds)
     async def expire_episodes() -> None:

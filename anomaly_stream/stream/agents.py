@@ -18,8 +18,11 @@ log = structlog.get_logger(__name__)
 EXIT_UNHANDLED = 70
 
 
-async def handled(batches, lock, handle) -> None:
+async def handled(batches, lock, handle, vouch) -> None:
     """Each batch handled, then acknowledged; an unexpected error ends the process, unacknowledged.
+
+    `vouch(message)` tells the consumer the batch was handled: only such
+    acknowledgements count (`consumer.BatchingConsumer.ack`).
 
     The worker turns every bad message into a dead letter, so an exception
     here is a bug or a broken dependency. Raising would let Faust finalise the
@@ -40,7 +43,9 @@ async def handled(batches, lock, handle) -> None:
                 log.critical("batch_failed_worker_exiting", partition=batch.partition,
                              first_offset=batch.records[0].offset if batch.records else None, exc_info=True)
                 os._exit(EXIT_UNHANDLED)
-            batches.current_event.ack()
+            event = batches.current_event
+            vouch(event.message)
+            event.ack()
 
 
 def register(app, transactions, edges) -> None:
@@ -49,12 +54,12 @@ def register(app, transactions, edges) -> None:
 
     @app.agent(transactions, name="detect")
     async def detect(batches):
-        await handled(batches, worker.batch_lock, worker.handle)
+        await handled(batches, worker.batch_lock, worker.handle, app.consumer.handled)
 
     @app.agent(edges, name="receive")
     async def receive(batches):
         """The same transactions as their receivers see them (co-partitioned with the input)."""
-        await handled(batches, worker.batch_lock, worker.handle_edges)
+        await handled(batches, worker.batch_lock, worker.handle_edges, app.consumer.handled)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:

@@ -145,10 +145,30 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self._read_offset = ReadOffsets()
         self._holes: dict[TP, tuple[int, int]] = {}
+        self._handled: set = set()  # batch messages the agent has handled, until their ack
         settings = self.app.settings
         # The notifier's app names its own (the anomalies topic); the detector's batches these two.
         self.batch_topics = frozenset(getattr(self.app, "batch_topics", None)
                                       or {settings.kafka_input_topic, settings.edges_topic})
+
+    def handled(self, message: Any) -> None:
+        """The agent has handled this batch: its acknowledgement may commit the batch's offsets."""
+        self._handled.add(message)
+
+    def ack(self, message: Any) -> bool:
+        if message.topic in self.batch_topics and message not in self._handled:
+            # Faust's stream acknowledges an event it skips without yielding it:
+            # one taken while the flow is suspended or from an older generation
+            # (faust/streams.py, "ack the filtered out message"). For a batch
+            # that acknowledges every offset of it, unread. It happens: a put
+            # into a full agent queue outlives the suspension that cancelled the
+            # delivery (the conductor puts in a task of its own), lands after
+            # flow_control.clear(), and is skipped; the final commit of a
+            # stopping worker then passed over it (a Kafka 4 scale-in lost the
+            # 122 records of one batch).
+            return False
+        self._handled.discard(message)
+        return super().ack(message)
 
     async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
         if self.in_transaction:

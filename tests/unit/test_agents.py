@@ -15,7 +15,12 @@ class Batches:
     def __init__(self, n: int):
         self.batches = [SimpleNamespace(partition=p, records=[Record(p, b"k", b"{}", 0.0)]) for p in range(n)]
         self.acked: list[int] = []
-        self.current_event = SimpleNamespace(ack=lambda: self.acked.append(self._current))
+        self.vouched: list[int] = []
+        self.current_event = SimpleNamespace(ack=lambda: self.acked.append(self._current), message=self)
+
+    def vouch(self, message):
+        assert message is self
+        self.vouched.append(self._current)
 
     def __aiter__(self):
         return self._iterate()
@@ -34,8 +39,8 @@ async def test_every_handled_batch_is_acknowledged_under_the_lock():
         assert lock.locked()
         seen.append(partition)
 
-    await agents.handled(batches, lock, handle)
-    assert seen == batches.acked == [0, 1, 2]
+    await agents.handled(batches, lock, handle, batches.vouch)
+    assert seen == batches.vouched == batches.acked == [0, 1, 2]
 
 
 async def test_an_unexpected_error_exits_without_acknowledging(monkeypatch):
@@ -53,6 +58,6 @@ async def test_an_unexpected_error_exits_without_acknowledging(monkeypatch):
             raise RuntimeError("producer gone")
 
     with pytest.raises(SystemExit):
-        await agents.handled(batches, asyncio.Lock(), handle)
+        await agents.handled(batches, asyncio.Lock(), handle, batches.vouch)
     assert exits == [agents.EXIT_UNHANDLED]
-    assert batches.acked == [0], "the failed batch and those after it stay unacknowledged"
+    assert batches.acked == batches.vouched == [0], "the failed batch and those after it stay unacknowledged"

@@ -6,7 +6,7 @@ from collections import defaultdict
 from types import SimpleNamespace
 
 from aiokafka.structs import ConsumerRecord
-from faust.types import TP
+from faust.types import TP, ConsumerMessage
 from intervaltree import IntervalTree
 
 from anomaly_stream.stream.consumer import (DELIVER, REWIND, SEEK_BACK, SKIP, BatchingConsumer, ReadOffsets, Step,
@@ -155,3 +155,35 @@ def test_a_finished_hand_over_records_the_delivery():
     asyncio.run(consumer._deliver_batch(TP0, records(100, 5), agent))
     assert consumer._read_offset.expected(TP0) == 105
     assert [r.offset for r in delivered[0].records] == [100, 101, 102, 103, 104]
+
+
+# -- only a handled batch's acknowledgement counts ------------------------------
+
+def acking_consumer() -> BatchingConsumer:
+    consumer = idle_consumer()
+    consumer.batch_topics = frozenset({TP0.topic})
+    consumer._handled = set()
+    consumer._acked = defaultdict(list)
+    consumer._acked_index = defaultdict(set)
+    consumer._unacked_messages = set()
+    consumer._n_acked = 0
+    consumer._waiting_for_ack = None
+    consumer.app.topics = SimpleNamespace(acks_enabled_for=lambda topic: True)
+    return consumer
+
+
+def batch_message(consumer: BatchingConsumer, offset: int) -> ConsumerMessage:
+    return ConsumerMessage(TP0.topic, 0, offset, 0.0, 0, (), None, None, None, 0, 0, TP0,
+                           generation_id=consumer.app.consumer_generation_id)
+
+
+def test_a_batch_faust_skipped_is_not_acknowledged():
+    consumer = acking_consumer()
+    skipped = batch_message(consumer, 121)
+    # Faust's stream acks an event it took while the flow was suspended, unread.
+    assert consumer.ack(skipped) is False
+    assert consumer._acked[TP0] == [], "its offsets must stay uncommitted"
+    handled = batch_message(consumer, 121)
+    consumer.handled(handled)
+    assert consumer.ack(handled) is True
+    assert consumer._acked[TP0] == [121] and not consumer._handled
