@@ -19,12 +19,15 @@ import asyncio
 from collections import defaultdict
 from typing import Any, NamedTuple, Sequence
 
+import structlog
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Service
 
 from ..detect.detector import Record
 from .transactions import RebalanceSafeTransactions
+
+log = structlog.get_logger(__name__)
 
 
 class RecordBatch(NamedTuple):
@@ -166,6 +169,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             # flow_control.clear(), and is skipped; the final commit of a
             # stopping worker then passed over it (a Kafka 4 scale-in lost the
             # 122 records of one batch).
+            log.info("batch_skipped_unacknowledged", topic=message.topic, partition=message.partition,
+                     offset=message.offset)
             return False
         self._handled.discard(message)
         return super().ack(message)
