@@ -171,6 +171,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             # 122 records of one batch).
             log.info("batch_skipped_unacknowledged", topic=message.topic, partition=message.partition,
                      offset=message.offset)
+            gaps = self._gap.get(message.tp)
+            if gaps is not None and message.generation_id == self.app.consumer_generation_id:
+                # Its other offsets must not pass as acknowledged with a later batch either.
+                gaps.chop(message.value.records[0].offset, message.offset)
             return False
         self._handled.discard(message)
         return super().ack(message)

@@ -9,8 +9,9 @@ from aiokafka.structs import ConsumerRecord
 from faust.types import TP, ConsumerMessage
 from intervaltree import IntervalTree
 
-from anomaly_stream.stream.consumer import (DELIVER, REWIND, SEEK_BACK, SKIP, BatchingConsumer, ReadOffsets, Step,
-                                            decide)
+from anomaly_stream.detect.detector import Record
+from anomaly_stream.stream.consumer import (DELIVER, REWIND, SEEK_BACK, SKIP, BatchingConsumer, ReadOffsets,
+                                            RecordBatch, Step, decide)
 
 TP0 = TP("transactions", 0)
 
@@ -172,18 +173,21 @@ def acking_consumer() -> BatchingConsumer:
     return consumer
 
 
-def batch_message(consumer: BatchingConsumer, offset: int) -> ConsumerMessage:
-    return ConsumerMessage(TP0.topic, 0, offset, 0.0, 0, (), None, None, None, 0, 0, TP0,
+def batch_message(consumer: BatchingConsumer, first: int, last: int) -> ConsumerMessage:
+    batch = RecordBatch(0, [Record(o, None, b"{}", 0.0) for o in range(first, last + 1)])
+    return ConsumerMessage(TP0.topic, 0, last, 0.0, 0, (), None, batch, None, 0, 0, TP0,
                            generation_id=consumer.app.consumer_generation_id)
 
 
 def test_a_batch_faust_skipped_is_not_acknowledged():
     consumer = acking_consumer()
-    skipped = batch_message(consumer, 121)
+    asyncio.run(consumer._add_gap(TP0, 100, 120))
+    skipped = batch_message(consumer, 100, 121)
     # Faust's stream acks an event it took while the flow was suspended, unread.
     assert consumer.ack(skipped) is False
     assert consumer._acked[TP0] == [], "its offsets must stay uncommitted"
-    handled = batch_message(consumer, 121)
+    assert not consumer._gap[TP0], "and not pass as acknowledged with a later batch"
+    handled = batch_message(consumer, 100, 121)
     consumer.handled(handled)
     assert consumer.ack(handled) is True
     assert consumer._acked[TP0] == [121] and not consumer._handled
