@@ -59,10 +59,12 @@ class ReadOffsets(defaultdict):
         """How often Faust has set or removed the position (a seek, a revocation).
 
         A delivery waits on the agent's queue; if the position moved meanwhile,
-        recording the delivery would overwrite the new position with an old one
-        (a revocation's removal with "delivered up to here": given the partition
-        again, the worker dropped the fetch from the committed offset up to there
-        as already read, and acknowledged it with the records after it).
+        recording the delivery would overwrite the new position with an old one:
+        a revocation's removal with "delivered up to here" (given the partition
+        again, the worker would drop the fetch from the committed offset up to
+        there as already read), or recovery's seek to the committed offset with
+        the end of a batch fetched before it (the records in between would be
+        dropped the same way).
         """
         return self._moves[tp]
 
@@ -163,12 +165,12 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             # Faust's stream acknowledges an event it skips without yielding it:
             # one taken while the flow is suspended or from an older generation
             # (faust/streams.py, "ack the filtered out message"). For a batch
-            # that acknowledges every offset of it, unread. It happens: a put
+            # that acknowledges every offset of it, unread. It can happen: a put
             # into a full agent queue outlives the suspension that cancelled the
             # delivery (the conductor puts in a task of its own), lands after
             # flow_control.clear(), and is skipped; the final commit of a
-            # stopping worker then passed over it (a Kafka 4 scale-in lost the
-            # 122 records of one batch).
+            # stopping worker then passes over it. (A Kafka 4 scale-in lost 122
+            # records once; this or `ReadOffsets.moves` is the suspect.)
             log.info("batch_skipped_unacknowledged", topic=message.topic, partition=message.partition,
                      offset=message.offset)
             gaps = self._gap.get(message.tp)
