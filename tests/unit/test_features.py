@@ -307,9 +307,9 @@ def test_no_drain_when_a_second_sender_paid_the_address_or_the_amounts_are_small
     _, profile = inflow(edge(ME, addr(2), T0 + 10, value=40 * 10**18), profile)
     reasons, profile = inflow(edge(ME, addr(1), T0 + 20, value=40 * 10**18), profile)
     assert reasons == [] and profile.src == "*"
-    _, small = inflow(edge(ME, addr(1), T0, value=10**18))
-    reasons, _ = inflow(edge(ME, addr(1), T0 + 30, value=10**18), small)
-    assert reasons == [], "2 ETH in two moves is under DRAIN_MIN_ETH"
+    _, small = inflow(edge(ME, addr(1), T0, value=4 * 10**17))
+    reasons, _ = inflow(edge(ME, addr(1), T0 + 30, value=4 * 10**17), small)
+    assert reasons == [], "0.8 ETH in two moves is under DRAIN_MIN_ETH"
 
 
 def test_no_drain_into_an_address_that_sends_or_is_no_longer_fresh_or_while_cold():
