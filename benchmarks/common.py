@@ -63,6 +63,18 @@ def rss_mb(pid: int) -> float:
 
 # ------------------------------------------------------------------ input
 
+# Read where CI reads them; never copied into the repository.
+DATA = REPO.parent / "shared" / "data"
+# The list the README tells every deployment to load: OFAC's, which names Tornado Cash's pools.
+OFAC = DATA / "labels" / "ofac" / "sanctioned_addresses_ETH.txt"
+
+
+def ofac_listed():
+    """The detector's `listed` lookup with OFAC's list loaded, as `anomaly-stream watchlist load` would."""
+    from anomaly_stream.tools.backtest import load_watchlists
+    return load_watchlists([f"{OFAC}:ofac"])
+
+
 def generated(count: int, seed: int = 42) -> tuple[list[dict], list[tuple[bytes, bytes]]]:
     """Generated transactions, and the same as (key, value) messages keyed by sender."""
     txs = TrafficGenerator(GeneratorConfig(seed=seed)).take(count)

@@ -40,21 +40,17 @@ import numpy as np
 import orjson
 import structlog
 
-from common import arguments, write_result
+from common import DATA, arguments, ofac_listed, write_result
 
 from anomaly_stream.settings import Settings
 from anomaly_stream.tools import plots
-from anomaly_stream.tools.backtest import load_watchlists, replay
+from anomaly_stream.tools.backtest import replay
 from anomaly_stream.tools.evaluation import NORMAL, score_cut_at_fpr
 from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
 from anomaly_stream.tools.readers import read_transactions
 from anomaly_stream.tools.scenarios import KINDS, plant
 
-TRAFFIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "traffic"
-# The list every deployment is told to load (README, "Watch-lists"): OFAC's,
-# which names Tornado Cash's pools. `--no-watchlist` measures the model and
-# the other rules without it.
-OFAC = TRAFFIC.parent / "labels" / "ofac" / "sanctioned_addresses_ETH.txt"
+TRAFFIC = DATA / "traffic"
 RESULTS = Path(__file__).resolve().parent / "results"
 # Scenario parameters to tune on, and others to report on (the defaults of
 # tools.scenarios are the tuning set).
@@ -109,7 +105,8 @@ def evaluate(txs: list[dict], outcome) -> dict:
 def run(short: bool, seeds: list[int], params_name: str, episodes: int, partitions: int,
         kinds: tuple[str, ...] = KINDS, watchlist: bool = True) -> dict:
     settings = Settings()
-    listed = load_watchlists([f"{OFAC}:ofac"]) if watchlist else None
+    # `--no-watchlist` measures the model and the other rules without OFAC's list.
+    listed = ofac_listed() if watchlist else None
     out: dict = {"seeds": seeds, "params": params_name, "episodes_per_kind": episodes,
                  "watchlists": ["ofac"] if watchlist else [], "runs": {}}
     for name, background in backgrounds(short).items():

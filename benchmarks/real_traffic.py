@@ -4,7 +4,7 @@
 
 Replays every file set of ../shared/data/traffic (ordinary traffic, bots
 included, no labels) through `tools.backtest.replay` (the worker's own code)
-at `Settings()` defaults, and prints per set: transactions, dead letters,
+at `Settings()` defaults with OFAC's list loaded, and prints per set: transactions, dead letters,
 the share flagged, the anomalies by reason, and the replay's speed. Writes
 benchmarks/results/real_traffic.json and a bar plot of the flag rates.
 """
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import arguments, write_result
+from common import DATA, arguments, ofac_listed, write_result
 
 from anomaly_stream.settings import Settings
 from anomaly_stream.tools import plots
 from anomaly_stream.tools.backtest import replay, report
 from anomaly_stream.tools.readers import iter_records
 
-TRAFFIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "traffic"
+TRAFFIC = DATA / "traffic"
 RESULTS = Path(__file__).resolve().parent / "results"
 SETS = ("mainnet-2017-ethereum-etl", "mainnet-2020-ethereum-etl-transactions.csv.gz",
         "mainnet-2020-22-mev-blocks", "mainnet-2023-ethereum-etl", "mainnet-2024-rpc-blocks")
@@ -29,9 +29,10 @@ SETS = ("mainnet-2017-ethereum-etl", "mainnet-2020-ethereum-etl-transactions.csv
 def main() -> int:
     opts = arguments("real_traffic", short="(no effect: the real sets are small)").parse_args()
     result = {}
+    listed = ofac_listed()
     print(f"{'file set':<48}{'tx':>7}{'dead':>6}{'flagged':>9}  by reason")
     for name in SETS:
-        outcome = replay(iter_records(TRAFFIC / name), Settings(), partitions=8)
+        outcome = replay(iter_records(TRAFFIC / name), Settings(), partitions=8, listed=listed)
         summary = report(outcome, labelled=False)
         summary["anomalies_by_reason"] = dict(sorted(outcome.reasons.items()))
         result[name] = summary
