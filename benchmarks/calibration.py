@@ -54,7 +54,11 @@ def replay(path: Path) -> dict[str, list[float]]:
             granted.setdefault(call.counterparty, set()).add(call.owner or tx.sender)
         profile = profiles.get(tx.sender)
         fresh = flows.young(profile, clock)  # as detector.process_batch has it
-        funder, hops = (profile.funder, profile.hops) if profile is not None else ("", 0)
+        funder = profile.funder if profile is not None else ""
+        eth = tx.value_wei / WEI_PER_ETH if call.kind == "eth_transfer" else 0.0
+        hops = flows.relay_depth(profile, eth, fresh)
+        if fresh and eth > 0.0 and profile.src not in ("", "*") and profile.src_eth > 0.0:
+            columns.setdefault("flows.relay_share", []).append(eth / profile.src_eth)
         raw, profiles[tx.sender], _ = sender_raw(tx, call, profile, clock, market)
         for name, value in zip(PERSPECTIVE_FEATURES[SENDER], raw):
             columns.setdefault(f"{SENDER}.{name}", []).append(value)

@@ -145,7 +145,7 @@ def process_batch(
     result = BatchResult()
     profiles = result.profiles
     market = model.market
-    rows, may_learn, pending = [], [], []
+    rows, may_learn, pending, at_risk = [], [], [], []
     latest_possible = clock() + MAX_CLOCK_SKEW_SECONDS
     for record in records:
         try:
@@ -167,7 +167,7 @@ def process_batch(
         if profile is None:
             profile = lookup(sender)
         try:
-            call, x, profile, reasons, edges = _sender_act(tx, profile, now, market, listed)
+            call, x, profile, reasons, edges, grants = _sender_act(tx, profile, now, market, listed)
         except Exception as exc:  # noqa: BLE001 - a bug must cost one message, not the worker
             result.dead_letters.append(DeadLetter(record, PROCESSING_ERROR, repr(exc)[:200]))
             continue
@@ -177,23 +177,30 @@ def process_batch(
         may_learn.append(not reasons and profile.burst <= LEARN_CAP_PER_MINUTE)
         pending.append(_Scored(record, tx, call, sender, reasons, now))
         result.edges.extend(edges)
+        if grants:
+            at_risk.append((record, tx, now, grants))
     _judge(model, rows, may_learn, pending, partition, SENDER, result, clock, benign)
+    for record, tx, now, grants in at_risk:
+        result.anomalies.extend(_grants_at_risk(record, tx, now, grants, partition, model.threshold, clock()))
     return result
 
 
 def _sender_act(tx: Tx, profile: AddressProfile | None, now: float, market: FeeMarket | None, listed: Listed):
     """One transaction as its sender's act: its call, the trees' row, the sender's new
-    profile, the rules' reasons and the edges it gives the receivers' side."""
+    profile, the rules' reasons, the edges it gives the receivers' side and the
+    grants it puts at risk (`_spender_rule`)."""
     call = decode_call(tx.to, tx.value_wei, tx.input)
     known = profile.counterparties if profile is not None else ()
     fresh = flows.young(profile, now)
-    funder, hops = (profile.funder, profile.hops) if profile is not None else ("", 0)
+    funder = profile.funder if profile is not None else ""
+    hops = flows.relay_depth(profile, tx.value_wei / WEI_PER_ETH if call.kind == "eth_transfer" else 0.0, fresh)
     x, profile, new_counterparty = extract_sender(tx, call, profile, now, market)
     reasons = _sender_rules(tx, call, profile, known, new_counterparty, listed)
-    reasons.extend(_spender_rule(tx, call, profile, now))
+    spender, grants = _spender_rule(tx, call, profile, now)
+    reasons.extend(spender)
     reasons.extend(_funded_rule(tx, call, profile, now))
     reasons.extend(flows.followup_reason(profile, _moves_value(tx, call), now))
-    return call, x, profile, reasons, edges_of(tx, call, fresh, now, funder, hops)
+    return call, x, profile, reasons, edges_of(tx, call, fresh, now, funder, hops), grants
 
 
 def _moves_value(tx: Tx, call: Call) -> bool:
@@ -256,14 +263,39 @@ def _funded_rule(tx: Tx, call: Call, profile: AddressProfile, now: float) -> lis
     return [{"rule": FUNDED, "list": profile.funded_by, "role": "sender", "address": tx.sender}]
 
 
-def _spender_rule(tx: Tx, call: Call, profile: AddressProfile, now: float) -> list[dict]:
-    """A spender that pulls the tokens of owners who granted it, and everything it sends for the hours after."""
+def _spender_rule(tx: Tx, call: Call, profile: AddressProfile, now: float) -> tuple[list[dict], tuple]:
+    """A spender that pulls the tokens of owners who granted it, and everything it sends for the hours after.
+
+    Also the grants it received before (AddressProfile.grants), handed over
+    once: the approvals of a campaign that came before its first pull looked
+    like a new dapp's, and their owners can still revoke.
+    """
     if pulls_from_approver(tx, call, profile, now):
         profile.pulled_at = now
-        return [{"rule": "spender_pulls", "role": "sender", "address": tx.sender, "owner": call.owner}]
+        grants, profile.grants = profile.grants, ()
+        return [{"rule": "spender_pulls", "role": "sender", "address": tx.sender, "owner": call.owner}], grants
     if profile.pulled_at and now - profile.pulled_at <= APPROVAL_WINDOW_SECONDS:
-        return [{"rule": "spender_pulls", "role": "sender", "address": tx.sender, "since": profile.pulled_at}]
-    return []
+        return [{"rule": "spender_pulls", "role": "sender", "address": tx.sender, "since": profile.pulled_at}], ()
+    return [], ()
+
+
+def _grants_at_risk(record: Record, pull: Tx, now: float, grants: tuple, partition: int, threshold: float,
+                    detected_at: float) -> list[dict]:
+    """Anomalies for the earlier grants to a spender that now pulls, as its receiving side saw them.
+
+    Raised late (`detected_at` hours after `event_time` at most), from the
+    pulling transaction's message (`source`); the owner is the address at risk.
+    """
+    docs = []
+    for tx_hash, owner, token, t in grants:
+        if tx_hash == pull.hash or t < now - APPROVAL_WINDOW_SECONDS:
+            continue
+        edge = Edge(tx_hash, pull.sender, owner, "to", "approval", "", token, 0, owner, False, t, None)
+        reasons = [{"rule": "spender_pulls", "role": "approval", "address": pull.sender, "owner": owner,
+                    "late": True, "pulled_in": pull.hash}]
+        item = _Scored(record, edge, None, pull.sender, reasons, t)
+        docs.append(anomaly_document(item, partition, RECEIVER, 0.0, threshold, reasons, [], detected_at))
+    return docs
 
 
 def _spender_pulled(edge: Edge, profile: AddressProfile) -> bool:
@@ -285,15 +317,18 @@ def process_edges(
     result = BatchResult()
     profiles = result.profiles
     rows, may_learn, pending = [], [], []
-    # Freshness means something only against traffic already seen: the flow
-    # rules wait for the partition's receiver model to be warm.
-    warm = model.warm
     for record in records:
         try:
             edge = Edge.from_bytes(record.value)
         except ValueError as exc:
             result.dead_letters.append(DeadLetter(record, "malformed_edge", str(exc)[:200]))
             continue
+        # Freshness means something only against traffic already seen (at a
+        # trace's start every address is first seen; calibration's
+        # `flows_after_1h`): the flow rules wait for an hour of the partition's
+        # edges or its warm receiver model, whichever comes first (a sparse
+        # trace, 2017's 0.6 tx/s over 8 partitions, takes 4 hours to warm one).
+        warm = model.history(edge.event_time) >= flows.FRESH_WINDOW_SECONDS or model.warm
         receiver = edge.receiver
         if record.key is None or record.key.decode("ascii", "replace") != receiver:
             result.rekeyed.append((receiver, record))

@@ -266,10 +266,13 @@ class AddressProfile:
     flow_at: float = 0.0  # when the drain rule last named this address as the receiver
     # Funding provenance (flows.py): who paid this address first, carried in its edges.
     funder: str = ""  # digest of the first address that sent it ETH
-    hops: int = 0  # fresh senders in a row behind that first payment (0: its funder was no fresh address)
+    hops: int = 0  # relays in a row that brought that first payment (flows.relay_depth; 0: none)
     fan_funder: str = ""  # the funder shared by the fresh senders paying this address, "*" once they differ
     fan_senders: tuple = ()  # digests of those distinct fresh senders, at most flows.FAN_IN_MIN_SENDERS
     flow_rule: str = ""  # the flow rule that set flow_at
+    # (tx hash, owner, token, time) of the latest grants to this address, at most
+    # RECENT_INBOUND within APPROVAL_WINDOW_SECONDS: the approvals at risk once it pulls.
+    grants: tuple = ()
 
     def to_bytes(self) -> bytes:
         return compact(orjson.dumps((
@@ -279,7 +282,7 @@ class AddressProfile:
             self.in_senders, self.in_fresh_share, self.approvers, self.funded_by,
             self.run_to, self.run_n, self.run_t, self.created_at, self.pulled_at,
             self.src, self.src_n, self.src_eth, self.src_tokens, self.fresh_in, self.flow_at,
-            self.funder, self.hops, self.fan_funder, self.fan_senders, self.flow_rule,
+            self.funder, self.hops, self.fan_funder, self.fan_senders, self.flow_rule, self.grants,
         )))
 
     @classmethod
@@ -300,6 +303,7 @@ class AddressProfile:
         profile.approvers = tuple(map(tuple, profile.approvers))
         profile.src_tokens = tuple(profile.src_tokens)
         profile.fan_senders = tuple(profile.fan_senders)
+        profile.grants = tuple(map(tuple, profile.grants))
         return profile
 
     def as_dict(self) -> dict:
@@ -457,6 +461,7 @@ def _grant(tx: Tx, call: Call, profile: AddressProfile, new_counterparty: bool, 
         # A permit the spender submits itself: it sends no edge to itself, so
         # the grant joins its approvers here (same partition, same profile).
         profile.approvers, _ = _recent_distinct(profile.approvers, digest(call.owner), now, APPROVAL_WINDOW_SECONDS)
+        profile.grants = _recent_grants(profile.grants, tx.hash, call.owner, call.token, now)
     grant = 0.0
     if call.kind == "approval" and not call.revoke and new_counterparty:
         grant = 1.0 if call.unlimited else 0.5
@@ -507,8 +512,10 @@ class Edge(NamedTuple):
     sender_fresh: bool  # the sender had sent nothing before
     event_time: float
     block_number: int | None
-    # Version 2: the sender's funding provenance (AddressProfile.funder, .hops);
-    # "" and 0 in version-1 edges, which old workers may still have on the topic.
+    # Version 2: the sender's funding provenance (AddressProfile.funder) and,
+    # since version 3, the relays in a row this payment ends (`flows.relay_depth`;
+    # version 2 carried the sender's own depth, read as 0); "" and 0 in
+    # version-1 edges, which old workers may still have on the topic.
     sender_funder: str = ""
     sender_hops: int = 0
 
@@ -537,13 +544,14 @@ class Edge(NamedTuple):
                 or len(receiver) != 42 or len(other) != 42 or role not in ("to", "owner")):
             raise ValueError("malformed edge fields")
         return cls(h, receiver, other, role, kind, method, token, int(value), sender, fresh, float(t), block,
-                   funder, hops)
+                   funder, hops if fields[0] >= 3 else 0)
 
 
-EDGE_VERSION = 2
-# (field count, version) of the edges decoded: version 1 (before the sender's
-# provenance) stays readable through a rolling upgrade.
-_EDGE_SHAPES = frozenset({(13, 1), (15, 2)})
+EDGE_VERSION = 3
+# (field count, version) of the edges decoded: versions 1 (before the sender's
+# provenance) and 2 (another meaning of `sender_hops`) stay readable through a
+# rolling upgrade.
+_EDGE_SHAPES = frozenset({(13, 1), (15, 2), (15, 3)})
 
 
 # Only what moves value or grants rights reaches the receiving side: a call's
@@ -562,7 +570,8 @@ def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float, funder: str = "
     are first seen (2017: the first-time share of an exchange's inbound
     senders is 0.97 at p90); with the nonce only throwaway addresses remain.
     (Trace files carry no nonce: the reader's placeholder is 0.)
-    `funder` and `hops` are the sender's provenance (AddressProfile.funder, .hops).
+    `funder` is the sender's provenance (AddressProfile.funder), `hops` the
+    relays in a row this payment ends (`flows.relay_depth`).
     """
     if call.kind not in EDGE_KINDS:
         return []
@@ -581,6 +590,12 @@ def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float, funder: str = "
         out.append(Edge(tx.hash, owner, counterparty, "owner", call.kind, call.method, call.token,
                         tx.value_wei, tx.sender, sender_fresh, now, tx.block_number, funder, hops))
     return out
+
+
+def _recent_grants(grants: tuple, tx_hash: str, owner: str, token: str | None, now: float) -> tuple:
+    """Add a grant to the bounded list of recent ones (AddressProfile.grants), the newest first."""
+    since = now - APPROVAL_WINDOW_SECONDS
+    return ((tx_hash, owner, token, now),) + tuple(g for g in grants[:RECENT_INBOUND - 1] if g[3] >= since)
 
 
 def _recent_distinct(entries: tuple, d: str, now: float, window: float) -> tuple[tuple, int]:
@@ -616,6 +631,7 @@ def receiver_raw(edge: Edge, profile: AddressProfile | None, now: float,
         profile.in_n += 1
     if edge.kind == "approval" and edge.role == "to":
         profile.approvers, approvers = _recent_distinct(profile.approvers, other, now, APPROVAL_WINDOW_SECONDS)
+        profile.grants = _recent_grants(profile.grants, edge.tx_hash, edge.other, edge.token, now)
     else:
         approvers = sum(1 for _, t in profile.approvers if t >= now - APPROVAL_WINDOW_SECONDS)
     profile.last_seen = max(profile.last_seen, now)

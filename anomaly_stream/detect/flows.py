@@ -16,18 +16,25 @@ Rules in the style of Forta's bots, beside the trees:
   An address it fired on is marked (`flow_at`): what it sends for the hour
   after is flagged on the sending side too (`followup_reason`).
 
+- **peel_chain**: a fresh address whose first ETH is the end of 2+ relays
+  in a row: each a young address (`young`) passing on at least
+  `RELAY_SHARE` of the ETH it received from its one source, to an address
+  that had received nothing (`relay_depth`, carried in the edge as
+  `sender_hops`, kept as `AddressProfile.hops`). Stolen funds walked through
+  a line of fresh addresses, a little peeled off to exchanges at each step,
+  look like this; a real payment forwarded once (a deposit address swept, a
+  new wallet topped up from an older new one) is one relay. Its sends are
+  followed up.
+
 The profile also keeps `fresh_in` (value moves received only from young
 senders, `young`), which `benchmarks/calibration.py` reports: a fan-in rule
 on it (3+ young senders, and only those, into a fresh receiver) and a peel
-rule (a young sender's 10+ ETH as a brand-new receiver's first inflow) were
-measured and dropped: on real 2017 traffic they fired on 99 and ~480 of
-14,547 edges after the trace's first hour (real funded-then-swept fan-ins
-and fresh-to-fresh hops exist in numbers), over the 1% budget. Depth
-does not rescue the peel rule: `flows_after_1h.fresh_hop_depth` (a young
-sender's payment as a fresh receiver's first, behind that many fresh
-addresses in a row, `AddressProfile.hops`, carried as `sender_hops`) is 3+
-on 230, 5+ on 119, 10+ on 28 of 14,547 real 2017 edges (chains up to 17
-fresh hops deep); a limit under the budget misses the report's 4-10-hop chains.
+rule on freshness alone (a young sender's 10+ ETH as a brand-new receiver's
+first inflow) were measured and dropped: on real 2017 traffic they fired on
+99 and ~480 of 14,547 edges after the trace's first hour (real
+funded-then-swept fan-ins and fresh-to-fresh hops exist in numbers), over
+the 1% budget. Depth of fresh hops alone did not rescue it (3+ on 230 real
+2017 edges); depth of relays, which pass on what they received, does.
 
 Limits come from the real traffic of ../shared/data/traffic, the figures
 `benchmarks/calibration.py` prints under `flows.*` (2017 | 2024 | 2020-22
@@ -79,9 +86,24 @@ FOLLOWUP_SECONDS = INBOUND_WINDOW_SECONDS
 # fired on 99 real 2017 edges).
 FAN_IN_MIN_SENDERS = 3
 
+# A relay passes on at least this share of the ETH it received from its one
+# source. Real ETH payments of young senders with one source
+# (benchmarks/calibration.py, "flows.relay_share"): in 2017 3,049 of 3,338
+# pass on 90%+ of what they received, 2,945 of them 99%+ (an address emptied,
+# minus the fee); 2024 74 of 84. Young addresses pass on everything: it is
+# the depth that is rare, not the share.
+RELAY_SHARE = 0.9
+# Relays in a row before a fresh receiver's first ETH. Real traffic
+# ("flows.fresh_hop_depth"): one relay is common (2017: 58 of 17,314 edges,
+# 52 of 14,547 after the first hour; 2024: 13 of 1,967; MEV blocks: 5 of
+# 4,741), two or more rare (2017: 1; 2024: 3, one chain four relays deep in
+# its five minutes; MEV blocks: none).
+PEEL_MIN_RELAYS = 2
+
 DRAIN = "drain_to_fresh"
 FAN_IN = "fan_in_same_funder"
-RULES = (DRAIN, FAN_IN)
+PEEL = "peel_chain"
+RULES = (DRAIN, FAN_IN, PEEL)
 _TOKEN_ID = 10  # characters of a token address kept to tell tokens apart
 
 
@@ -94,7 +116,7 @@ class Inflow(NamedTuple):
     fresh_only_senders: int  # young senders into a fresh receiver that received from nothing else
     fresh_hop_eth: float  # ETH of a young sender's payment that is a fresh receiver's first
     same_funder_senders: int  # distinct young senders into a fresh receiver, all first paid by one address
-    fresh_hop_depth: int  # fresh addresses in a row behind a young sender's payment that is a fresh receiver's first
+    fresh_hop_depth: int  # relays in a row ending in a young sender's payment that is a fresh receiver's first ETH
 
 
 def young(profile: AddressProfile | None, now: float) -> bool:
@@ -107,6 +129,18 @@ def young(profile: AddressProfile | None, now: float) -> bool:
     """
     return (profile is not None and profile.in_n > 0 and profile.n_tx <= 1
             and now - profile.first_seen <= FRESH_WINDOW_SECONDS)
+
+
+def relay_depth(profile: AddressProfile | None, eth: float, fresh: bool) -> int:
+    """Relays in a row this payment of `eth` ETH ends, the sender's profile before it (0: not a relay).
+
+    A relay is a young sender (`fresh`, see `young`) passing on RELAY_SHARE
+    or more of the ETH it received from its one source.
+    """
+    if (not fresh or profile is None or eth <= 0.0 or profile.src in ("", "*")
+            or eth < RELAY_SHARE * profile.src_eth):
+        return 0
+    return profile.hops + 1
 
 
 def moves_value(edge: Edge) -> bool:
@@ -135,9 +169,9 @@ def observe(edge: Edge, profile: AddressProfile, now: float) -> Inflow:
     if profile.fresh_in >= 0:
         profile.fresh_in = profile.fresh_in + 1 if edge.sender_fresh else -1
     if not profile.funder and eth > 0.0:
-        # Provenance: the first ETH payment, and how many fresh addresses in a row it came through.
+        # Provenance: the first ETH payment, and the relays in a row it came through.
         profile.funder = sender
-        profile.hops = edge.sender_hops + 1 if edge.sender_fresh else 0
+        profile.hops = edge.sender_hops if edge.sender_fresh else 0
     if fresh and edge.sender_fresh and edge.sender_funder and profile.fan_funder != "*":
         if profile.fan_funder in ("", edge.sender_funder):
             profile.fan_funder = edge.sender_funder
@@ -154,7 +188,7 @@ def observe(edge: Edge, profile: AddressProfile, now: float) -> Inflow:
         profile.fresh_in if fresh and profile.fresh_in > 0 else 0,
         eth if fresh and first_inflow and edge.sender_fresh else 0.0,
         same_funder,
-        edge.sender_hops + 1 if fresh and first_inflow and edge.sender_fresh else 0,
+        edge.sender_hops if fresh and first_inflow and edge.sender_fresh and eth > 0.0 else 0,
     )
 
 
@@ -178,6 +212,10 @@ def inflow_reasons(edge: Edge, profile: AddressProfile, now: float, warm: bool =
                         "moves": f.sole_source_moves, "eth": round(f.sole_source_eth, 6),
                         "tokens": f.sole_source_tokens})
         profile.flow_at, profile.flow_rule = now, DRAIN
+    if f.fresh_hop_depth >= PEEL_MIN_RELAYS:
+        reasons.append({"rule": PEEL, "role": "receiver", "address": edge.receiver, "sender": edge.sender,
+                        "relays": f.fresh_hop_depth})
+        profile.flow_at, profile.flow_rule = now, PEEL
     return reasons
 
 

@@ -145,6 +145,7 @@ class PartitionModel:
         self.hist = np.zeros(BINS, dtype=np.float64)
         self.seen = 0  # rows scored
         self.learned = 0  # rows learned (the others were flagged or vetoed by may_learn)
+        self.since: float | None = None  # event time of the first row (`history`)
         self._since_batch = 0
         self._flag_credit = FLAG_CREDIT_MAX  # see FLAG_CREDIT; not checkpointed: a restart starts full
         self.threshold = 1.0  # nothing can be flagged until the first end_batch after warm-up
@@ -164,6 +165,16 @@ class PartitionModel:
     def warm(self) -> bool:
         """Warm-up is over: enough rows scored, and one full window learned (scores are 0 before it)."""
         return self.seen >= self.config.warmup_events and self.learned >= self.config.window_size
+
+    def history(self, event_time: float) -> float:
+        """Seconds of event time the partition has behind it at `event_time`; the first call starts the clock.
+
+        What "first seen within the hour" means depends on it: at a
+        partition's start every address is first seen.
+        """
+        if self.since is None or event_time < self.since:
+            self.since = event_time
+        return event_time - self.since
 
     def score_learn(self, X: np.ndarray, may_learn: np.ndarray | None = None) -> np.ndarray:
         """Score every row in order, then learn it iff `may_learn[i]` and its score <= `threshold`.
@@ -356,7 +367,7 @@ class PartitionModel:
         header = {
             "config": {name: getattr(self.config, name) for name in _CONFIG_FIELDS},
             "partition": self.partition, "features": list(self.features),
-            "seen": self.seen, "learned": self.learned, "since_batch": self._since_batch,
+            "seen": self.seen, "learned": self.learned, "since_batch": self._since_batch, "since": self.since,
             "threshold": self.threshold, "quantile": self.quantile, "drift": self.drift,
             "reference": self._reference, "hist": self.hist.tolist(),
             "market": {"size": market.size, "ring": list(market.ring), "sorted": list(market.sorted),
@@ -427,6 +438,7 @@ class PartitionModel:
         model.hst = hst
         model.hist = np.array(state["hist"], dtype=np.float64)
         model.seen, model.learned, model._since_batch = state["seen"], state["learned"], state["since_batch"]
+        model.since = state["since"]
         model.threshold, model.quantile, model.drift = state["threshold"], state["quantile"], state["drift"]
         model._reference = state["reference"]
         model.sample = deque(map(tuple, state["sample"]), maxlen=SAMPLE_SIZE)
@@ -472,12 +484,14 @@ def _split(raw: bytes, head_len: int, end: int) -> tuple[dict, bytes]:
 
 
 _HEADER_KEYS = {"config", "partition", "features", "seen", "learned", "since_batch", "threshold", "quantile",
-                "drift", "reference", "hist", "market", "sample"}
+                "drift", "reference", "hist", "market", "sample", "since"}
+# Keys a checkpoint of an earlier release may lack.
+_HEADER_ADDED = {"since"}
 
 
 def _decode_header(header: dict) -> dict:
     """The header's fields type- and range-checked (CheckpointError saying which is wrong)."""
-    if set(header) != _HEADER_KEYS:
+    if set(header) | _HEADER_ADDED != _HEADER_KEYS:
         raise CheckpointError(f"header keys {sorted(header)} are not the expected ones")
     config = header["config"]
     if not isinstance(config, dict) or set(config) != set(_CONFIG_FIELDS):
@@ -505,6 +519,10 @@ def _decode_header(header: dict) -> dict:
     state["drift"] = _check_float("drift", header["drift"])
     for name in ("quantile", "reference"):
         state[name] = None if header[name] is None else _check_float(name, header[name])
+    if "since" in header:
+        state["since"] = None if header["since"] is None else _check_float("since", header["since"])
+    else:  # written before `since` was kept: a partition with history if it saw any
+        state["since"] = 0.0 if state["seen"] > 0 else None
     hist = header["hist"]
     if not isinstance(hist, list) or len(hist) != BINS:
         raise CheckpointError(f"hist must be a list of {BINS} numbers")

@@ -383,9 +383,19 @@ def test_a_spender_that_pulls_its_approvers_tokens_is_flagged_and_so_are_later_a
     drained = process_batch(sender_model, [keyed(tx_from(spender, TOKEN, 0, pull, n=2, t=1_700_000_060), 2)],
                             profiles.get, 0)
     profiles.update(drained.profiles)
-    [doc] = drained.anomalies
+    doc, late = drained.anomalies
     assert any(r["rule"] == "spender_pulls" and r["owner"] == victim for r in doc["reasons"])
     assert doc["severity"] == "high"
+    # The approval before the pull, raised now: its owner can still revoke.
+    assert late["tx_hash"] == "0x" + f"{1:064x}" and late["perspective"] == "receiver"
+    assert late["address"] == spender and late["counterparty"] == victim and late["token"] == TOKEN
+    assert late["reasons"] == [{"rule": "spender_pulls", "role": "approval", "address": spender, "owner": victim,
+                                "late": True, "pulled_in": "0x" + f"{2:064x}"}]
+    assert late["event_time"] == 1_700_000_000 and late["source"]["offset"] == 2
+    assert profiles[spender].grants == (), "handed over once"
+    again = process_batch(sender_model, [keyed(tx_from(spender, TOKEN, 0, pull, n=4, t=1_700_000_090), 4)],
+                          profiles.get, 0)
+    assert len(again.anomalies) == 1, "a second pull raises no grant twice"
     later = process_batch(sender_model, [keyed(tx_from(other, TOKEN, 0, approve, n=3, t=1_700_000_120), 3)],
                           profiles.get, 0)
     profiles.update(later.profiles)
@@ -459,7 +469,7 @@ def test_a_wallet_emptied_into_a_fresh_address_is_flagged_then_what_that_address
     """flows.drain_to_fresh: the second large move from the sole sender on the receiver's side, then the thief."""
     receiver_model = PartitionModel(ModelConfig(warmup_events=0, window_size=1),
                                     features=PERSPECTIVE_FEATURES[RECEIVER])
-    receiver_model.learned = 1  # warm: the flow rules judge freshness only against traffic already seen
+    receiver_model.since = 0.0  # the flow rules judge freshness only against an hour of traffic already seen
     victim, thief, onward = ("0x" + c * 20 for c in ("41", "42", "43"))
     send_and_receive, _ = _chain(receiver_model)
 
@@ -471,6 +481,42 @@ def test_a_wallet_emptied_into_a_fresh_address_is_flagged_then_what_that_address
     onward_sent, _ = send_and_receive(tx_from(thief, onward, 37 * 10**18, n=0, t=1_700_000_300), 3)
     [doc] = onward_sent.anomalies
     assert doc["perspective"] == "sender" and any(r["rule"] == "drain_to_fresh" for r in doc["reasons"])
+
+
+def _peel(hop_share: float, hops: int = 4, since: float | None = 0.0):
+    """A victim's 40 ETH walked through fresh addresses, each passing on `hop_share` of what it got, 5 minutes apart."""
+    receiver_model = PartitionModel(ModelConfig(warmup_events=10**6), features=PERSPECTIVE_FEATURES[RECEIVER])
+    receiver_model.since = since
+    send_and_receive, profiles = _chain(receiver_model)
+    addresses = ["0x" + f"{0x60 + i:02x}" * 20 for i in range(hops + 2)]
+    amount, t, fired = 40 * 10**18, 1_700_000_000, []
+    for i, (a, b) in enumerate(zip(addresses, addresses[1:])):
+        sent, received = send_and_receive(tx_from(a, b, amount, n=300 + i, t=t, nonce=9 if i == 0 else 0), i)
+        fired.append([r["rule"] for d in sent.anomalies + received.anomalies for r in d["reasons"]
+                      if r["rule"] == "peel_chain"])
+        amount, t = int(amount * hop_share), t + 300
+    return fired, profiles, addresses
+
+
+def test_funds_relayed_through_a_line_of_fresh_addresses_are_a_peel_chain_from_the_second_relay():
+    """flows.peel_chain: the victim's payment is no relay, the first fresh address's is one, its receiver's the second."""
+    fired, profiles, addresses = _peel(0.97)
+    assert [bool(f) for f in fired] == [False, False, True, True, True]
+    assert [profiles[a].hops for a in addresses[1:]] == [0, 1, 2, 3, 4]
+    assert fired[3] == ["peel_chain", "peel_chain"], "the marked address's send is followed up, its receiver fires"
+
+
+def test_addresses_that_keep_most_of_what_they_got_are_no_relays():
+    fired, profiles, addresses = _peel(0.5)
+    assert not any(fired) and all(profiles[a].hops == 0 for a in addresses[1:])
+
+
+def test_the_flow_rules_wait_for_an_hour_of_the_partitions_edges():
+    """At a partition's start every address is first seen: a chain in its first hour is not judged."""
+    fired, _, _ = _peel(0.97, since=None)
+    assert not any(fired)
+    fired, _, _ = _peel(0.97, since=1_700_000_000 - 3600 + 600)  # the hour is over at the third hop
+    assert [bool(f) for f in fired] == [False, False, True, True, True]
 
 
 def _chain(receiver_model=None):

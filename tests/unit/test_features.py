@@ -367,7 +367,10 @@ def test_edges_carry_the_senders_funder_and_a_version_1_edge_still_decodes():
     call = decode_call(tx.to, tx.value_wei, tx.input)
     [e] = edges_of(tx, call, True, T0, "ab" * 6, 2)
     assert (e.sender_funder, e.sender_hops) == ("ab" * 6, 2)
-    assert Edge.from_bytes(e.to_bytes()) == e and orjson.loads(e.to_bytes())[0] == 2
+    assert Edge.from_bytes(e.to_bytes()) == e and orjson.loads(e.to_bytes())[0] == 3
+    v2 = orjson.loads(e.to_bytes())
+    v2[0] = 2
+    assert Edge.from_bytes(orjson.dumps(v2)).sender_hops == 0, "version 2's hops meant the sender's own depth"
     v1 = orjson.loads(e.to_bytes())[:13]
     v1[0] = 1
     old = Edge.from_bytes(orjson.dumps(v1))
@@ -381,7 +384,7 @@ def test_edges_carry_the_senders_funder_and_a_version_1_edge_still_decodes():
         Edge.from_bytes(orjson.dumps(bad_hops))
 
 
-def test_an_address_records_its_first_eth_payer_and_the_fresh_hops_behind_it():
+def test_an_address_records_its_first_eth_payer_and_the_relays_behind_it():
     hub = addr(7)
     _, profile, _ = receive(edge(ME, hub, T0, fresh=False))
     flows.observe(edge(ME, hub, T0, fresh=False), profile, T0)
@@ -391,7 +394,7 @@ def test_an_address_records_its_first_eth_payer_and_the_fresh_hops_behind_it():
     assert profile.funder == digest(hub) and profile.hops == 0, "the first payer stays"
     _, other, _ = receive(later._replace(receiver=addr(9)))
     flows.observe(later._replace(receiver=addr(9)), other, T0 + 5)
-    assert other.funder == digest(addr(8)) and other.hops == 4
+    assert other.funder == digest(addr(8)) and other.hops == 3
 
 
 def test_a_profile_before_provenance_reads_with_no_funder():

@@ -17,7 +17,7 @@ from river.anomaly import HalfSpaceTrees
 
 from anomaly_stream.detect import hst as hst_module
 from anomaly_stream.detect.features import FEATURE_NAMES, unscale
-from anomaly_stream.detect.hst import CompiledHST
+from anomaly_stream.detect.hst import PREFIX, CompiledHST
 from anomaly_stream.detect.model import (
     BINS, CHECKPOINT_VERSION, MAGIC, SAMPLE_EVERY, CheckpointError, ModelConfig, PartitionModel,
 )
@@ -661,3 +661,20 @@ def test_a_few_scores_fill_the_histogram_as_bincount_does(scores, threshold, cre
         outcomes.append((model.hist.copy(), model._flag_credit))
     assert np.array_equal(outcomes[0][0], outcomes[1][0])
     assert outcomes[0][1] == outcomes[1][1]
+
+
+def test_history_counts_event_time_from_the_first_row_and_survives_a_checkpoint():
+    model = PartitionModel(ModelConfig())
+    assert model.history(1_000.0) == 0.0 and model.history(4_600.0) == 3_600.0
+    assert model.history(900.0) == 0.0, "an earlier event moves the start back"
+    assert PartitionModel.from_bytes(model.to_bytes()).history(4_600.0) == 3_700.0
+
+
+def test_a_checkpoint_written_before_history_was_kept_reads_as_a_partition_with_history():
+    raw = trained(ModelConfig(warmup_events=500)).to_bytes()
+    _, version, flags, head_len = PREFIX.unpack_from(raw)
+    header = json.loads(raw[PREFIX.size:PREFIX.size + head_len])
+    del header["since"]
+    head = json.dumps(header, separators=(",", ":")).encode()
+    old = PREFIX.pack(MAGIC, version, flags, len(head)) + head + raw[PREFIX.size + head_len:]
+    assert PartitionModel.from_bytes(old).history(1_700_000_000.0) == 1_700_000_000.0
