@@ -286,16 +286,20 @@ def _grants_at_risk(record: Record, pull: Tx, now: float, grants: tuple, partiti
     Raised late (`detected_at` hours after `event_time` at most), from the
     pulling transaction's message (`source`); the owner is the address at risk.
     """
-    docs = []
-    for tx_hash, owner, token, t in grants:
-        if tx_hash == pull.hash or t < now - APPROVAL_WINDOW_SECONDS:
-            continue
-        edge = Edge(tx_hash, pull.sender, owner, "to", "approval", "", token, 0, owner, False, t, None)
-        reasons = [{"rule": "spender_pulls", "role": "approval", "address": pull.sender, "owner": owner,
-                    "late": True, "pulled_in": pull.hash}]
-        item = _Scored(record, edge, None, pull.sender, reasons, t)
-        docs.append(anomaly_document(item, partition, RECEIVER, 0.0, threshold, reasons, [], detected_at))
-    return docs
+    return [
+        _late_document(record, Edge(tx_hash, pull.sender, owner, "to", "approval", "", token, 0, owner, False, t,
+                                    None),
+                       {"rule": "spender_pulls", "role": "approval", "address": pull.sender, "owner": owner,
+                        "late": True, "pulled_in": pull.hash}, partition, threshold, detected_at)
+        for tx_hash, owner, token, t in grants if tx_hash != pull.hash and t >= now - APPROVAL_WINDOW_SECONDS
+    ]
+
+
+def _late_document(record: Record, edge: Edge, reason: dict, partition: int, threshold: float,
+                   detected_at: float) -> dict:
+    """An anomaly raised after the fact for an earlier event of `edge.receiver`, from the message that revealed it."""
+    item = _Scored(record, edge, None, edge.receiver, [reason], edge.event_time)
+    return anomaly_document(item, partition, RECEIVER, 0.0, threshold, [reason], [], detected_at)
 
 
 def _spender_pulled(edge: Edge, profile: AddressProfile) -> bool:
@@ -316,19 +320,14 @@ def process_edges(
     """Score then learn every edge of the batch, as an event of its receiver, in order."""
     result = BatchResult()
     profiles = result.profiles
-    rows, may_learn, pending = [], [], []
+    rows, may_learn, pending, first_moves = [], [], [], []
     for record in records:
         try:
             edge = Edge.from_bytes(record.value)
         except ValueError as exc:
             result.dead_letters.append(DeadLetter(record, "malformed_edge", str(exc)[:200]))
             continue
-        # Freshness means something only against traffic already seen (at a
-        # trace's start every address is first seen; calibration's
-        # `flows_after_1h`): the flow rules wait for an hour of the partition's
-        # edges or its warm receiver model, whichever comes first (a sparse
-        # trace, 2017's 0.6 tx/s over 8 partitions, takes 4 hours to warm one).
-        warm = model.history(edge.event_time) >= flows.FRESH_WINDOW_SECONDS or model.warm
+        warm = flows.judged(model, edge.event_time)
         receiver = edge.receiver
         if record.key is None or record.key.decode("ascii", "replace") != receiver:
             result.rekeyed.append((receiver, record))
@@ -341,6 +340,8 @@ def process_edges(
             result.dead_letters.append(DeadLetter(record, PROCESSING_ERROR, repr(exc)[:200]))
             continue
         reasons = flows.inflow_reasons(edge, profile, edge.event_time, warm)
+        if any(r["rule"] == flows.DRAIN for r in reasons) and profile.src_first:
+            first_moves.append((record, edge, flows.take_first_move(profile)))
         if _spender_pulled(edge, profile):
             reasons.append({"rule": "spender_pulls", "role": "spender", "address": receiver,
                             "since": profile.pulled_at})
@@ -359,6 +360,12 @@ def process_edges(
         may_learn.append(not reasons)
         pending.append(_Scored(record, edge, None, receiver, reasons, edge.event_time))
     _judge(model, rows, may_learn, pending, partition, RECEIVER, result, clock, benign)
+    for record, edge, (tx_hash, t, kind, token, value) in first_moves:
+        first = edge._replace(tx_hash=tx_hash, kind=kind, method="", token=token, value_wei=int(value),
+                              event_time=t, block_number=None)
+        reason = {"rule": flows.DRAIN, "role": "receiver", "address": edge.receiver, "sender": edge.sender,
+                  "late": True, "second_move": edge.tx_hash}
+        result.anomalies.append(_late_document(record, first, reason, partition, model.threshold, clock()))
     return result
 
 

@@ -52,7 +52,7 @@ from ..detect.detector import Record, nothing_listed
 from ..detect.features import RECEIVER, SENDER
 from ..detect.model import ModelConfig, PartitionModel
 from ..stream.worker import Store, Stores, Topics, Worker, collect_less, kafka_partition
-from ..detect import watchlist
+from ..detect import flows, watchlist
 from ..settings import Settings
 from .evaluation import FPR_POINTS, NORMAL, evaluate
 from .readers import iter_records
@@ -75,7 +75,7 @@ class Outcome:
     scores: list[float] = field(default_factory=list)
     flagged: list[bool] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)  # NORMAL or the label's value
-    warm: list[bool] = field(default_factory=list)  # the model was past warm-up
+    warm: list[bool] = field(default_factory=list)  # past warm-up: the sender model warm, the receivers' flow rules judging (flows.judged)
     lines: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0  # time spent in the worker's handle / score_learn
@@ -255,7 +255,11 @@ class _Replay:
             margin[h] = max(margin.get(h, -1.0), score - threshold)
             out.rows.append((h, p, SENDER, score, threshold))
         for q, edge_result in edge_results:
+            # Still warming up while the receiving side's flow rules wait (flows.judged).
+            judged = flows.judged(worker.model(q, RECEIVER), edge_result.latest_event_time)
             for h, score, threshold in zip(edge_result.hashes, edge_result.scores, edge_result.thresholds):
+                if not judged:
+                    self.warm[h] = False
                 margin[h] = max(margin.get(h, -1.0), score - threshold)
                 out.rows.append((h, q, RECEIVER, score, threshold))
 

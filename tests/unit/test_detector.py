@@ -476,8 +476,14 @@ def test_a_wallet_emptied_into_a_fresh_address_is_flagged_then_what_that_address
     _, first = send_and_receive(tx_from(victim, thief, 30 * 10**18, n=7), 1)
     assert not any(r["rule"] == "drain_to_fresh" for d in first.anomalies for r in d["reasons"])
     _, second = send_and_receive(tx_from(victim, thief, 8 * 10**18, n=8, t=1_700_000_030), 2)
-    [doc] = [d for d in second.anomalies if d["reasons"][0]["rule"] == "drain_to_fresh"]
+    doc, late = [d for d in second.anomalies if d["reasons"][0]["rule"] == "drain_to_fresh"]
     assert doc["address"] == thief and doc["severity"] == "high" and doc["reasons"][0]["moves"] == 2
+    # The first move, raised late: from the thief's side it was one payment.
+    assert late["tx_hash"] == "0x" + f"{7:064x}" and late["value_wei"] == str(30 * 10**18)
+    assert late["event_time"] == 1_700_000_000 and late["kind"] == "eth_transfer" and late["sender"] == victim
+    assert late["reasons"][0]["late"] and late["reasons"][0]["second_move"] == "0x" + f"{8:064x}"
+    _, third = send_and_receive(tx_from(victim, thief, 2 * 10**18, n=9, t=1_700_000_060), 4)
+    assert len([d for d in third.anomalies if d["reasons"][0]["rule"] == "drain_to_fresh"]) == 1, "raised once"
     onward_sent, _ = send_and_receive(tx_from(thief, onward, 37 * 10**18, n=0, t=1_700_000_300), 3)
     [doc] = onward_sent.anomalies
     assert doc["perspective"] == "sender" and any(r["rule"] == "drain_to_fresh" for r in doc["reasons"])
