@@ -320,7 +320,7 @@ def process_edges(
     """Score then learn every edge of the batch, as an event of its receiver, in order."""
     result = BatchResult()
     profiles = result.profiles
-    rows, may_learn, pending, first_moves = [], [], [], []
+    rows, may_learn, pending, earlier = [], [], [], []
     for record in records:
         try:
             edge = Edge.from_bytes(record.value)
@@ -340,8 +340,7 @@ def process_edges(
             result.dead_letters.append(DeadLetter(record, PROCESSING_ERROR, repr(exc)[:200]))
             continue
         reasons = flows.inflow_reasons(edge, profile, edge.event_time, warm)
-        if any(r["rule"] == flows.DRAIN for r in reasons) and profile.src_first:
-            first_moves.append((record, edge, flows.take_first_move(profile)))
+        earlier.extend((record, edge, reason, move) for reason, move in flows.take_earlier(profile, reasons))
         if _spender_pulled(edge, profile):
             reasons.append({"rule": "spender_pulls", "role": "spender", "address": receiver,
                             "since": profile.pulled_at})
@@ -360,12 +359,12 @@ def process_edges(
         may_learn.append(not reasons)
         pending.append(_Scored(record, edge, None, receiver, reasons, edge.event_time))
     _judge(model, rows, may_learn, pending, partition, RECEIVER, result, clock, benign)
-    for record, edge, (tx_hash, t, kind, token, value) in first_moves:
-        first = edge._replace(tx_hash=tx_hash, kind=kind, method="", token=token, value_wei=int(value),
-                              event_time=t, block_number=None)
-        reason = {"rule": flows.DRAIN, "role": "receiver", "address": edge.receiver, "sender": edge.sender,
-                  "late": True, "second_move": edge.tx_hash}
-        result.anomalies.append(_late_document(record, first, reason, partition, model.threshold, clock()))
+    for record, edge, reason, (tx_hash, t, kind, token, value, sender) in earlier:
+        move = edge._replace(tx_hash=tx_hash, kind=kind, method="", token=token, value_wei=int(value),
+                             sender=sender, other=sender, event_time=t, block_number=None)
+        reason = {"rule": reason["rule"], "role": "receiver", "address": edge.receiver, "sender": sender,
+                  "late": True, "revealed_by": edge.tx_hash}
+        result.anomalies.append(_late_document(record, move, reason, partition, model.threshold, clock()))
     return result
 
 

@@ -273,9 +273,11 @@ class AddressProfile:
     # (tx hash, owner, token, time) of the latest grants to this address, at most
     # RECENT_INBOUND within APPROVAL_WINDOW_SECONDS: the approvals at risk once it pulls.
     grants: tuple = ()
-    # (tx hash, time, kind, token, value in wei as text) of the first value move from `src`
-    # while this address is fresh: raised late if the drain rule fires (flows.take_first_move).
+    # Moves (tx hash, time, kind, token, value in wei as text, sender) a flow rule
+    # raises late if it fires (flows.take_earlier): the first from `src` while this
+    # address is fresh, and the fan-in's sweeps before the one it fires on.
     src_first: tuple = ()
+    fan_first: tuple = ()
 
     def to_bytes(self) -> bytes:
         return compact(orjson.dumps((
@@ -286,7 +288,7 @@ class AddressProfile:
             self.run_to, self.run_n, self.run_t, self.created_at, self.pulled_at,
             self.src, self.src_n, self.src_eth, self.src_tokens, self.fresh_in, self.flow_at,
             self.funder, self.hops, self.fan_funder, self.fan_senders, self.flow_rule, self.grants,
-            self.src_first,
+            self.src_first, self.fan_first,
         )))
 
     @classmethod
@@ -308,7 +310,8 @@ class AddressProfile:
         profile.src_tokens = tuple(profile.src_tokens)
         profile.fan_senders = tuple(profile.fan_senders)
         profile.grants = tuple(map(tuple, profile.grants))
-        profile.src_first = tuple(profile.src_first)
+        profile.src_first = tuple(map(tuple, profile.src_first))
+        profile.fan_first = tuple(map(tuple, profile.fan_first))
         return profile
 
     def as_dict(self) -> dict:

@@ -168,8 +168,9 @@ def observe(edge: Edge, profile: AddressProfile, now: float) -> Inflow:
     first_inflow = profile.src == ""
     sender = digest(edge.sender)
     eth = edge.value_wei / WEI_PER_ETH if edge.kind == "eth_transfer" else 0.0
+    move = (edge.tx_hash, now, edge.kind, edge.token, str(edge.value_wei), edge.sender)
     if first_inflow and fresh:
-        profile.src_first = (edge.tx_hash, now, edge.kind, edge.token, str(edge.value_wei))
+        profile.src_first = (move,)
     elif profile.src_first and not (fresh and profile.src == sender):
         profile.src_first = ()
     if first_inflow or profile.src == sender:
@@ -193,8 +194,10 @@ def observe(edge: Edge, profile: AddressProfile, now: float) -> Inflow:
             profile.fan_funder = edge.sender_funder
             if sender not in profile.fan_senders and len(profile.fan_senders) < FAN_IN_MIN_SENDERS:
                 profile.fan_senders = profile.fan_senders + (sender,)
+                if len(profile.fan_senders) < FAN_IN_MIN_SENDERS:
+                    profile.fan_first = profile.fan_first + (move,)
         else:
-            profile.fan_funder = "*"
+            profile.fan_funder, profile.fan_first = "*", ()
     same_funder = len(profile.fan_senders) if fresh and profile.fan_funder not in ("", "*") else 0
     sole = fresh and profile.src == sender and now - profile.first_seen <= DRAIN_WINDOW_SECONDS
     return Inflow(
@@ -235,14 +238,22 @@ def inflow_reasons(edge: Edge, profile: AddressProfile, now: float, warm: bool =
     return reasons
 
 
-def take_first_move(profile: AddressProfile) -> tuple:
-    """The first move of a drain that fired (AddressProfile.src_first), handed over once.
+def take_earlier(profile: AddressProfile, reasons: list[dict]) -> list[tuple[dict, tuple]]:
+    """The earlier moves of a drain or fan-in that fired now, each with its reason; handed over once.
 
-    From the thief's side a drain's first transfer is one payment; only the
-    second says what it was.
+    From the thief's side a drain's first transfer is one payment, a
+    fan-in's first sweeps are those of any new address: only the move the
+    rule fires on says what they were (AddressProfile.src_first, .fan_first).
     """
-    first, profile.src_first = profile.src_first, ()
-    return first
+    out = []
+    for reason in reasons:
+        if reason["rule"] == DRAIN and profile.src_first:
+            out += [(reason, move) for move in profile.src_first]
+            profile.src_first = ()
+        elif reason["rule"] == FAN_IN and profile.fan_first:
+            out += [(reason, move) for move in profile.fan_first]
+            profile.fan_first = ()
+    return out
 
 
 def followup_reason(profile: AddressProfile, moves: bool, now: float) -> list[dict]:

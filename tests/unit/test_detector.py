@@ -481,7 +481,7 @@ def test_a_wallet_emptied_into_a_fresh_address_is_flagged_then_what_that_address
     # The first move, raised late: from the thief's side it was one payment.
     assert late["tx_hash"] == "0x" + f"{7:064x}" and late["value_wei"] == str(30 * 10**18)
     assert late["event_time"] == 1_700_000_000 and late["kind"] == "eth_transfer" and late["sender"] == victim
-    assert late["reasons"][0]["late"] and late["reasons"][0]["second_move"] == "0x" + f"{8:064x}"
+    assert late["reasons"][0]["late"] and late["reasons"][0]["revealed_by"] == "0x" + f"{8:064x}"
     _, third = send_and_receive(tx_from(victim, thief, 2 * 10**18, n=9, t=1_700_000_060), 4)
     assert len([d for d in third.anomalies if d["reasons"][0]["rule"] == "drain_to_fresh"]) == 1, "raised once"
     onward_sent, _ = send_and_receive(tx_from(thief, onward, 37 * 10**18, n=0, t=1_700_000_300), 3)
@@ -562,10 +562,23 @@ def test_fresh_sources_funded_by_one_address_sweeping_into_a_fresh_collector_are
     hub = "0x" + "4f" * 20
     fired, profiles, send_and_receive, collector = _fan_in([hub] * 5)
     assert fired == [False, False, True, True, True]
+    assert profiles[collector].fan_first == (), "the first two sweeps were raised with the third"
     assert profiles["0x" + "50" * 20].funder == profiles["0x" + "51" * 20].funder != ""
     sent, _ = send_and_receive(tx_from(collector, "0x" + "99" * 20, 2 * 10**17, n=0, t=1_700_000_500), 99)
     [doc] = sent.anomalies
     assert [r["rule"] for r in doc["reasons"]] == ["fan_in_same_funder"] and doc["severity"] == "high"
+
+
+def test_a_fan_ins_first_sweeps_are_raised_late_with_the_one_it_fires_on():
+    send_and_receive, _ = _chain()
+    hub, collector, raised = "0x" + "4f" * 20, "0x" + "c0" * 20, []
+    for i in range(3):
+        source = "0x" + f"{0x50 + i:02x}" * 20
+        send_and_receive(tx_from(hub, source, 6 * 10**16, n=100 + i, t=1_700_000_000 + 20 * i), 2 * i)
+        _, received = send_and_receive(tx_from(source, collector, 5 * 10**16, n=200 + i,
+                                               t=1_700_000_060 + 20 * i, nonce=0), 2 * i + 1)
+        raised.append(sorted((d["tx_hash"][-3:], bool(d["reasons"][0].get("late"))) for d in received.anomalies))
+    assert raised == [[], [], [("0c8", True), ("0c9", True), ("0ca", False)]]
 
 
 def test_fresh_sources_paid_by_different_addresses_are_no_fan_in():
