@@ -526,6 +526,7 @@ class Edge(NamedTuple):
     # version-1 edges, which old workers may still have on the topic.
     sender_funder: str = ""
     sender_hops: int = 0
+    sender_nonce: int = 0  # version 3: the transaction's nonce, how busy its sender is (0 before)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps((EDGE_VERSION, *self[:7], str(self.value_wei), *self[8:]))
@@ -541,25 +542,26 @@ class Edge(NamedTuple):
                 or (len(fields), fields[0]) not in _EDGE_SHAPES):
             raise ValueError("not an edge of a known version")
         _, h, receiver, other, role, kind, method, token, value, sender, fresh, t, block, *provenance = fields
-        funder, hops = provenance or ("", 0)
+        funder, hops, nonce = (provenance + [0])[:3] if provenance else ("", 0, 0)
         strings = (h, receiver, other, role, kind, method, sender, funder)
         if (not all(isinstance(v, str) for v in strings) or not (token is None or isinstance(token, str))
                 or not isinstance(value, str) or not value.isdigit() or len(value) > 40
                 or not isinstance(fresh, bool) or not isinstance(t, (int, float))
                 or not (block is None or isinstance(block, int))
                 or not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops < 1 << 16
+                or not isinstance(nonce, int) or isinstance(nonce, bool) or not 0 <= nonce < 1 << 64
                 or len(funder) > DIGEST_LENGTH
                 or len(receiver) != 42 or len(other) != 42 or role not in ("to", "owner")):
             raise ValueError("malformed edge fields")
         return cls(h, receiver, other, role, kind, method, token, int(value), sender, fresh, float(t), block,
-                   funder, hops if fields[0] >= 3 else 0)
+                   funder, hops if fields[0] >= 3 else 0, nonce)
 
 
 EDGE_VERSION = 3
 # (field count, version) of the edges decoded: versions 1 (before the sender's
-# provenance) and 2 (another meaning of `sender_hops`) stay readable through a
-# rolling upgrade.
-_EDGE_SHAPES = frozenset({(13, 1), (15, 2), (15, 3)})
+# provenance) and 2 (another meaning of `sender_hops`, no nonce) stay readable
+# through a rolling upgrade.
+_EDGE_SHAPES = frozenset({(13, 1), (15, 2), (16, 3)})
 
 
 # Only what moves value or grants rights reaches the receiving side: a call's
@@ -591,12 +593,12 @@ def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float, funder: str = "
         # a mixer's recipient the pool that pays it, whoever relays the withdrawal.
         grantor = owner if call.kind in ("approval", "withdrawal") and owner is not None else tx.sender
         out.append(Edge(tx.hash, counterparty, grantor, "to", call.kind, call.method, call.token,
-                        tx.value_wei, tx.sender, sender_fresh, now, tx.block_number, funder, hops))
+                        tx.value_wei, tx.sender, sender_fresh, now, tx.block_number, funder, hops, tx.nonce))
     if call.kind == "withdrawal":
         return out
     if owner is not None and owner != tx.sender and owner != counterparty and counterparty is not None:
         out.append(Edge(tx.hash, owner, counterparty, "owner", call.kind, call.method, call.token,
-                        tx.value_wei, tx.sender, sender_fresh, now, tx.block_number, funder, hops))
+                        tx.value_wei, tx.sender, sender_fresh, now, tx.block_number, funder, hops, tx.nonce))
     return out
 
 

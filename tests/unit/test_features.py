@@ -368,9 +368,11 @@ def test_edges_carry_the_senders_funder_and_a_version_1_edge_still_decodes():
     [e] = edges_of(tx, call, True, T0, "ab" * 6, 2)
     assert (e.sender_funder, e.sender_hops) == ("ab" * 6, 2)
     assert Edge.from_bytes(e.to_bytes()) == e and orjson.loads(e.to_bytes())[0] == 3
-    v2 = orjson.loads(e.to_bytes())
+    assert e.sender_nonce == 0 and Edge.from_bytes(e._replace(sender_nonce=12_345).to_bytes()).sender_nonce == 12_345
+    v2 = orjson.loads(e.to_bytes())[:15]
     v2[0] = 2
-    assert Edge.from_bytes(orjson.dumps(v2)).sender_hops == 0, "version 2's hops meant the sender's own depth"
+    old2 = Edge.from_bytes(orjson.dumps(v2))
+    assert (old2.sender_hops, old2.sender_nonce) == (0, 0), "version 2's hops meant the sender's own depth"
     v1 = orjson.loads(e.to_bytes())[:13]
     v1[0] = 1
     old = Edge.from_bytes(orjson.dumps(v1))
