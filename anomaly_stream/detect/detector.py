@@ -295,6 +295,14 @@ def _grants_at_risk(record: Record, pull: Tx, now: float, grants: tuple, partiti
     ]
 
 
+def _forget(profile: AddressProfile, tx_hash: str) -> None:
+    """Drop a move the receiving side has raised from those kept to raise late."""
+    for name in ("src_first", "fan_first", "grants"):
+        kept = getattr(profile, name)
+        if any(entry[0] == tx_hash for entry in kept):
+            setattr(profile, name, tuple(entry for entry in kept if entry[0] != tx_hash))
+
+
 def _late_document(record: Record, edge: Edge, reason: dict, partition: int, threshold: float,
                    detected_at: float) -> dict:
     """An anomaly raised after the fact for an earlier event of `edge.receiver`, from the message that revealed it."""
@@ -359,7 +367,13 @@ def process_edges(
         may_learn.append(not reasons)
         pending.append(_Scored(record, edge, None, receiver, reasons, edge.event_time))
     _judge(model, rows, may_learn, pending, partition, RECEIVER, result, clock, benign)
+    # A move raised already is not raised late again: (tx_hash, perspective) stays unique.
+    raised = {d["tx_hash"] for d in result.anomalies}
+    for d in result.anomalies:
+        _forget(profiles[d["address"]], d["tx_hash"])
     for record, edge, reason, (tx_hash, t, kind, token, value, sender) in earlier:
+        if tx_hash in raised:
+            continue
         move = edge._replace(tx_hash=tx_hash, kind=kind, method="", token=token, value_wei=int(value),
                              sender=sender, other=sender, event_time=t, block_number=None)
         reason = {"rule": reason["rule"], "role": "receiver", "address": edge.receiver, "sender": sender,

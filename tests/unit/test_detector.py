@@ -401,6 +401,7 @@ def test_a_spender_that_pulls_its_approvers_tokens_is_flagged_and_so_are_later_a
     profiles.update(later.profiles)
     [doc] = edges_to_spender(later).anomalies
     assert doc["perspective"] == "receiver" and doc["reasons"][0]["rule"] == "spender_pulls"
+    assert profiles[spender].grants == (), "raised already: not kept to be raised late at the next pull"
 
 
 def test_pulling_tokens_of_an_owner_that_granted_nothing_is_no_spender_rule():
