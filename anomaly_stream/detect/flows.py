@@ -10,9 +10,11 @@ Rules in the style of Forta's bots, beside the trees:
 - **drain_to_fresh**: an address that has sent nothing, first seen within
   the last ten minutes, received every value move (ETH with value, token
   transfers) from ONE sender (no service: `DRAIN_MAX_SENDER_NONCE`), at least
-  two of them, adding up to 1+ ETH or to 2+ distinct tokens. A wallet emptied into a new address in several
-  transfers (a compromised key, a drainer) looks like this from the new
-  address; ordinary payouts come from senders that pay many addresses.
+  two of them, adding up to 1+ ETH or to 2+ distinct tokens. A wallet
+  emptied into a new address in several transfers (a compromised key, a
+  drainer) looks like this from the new address; ordinary payouts come from
+  senders that pay many addresses. The moves before the one it fires on are
+  raised late (`take_earlier`), as are a fan-in's first sweeps.
   An address it fired on is marked (`flow_at`): what it sends for the hour
   after is flagged on the sending side too (`followup_reason`).
 

@@ -75,7 +75,7 @@ class Outcome:
     scores: list[float] = field(default_factory=list)
     flagged: list[bool] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)  # NORMAL or the label's value
-    warm: list[bool] = field(default_factory=list)  # past warm-up: the sender model warm, the receivers' flow rules judging (flows.judged)
+    warm: list[bool] = field(default_factory=list)  # past warm-up: sender model warm, receivers' rules judging
     lines: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0  # time spent in the worker's handle / score_learn

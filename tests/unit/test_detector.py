@@ -506,7 +506,7 @@ def _peel(hop_share: float, hops: int = 4, since: float | None = 0.0):
 
 
 def test_funds_relayed_through_a_line_of_fresh_addresses_are_a_peel_chain_from_the_second_relay():
-    """flows.peel_chain: the victim's payment is no relay, the first fresh address's is one, its receiver's the second."""
+    """flows.peel_chain: the victim's payment is no relay, the first fresh address's is one, the next the second."""
     fired, profiles, addresses = _peel(0.97)
     assert [bool(f) for f in fired] == [False, False, True, True, True]
     assert [profiles[a].hops for a in addresses[1:]] == [0, 1, 2, 3, 4]
