@@ -178,7 +178,8 @@ def observe(edge: Edge, profile: AddressProfile, now: float) -> Inflow:
     sender = digest(edge.sender)
     eth = edge.value_wei / WEI_PER_ETH if edge.kind == "eth_transfer" else 0.0
     move = (edge.tx_hash, now, edge.kind, edge.token, str(edge.value_wei), edge.sender)
-    if first_inflow and fresh:
+    if first_inflow and fresh and edge.sender_nonce <= DRAIN_MAX_SENDER_NONCE:
+        # Kept only where the drain rule can fire: services' payouts, most first inflows, never do.
         profile.src_first = (move,)
     elif profile.src_first and not (fresh and profile.src == sender):
         profile.src_first = ()

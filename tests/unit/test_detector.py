@@ -531,8 +531,9 @@ def test_a_service_paying_a_fresh_address_twice_is_no_drain():
     receiver_model = PartitionModel(ModelConfig(warmup_events=10**6), features=PERSPECTIVE_FEATURES[RECEIVER])
     receiver_model.since = 0.0
     exchange, user = "0x" + "44" * 20, "0x" + "45" * 20
-    send_and_receive, _ = _chain(receiver_model)
+    send_and_receive, profiles = _chain(receiver_model)
     send_and_receive(tx_from(exchange, user, 10**18, n=7, nonce=217_333), 1)
+    assert profiles[user].src_first == (), "nothing kept to raise late: the rule cannot fire on a service"
     sent, received = send_and_receive(tx_from(exchange, user, 50 * 10**18, n=8, t=1_700_000_030, nonce=217_334), 2)
     assert not any(r["rule"] == "drain_to_fresh" for d in sent.anomalies + received.anomalies for r in d["reasons"])
 
