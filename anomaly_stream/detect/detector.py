@@ -37,7 +37,7 @@ from . import flows
 from .feedback import nothing_benign
 from .features import (
     APPROVAL_WINDOW_SECONDS, RECEIVER, SENDER, AddressProfile, Edge, FeeMarket, compact, edges_of, extract_receiver,
-    extract_sender, pulls_from_approver,
+    extract_sender, granted_by, pulls_from_approver,
 )
 from .lookalike import digest, imitated
 from .model import PartitionModel
@@ -181,7 +181,8 @@ def process_batch(
             at_risk.append((record, tx, now, grants))
     _judge(model, rows, may_learn, pending, partition, SENDER, result, clock, benign)
     for record, tx, now, grants in at_risk:
-        result.anomalies.extend(_grants_at_risk(record, tx, now, grants, partition, model.threshold, clock()))
+        result.anomalies.extend(_grants_at_risk(record, tx.sender, tx.hash, now, grants, partition,
+                                                model.threshold, clock()))
     return result
 
 
@@ -270,28 +271,34 @@ def _spender_rule(tx: Tx, call: Call, profile: AddressProfile, now: float) -> tu
     once: the approvals of a campaign that came before its first pull looked
     like a new dapp's, and their owners can still revoke.
     """
-    if pulls_from_approver(tx, call, profile, now):
+    return _pulls(profile, tx.sender, call.owner, "sender", pulls_from_approver(tx, call, profile, now), now)
+
+
+def _pulls(profile: AddressProfile, spender: str, owner: str | None, role: str, pulls: bool,
+           now: float) -> tuple[list[dict], tuple]:
+    """The spender_pulls reasons of a spender's move (`pulls`: of a granting owner's tokens) and the grants it reveals."""
+    if pulls:
         profile.pulled_at = now
         grants, profile.grants = profile.grants, ()
-        return [{"rule": "spender_pulls", "role": "sender", "address": tx.sender, "owner": call.owner}], grants
+        return [{"rule": "spender_pulls", "role": role, "address": spender, "owner": owner}], grants
     if profile.pulled_at and now - profile.pulled_at <= APPROVAL_WINDOW_SECONDS:
-        return [{"rule": "spender_pulls", "role": "sender", "address": tx.sender, "since": profile.pulled_at}], ()
+        return [{"rule": "spender_pulls", "role": role, "address": spender, "since": profile.pulled_at}], ()
     return [], ()
 
 
-def _grants_at_risk(record: Record, pull: Tx, now: float, grants: tuple, partition: int, threshold: float,
-                    detected_at: float) -> list[dict]:
+def _grants_at_risk(record: Record, spender: str, pull_hash: str, now: float, grants: tuple, partition: int,
+                    threshold: float, detected_at: float) -> list[dict]:
     """Anomalies for the earlier grants to a spender that now pulls, as its receiving side saw them.
 
     Raised late (`detected_at` hours after `event_time` at most), from the
     pulling transaction's message (`source`); the owner is the address at risk.
     """
     return [
-        _late_document(record, Edge(tx_hash, pull.sender, owner, "to", "approval", "", token, 0, owner, False, t,
+        _late_document(record, Edge(tx_hash, spender, owner, "to", "approval", "", token, 0, owner, False, t,
                                     None),
-                       {"rule": "spender_pulls", "role": "approval", "address": pull.sender, "owner": owner,
-                        "late": True, "pulled_in": pull.hash}, partition, threshold, detected_at)
-        for tx_hash, owner, token, t in grants if tx_hash != pull.hash and t >= now - APPROVAL_WINDOW_SECONDS
+                       {"rule": "spender_pulls", "role": "approval", "address": spender, "owner": owner,
+                        "late": True, "pulled_in": pull_hash}, partition, threshold, detected_at)
+        for tx_hash, owner, token, t in grants if tx_hash != pull_hash and t >= now - APPROVAL_WINDOW_SECONDS
     ]
 
 
@@ -328,7 +335,7 @@ def process_edges(
     """Score then learn every edge of the batch, as an event of its receiver, in order."""
     result = BatchResult()
     profiles = result.profiles
-    rows, may_learn, pending, earlier = [], [], [], []
+    rows, may_learn, pending, earlier, at_risk = [], [], [], [], []
     for record in records:
         try:
             edge = Edge.from_bytes(record.value)
@@ -349,7 +356,14 @@ def process_edges(
             continue
         reasons = flows.inflow_reasons(edge, profile, edge.event_time, warm)
         earlier.extend((record, edge, reason, move) for reason, move in flows.take_earlier(profile, reasons))
-        if _spender_pulled(edge, profile):
+        if edge.role == "via":
+            # A drainer contract moving a granting owner's tokens (semantics.PULLED_BY_TO).
+            pulled, grants = _pulls(profile, receiver, edge.other, "spender",
+                                    granted_by(profile, edge.other, edge.event_time), edge.event_time)
+            reasons.extend(pulled)
+            if grants:
+                at_risk.append((record, edge, grants))
+        elif _spender_pulled(edge, profile):
             reasons.append({"rule": "spender_pulls", "role": "spender", "address": receiver,
                             "since": profile.pulled_at})
         if imitates is not None:
@@ -379,6 +393,10 @@ def process_edges(
         reason = {"rule": reason["rule"], "role": "receiver", "address": edge.receiver, "sender": sender,
                   "late": True, "revealed_by": edge.tx_hash}
         result.anomalies.append(_late_document(record, move, reason, partition, model.threshold, clock()))
+    for record, edge, grants in at_risk:
+        result.anomalies.extend(d for d in _grants_at_risk(record, edge.receiver, edge.tx_hash, edge.event_time,
+                                                           grants, partition, model.threshold, clock())
+                                if d["tx_hash"] not in raised)
     return result
 
 

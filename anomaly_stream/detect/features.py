@@ -43,7 +43,7 @@ import orjson
 
 from .lookalike import DIGEST_LENGTH, digest, imitated
 from .schema import WEI_PER_ETH, WEI_PER_GWEI, Tx
-from .semantics import Call
+from .semantics import PULLED_BY_TO, Call
 
 def compact(raw: bytes) -> bytes:
     """A copy of `raw` that holds only its own length, for values kept in tables.
@@ -491,7 +491,13 @@ def pulls_from_approver(tx: Tx, call: Call, profile: AddressProfile, now: float)
     on the same transferFrom by the approved EOA).
     """
     owner = call.owner
-    if call.kind != "token_transfer" or owner is None or owner == tx.sender or not profile.approvers:
+    return (call.kind == "token_transfer" and owner is not None and owner != tx.sender
+            and call.method not in PULLED_BY_TO and granted_by(profile, owner, now))
+
+
+def granted_by(profile: AddressProfile, owner: str, now: float) -> bool:
+    """`owner` granted this address an allowance within APPROVAL_WINDOW_SECONDS."""
+    if not profile.approvers:
         return False
     d = digest(owner)
     since = now - APPROVAL_WINDOW_SECONDS
@@ -551,12 +557,16 @@ class Edge(NamedTuple):
                 or not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops < 1 << 16
                 or not isinstance(nonce, int) or isinstance(nonce, bool) or not 0 <= nonce < 1 << 64
                 or len(funder) > DIGEST_LENGTH
-                or len(receiver) != 42 or len(other) != 42 or role not in ("to", "owner")):
+                or len(receiver) != 42 or len(other) != 42 or role not in EDGE_ROLES):
             raise ValueError("malformed edge fields")
         return cls(h, receiver, other, role, kind, method, token, int(value), sender, fresh, float(t), block,
                    funder, hops if fields[0] >= 3 else 0, nonce)
 
 
+# "to": the counterparty meets the sender (a spender its grantor); "owner": the owner
+# a call moves or grants from meets the counterparty; "via": a contract that spent
+# the owner's allowance inside the call (semantics.PULLED_BY_TO) meets the owner.
+EDGE_ROLES = frozenset({"to", "owner", "via"})
 EDGE_VERSION = 3
 # (field count, version) of the edges decoded: versions 1 (before the sender's
 # provenance) and 2 (another meaning of `sender_hops`, no nonce) stay readable
@@ -599,6 +609,10 @@ def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float, funder: str = "
     if owner is not None and owner != tx.sender and owner != counterparty and counterparty is not None:
         out.append(Edge(tx.hash, owner, counterparty, "owner", call.kind, call.method, call.token,
                         tx.value_wei, tx.sender, sender_fresh, now, tx.block_number, funder, hops, tx.nonce))
+    if call.method in PULLED_BY_TO and owner is not None and tx.to not in (owner, counterparty):
+        # The contract that spent the owner's allowance, where the owner's grants to it are kept.
+        out.append(Edge(tx.hash, tx.to, owner, "via", call.kind, call.method, call.token,
+                        tx.value_wei, tx.sender, sender_fresh, now, tx.block_number, funder, hops, tx.nonce))
     return out
 
 
@@ -629,7 +643,8 @@ def receiver_raw(edge: Edge, profile: AddressProfile | None, now: float,
         profile = new_profile(now)
     other = digest(edge.other)
     # Before `other` joins the history: a look-alike of a real counterparty, or a stranger.
-    imitates = imitated(other, profile.counterparties)
+    # (A contract pulling an owner's tokens meets an owner who granted it, not a look-alike.)
+    imitates = imitated(other, profile.counterparties) if edge.role != "via" else None
     stranger = other not in profile.counterparties
     remember_counterparty(profile, other)
     age = max(0.0, now - profile.first_seen)

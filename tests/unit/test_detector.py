@@ -404,6 +404,52 @@ def test_a_spender_that_pulls_its_approvers_tokens_is_flagged_and_so_are_later_a
     assert profiles[spender].grants == (), "raised already: not kept to be raised late at the next pull"
 
 
+def test_a_drainer_contract_emptied_through_its_multicall_is_flagged_with_the_grants_it_reveals():
+    # Approvals to a contract S; an accomplice calls S.aggregate([(token, transferFrom(victim, collector, x))]).
+    sender_model = PartitionModel(ModelConfig())
+    receiver_model = PartitionModel(ModelConfig(), features=PERSPECTIVE_FEATURES[RECEIVER])
+    victim, other, drainer, accomplice, collector = ("0x" + c * 20 for c in ("31", "32", "5a", "4c", "6b"))
+    profiles = {}
+
+    def at_drainer(tx, n):
+        sent = process_batch(sender_model, [keyed(tx, n)], profiles.get, 0)
+        profiles.update(sent.profiles)
+        recs = [Record(n, e.receiver.encode(), e.to_bytes(), 1.0) for e in sent.edges if e.receiver == drainer]
+        out = process_edges(receiver_model, recs, profiles.get, 0)
+        profiles.update(out.profiles)
+        return sent, out
+
+    approve = "0x095ea7b3" + word(drainer) + word(2**256 - 1)
+    assert not at_drainer(tx_from(victim, TOKEN, 0, approve, n=1), 1)[1].anomalies
+    inner = "23b872dd" + word(victim) + word(collector) + word(10**6)
+    aggregate = ("0x252dba42" + word(32) + word(1) + word(32) + word(TOKEN) + word(64) + word(len(inner) // 2)
+                 + inner + "00" * 28)
+    sent, out = at_drainer(tx_from(accomplice, drainer, 0, aggregate, n=2, t=1_700_000_060), 2)
+    assert {e.role for e in sent.edges} == {"to", "owner", "via"}
+    doc, late = out.anomalies
+    assert doc["tx_hash"] == "0x" + f"{2:064x}" and doc["perspective"] == "receiver"
+    assert any(r == {"rule": "spender_pulls", "role": "spender", "address": drainer, "owner": victim}
+               for r in doc["reasons"])
+    assert late["tx_hash"] == "0x" + f"{1:064x}" and late["address"] == drainer
+    assert late["reasons"][0]["pulled_in"] == doc["tx_hash"] and late["reasons"][0]["late"] is True
+    # The campaign goes on: the next approval to the drainer is flagged as it happens.
+    [doc] = at_drainer(tx_from(other, TOKEN, 0, approve, n=3, t=1_700_000_120), 3)[1].anomalies
+    assert doc["reasons"][0]["rule"] == "spender_pulls"
+
+
+def test_a_multicall_moving_tokens_of_an_owner_that_granted_the_contract_nothing_is_no_spender_rule():
+    receiver_model = PartitionModel(ModelConfig(), features=PERSPECTIVE_FEATURES[RECEIVER])
+    multicall, owner = "0x" + "5a" * 20, "0x" + "31" * 20
+    inner = "23b872dd" + word(owner) + word("0x" + "6b" * 20) + word(10**6)
+    aggregate = ("0x252dba42" + word(32) + word(1) + word(32) + word(TOKEN) + word(64) + word(len(inner) // 2)
+                 + inner + "00" * 28)
+    sent = process_batch(PartitionModel(ModelConfig()), [keyed(tx_from("0x" + "4c" * 20, multicall, 0, aggregate,
+                                                                       n=1), 1)], no_profiles, 0)
+    [via] = [Record(0, e.receiver.encode(), e.to_bytes(), 1.0) for e in sent.edges if e.role == "via"]
+    out = process_edges(receiver_model, [via], no_profiles, 0)
+    assert not any(r["rule"] == "spender_pulls" for d in out.anomalies for r in d["reasons"])
+
+
 def test_pulling_tokens_of_an_owner_that_granted_nothing_is_no_spender_rule():
     model = PartitionModel(ModelConfig())
     pull = "0x23b872dd" + word("0x" + "31" * 20) + word("0x" + "6b" * 20) + word(10**6)

@@ -175,6 +175,19 @@ def test_edges_go_to_the_counterparty_and_the_owner():
     assert edges_of(plain_call, decode_call(TOKEN, 0, "0xd0e30db0"), False, T0) == []
 
 
+def test_a_pull_inside_a_multicall_also_goes_to_the_contract_that_spent_the_allowance():
+    owner, recipient, drainer = addr(1), addr(2), addr(3)
+    inner = "23b872dd" + word(owner) + word(recipient) + word(5)
+    data = "0x252dba42" + word(32) + word(1) + word(32) + word(TOKEN) + word(64) + word(100) + inner + "00" * 28
+    tx = make_tx(to=drainer, value_wei=0, data=data)
+    edges = edges_of(tx, decode_call(tx.to, tx.value_wei, tx.input), False, T0)
+    assert [(e.receiver, e.other, e.role, e.token) for e in edges] == [
+        (recipient, ME, "to", TOKEN), (owner, recipient, "owner", TOKEN), (drainer, owner, "via", TOKEN)]
+    assert Edge.from_bytes(edges[2].to_bytes()) == edges[2]
+    x, profile, imitates = receive(edges[2])
+    assert imitates is None and profile.in_n == 0, "the contract received nothing"
+
+
 @pytest.mark.parametrize("raw", [b"", b"[]", b"{}", b"[1,2]", b"not json", b'[1,"a","b","c","to","k","m",null,"x"'])
 def test_a_malformed_edge_raises_value_error(raw):
     with pytest.raises(ValueError):

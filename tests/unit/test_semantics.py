@@ -24,6 +24,7 @@ from anomaly_stream.detect.semantics import (
     APPROVAL_TOPIC,
     KINDS,
     PERMIT2,
+    PULLED_BY_TO,
     SIGNATURES,
     TRANSFER_TOPIC,
     UINT160_MAX,
@@ -133,6 +134,9 @@ EXPECTED_SIGNATURES = {
     "transferFrom(address,address,uint160,address)",
     "permitTransferFrom(((address,uint256),uint256,uint256),(address,uint256),address,bytes)",
     "withdraw(bytes,bytes32,bytes32,address,address,uint256,uint256)",
+    "aggregate((address,bytes)[])",
+    "tryAggregate(bool,(address,bytes)[])",
+    "aggregate3((address,bool,bytes)[])",
 }
 
 
@@ -239,7 +243,7 @@ EXPECTED_METHODS = {
     "2024": {"transfer": 484, "approve": 243, "setApprovalForAll": 26, "transferFrom": 9,
              "safeTransferFrom": 3, "dai_permit": 1},
     "2023": {"transfer": 55, "approve": 41, "setApprovalForAll": 2},
-    "mev": {"transfer": 1494, "approve": 327, "setApprovalForAll": 120, "transferFrom": 63,
+    "mev": {"aggregate": 1, "transfer": 1494, "approve": 327, "setApprovalForAll": 120, "transferFrom": 63,
             "safeTransferFrom": 33, "safeBatchTransferFrom": 1},
 }
 
@@ -253,8 +257,9 @@ def test_kind_and_method_counts_on_real_traffic(traffic, name):
         if call.method:
             methods[call.method] += 1
         if to and data[2:10].lower() in SIGNATURES:
-            # Every known selector in real traffic has well-formed arguments.
-            assert call.kind != "call", data[:10]
+            # Every known selector in real traffic has well-formed arguments
+            # (a multicall that moves no tokens is a call with its method named).
+            assert call.kind != "call" or call.method, data[:10]
     assert {k: kinds[k] for k in KINDS} == EXPECTED_KINDS[name]
     assert dict(methods) == EXPECTED_METHODS[name]
 
@@ -490,6 +495,59 @@ def test_creation_and_plain_eth_transfer():
 
 
 TRANSFER = _calldata("transfer(address,uint256)", ["address", "uint256"], [BOB, 7])
+
+
+# The one Multicall batch in the real traffic (2020-22 MEV blocks): a reward claim, no token moved.
+REAL_AGGREGATE = (
+    "0x252dba42" "0000000000000000000000000000000000000000000000000000000000000020"
+    "0000000000000000000000000000000000000000000000000000000000000001"
+    "0000000000000000000000000000000000000000000000000000000000000020"
+    "000000000000000000000000485d8c64f33db5152a1159e0443daa4b1a620160"
+    "0000000000000000000000000000000000000000000000000000000000000040"
+    "0000000000000000000000000000000000000000000000000000000000000024"
+    "ef5cfb8c0000000000000000000000007af3edc58487bad40a21b93d90f14453282d8df3"
+    "00000000000000000000000000000000000000000000000000000000")
+MULTICALL = "0xeefba1e63905ef1d7acba5a8513c70307c1ce441"
+
+
+def test_a_real_multicall_that_moves_no_tokens_is_a_call(by_hash):
+    to, value, data = by_hash["0xcf6ab32ea38d50b49df2adee844cba659bf47116ca8ecf968f1ee449a0bec2b2"]
+    assert (to, data) == (MULTICALL, REAL_AGGREGATE)
+    assert decode_call(to, 5, data) == Call("call", "aggregate", MULTICALL, None, None, 5, False, False)
+
+
+_PULL = ["address", "address", "uint256"], [ALICE, BOB, 10**6]
+
+
+def word_of(n: int) -> str:
+    return format(n, "064x")
+
+
+@pytest.mark.parametrize("signature, types, wrap", [
+    ("aggregate((address,bytes)[])", ["(address,bytes)[]"], lambda calls: [[(t, d) for t, d in calls]]),
+    ("tryAggregate(bool,(address,bytes)[])", ["bool", "(address,bytes)[]"],
+     lambda calls: [False, [(t, d) for t, d in calls]]),
+    ("aggregate3((address,bool,bytes)[])", ["(address,bool,bytes)[]"],
+     lambda calls: [[(t, True, d) for t, d in calls]]),
+])
+def test_a_multicall_that_pulls_an_owners_tokens_is_a_token_transfer_made_by_the_contract(signature, types, wrap):
+    pull = keccak(text="transferFrom(address,address,uint256)")[:4] + encode(*_PULL)
+    claim = bytes.fromhex(REAL_AGGREGATE[-128:-56])
+    data = _calldata(signature, types, wrap([(TOKEN, claim), (TOKEN, pull)]))
+    call = decode_call(MULTICALL, 0, data)
+    assert call == Call("token_transfer", "multicall_transferFrom", BOB, ALICE, TOKEN, 10**6, False, False)
+    assert call.method in PULLED_BY_TO
+    assert decode_call(MULTICALL, 0, _calldata(signature, types, wrap([(TOKEN, claim)]))).kind == "call"
+
+
+@pytest.mark.parametrize("data", [
+    REAL_AGGREGATE[:-58],                                   # the inner call cut short
+    REAL_AGGREGATE[:10] + word_of(2**64) + REAL_AGGREGATE[74:],   # the array's offset past the end
+    REAL_AGGREGATE[:74] + word_of(2**40) + REAL_AGGREGATE[138:],  # a length past the end
+    REAL_AGGREGATE[:202] + "ff" + REAL_AGGREGATE[204:],     # the target's padding dirty
+])
+def test_a_malformed_multicall_is_a_plain_call(data):
+    assert decode_call(MULTICALL, 3, data) == Call("call", "", MULTICALL, None, None, 3, False, False)
 
 
 @pytest.mark.parametrize("data", [
