@@ -8,7 +8,8 @@ in chain order, one profile per address as the worker keeps them, and prints
 the 50/90/99/99.9th percentiles of every transformed feature (the values the
 limits in `anomaly_stream.detect.features` apply to) and of the burst count
 `detector.LEARN_CAP_PER_MINUTE` caps, and the quantities the flow rules of
-`anomaly_stream.detect.flows` apply their limits to (`flows.*`). Writes benchmarks/results/calibration.json.
+`anomaly_stream.detect.flows` apply their limits to (`flows.*`), and counts
+behind the rules' limits (`creations.*`, `spenders.*`). Writes benchmarks/results/calibration.json.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from anomaly_stream.detect.features import (
     PERSPECTIVE_FEATURES, RECEIVER, SENDER, FeeMarket, edges_of, receiver_raw, sender_raw,
 )
 from anomaly_stream.detect import flows
+from anomaly_stream.detect.detector import fresh_deployer
 from anomaly_stream.detect.schema import WEI_PER_ETH, InvalidTransaction, decode
 from anomaly_stream.detect.semantics import decode_call
 from anomaly_stream.tools.readers import read_transactions
@@ -36,6 +38,7 @@ def replay(path: Path) -> dict[str, list[float]]:
     market, profiles, columns = FeeMarket(), {}, {}
     granted: dict[str, set] = {}  # spender -> distinct owners that granted it
     spender_sends: dict[int, int] = {}  # owners granted before -> transactions the spender sent
+    creations: dict[str, int] = {}  # all, nonce_0, by_fresh_deployer (detector.fresh_deployer)
     clock, start = 0.0, None
     for obj in read_transactions(path):
         try:
@@ -63,6 +66,11 @@ def replay(path: Path) -> dict[str, list[float]]:
         for name, value in zip(PERSPECTIVE_FEATURES[SENDER], raw):
             columns.setdefault(f"{SENDER}.{name}", []).append(value)
         columns.setdefault("sender.burst_count", []).append(profiles[tx.sender].burst)
+        if call.kind == "creation":  # detector._deployer_rule: new, freshly funded deployers are rare
+            keys = ["all"] + ["nonce_0"] * (tx.nonce == 0)
+            keys += ["by_fresh_deployer"] * fresh_deployer(tx, profiles[tx.sender], clock)
+            for key in keys:
+                creations[key] = creations.get(key, 0) + 1
         if call.kind == "eth_transfer" and tx.value_wei > 0:
             columns.setdefault("flows.eth_transfer_value", []).append(tx.value_wei / WEI_PER_ETH)
         for edge in edges_of(tx, call, fresh, clock, funder, hops):
@@ -78,6 +86,8 @@ def replay(path: Path) -> dict[str, list[float]]:
                 columns.setdefault(f"flows.{name}", []).append(float(value))
                 if late:
                     columns.setdefault(f"flows_after_1h.{name}", []).append(float(value))
+    for key in ("all", "nonce_0", "by_fresh_deployer"):
+        columns[f"creations.{key}"] = [float(creations.get(key, 0))]
     columns["spenders.granted_by_2+"] = [float(sum(len(v) >= 2 for v in granted.values()))]
     columns["spenders.sends_after_1_grant"] = [float(spender_sends.get(1, 0))]
     columns["spenders.sends_after_2+_grants"] = [float(sum(v for k, v in spender_sends.items() if k >= 2))]

@@ -10,6 +10,7 @@ import pytest
 from anomaly_stream.detect import detector
 from anomaly_stream.detect.detector import (
     ANOMALY_SCHEMA,
+    FRESH_DEPLOYER,
     FUNDED,
     DeadLetter,
     Record,
@@ -345,6 +346,31 @@ def test_a_mixer_withdrawal_funds_its_recipient_and_its_exploit_calls_are_flagge
     attack = "0xdeadbeef" + word(1)
     assert FUNDED in rules(tx_from(attacker, contract, 0, attack, n=3, t=t0 + 2400), 3)
     assert FUNDED not in rules(tx_from(attacker, contract, 0, attack, n=4, t=t0 + 1800 + 2 * 3600, nonce=2), 4)
+
+
+def test_a_new_address_deploying_as_its_first_transaction_after_being_funded_is_flagged_with_its_calls():
+    sender_model = PartitionModel(ModelConfig())
+    receiver_model = PartitionModel(ModelConfig(), features=PERSPECTIVE_FEATURES[RECEIVER])
+    exchange, attacker, veteran, slow, contract = ("0x" + c * 20 for c in ("76", "88", "89", "8a", "99"))
+    t0 = 1_700_000_000
+    profiles = {}
+
+    def rules(tx, n):
+        result = process_batch(sender_model, [keyed(tx, n)], profiles.get, 0)
+        profiles.update(result.profiles)
+        edges = [Record(n, e.receiver.encode(), e.to_bytes(), 1.0) for e in result.edges]
+        profiles.update(process_edges(receiver_model, edges, profiles.get, 0).profiles)
+        return [r["rule"] for doc in result.anomalies for r in doc["reasons"]]
+
+    assert rules(tx_from(exchange, attacker, 20 * 10**18, n=1, t=t0, nonce=5000), 1) == []
+    assert rules(tx_from(attacker, None, 0, "0x6080", n=2, t=t0 + 5 * 3600, nonce=0), 2) == [FRESH_DEPLOYER]
+    assert rules(tx_from(attacker, contract, 0, "0xdeadbeef" + word(1), n=3, t=t0 + 6 * 3600), 3) == [
+        FRESH_DEPLOYER]
+    # A deployer with a history, and one whose funds came more than a day before, are no such thing.
+    assert rules(tx_from(exchange, veteran, 10**18, n=4, t=t0, nonce=5001), 4) == []
+    assert rules(tx_from(veteran, None, 0, "0x6080", n=5, t=t0 + 60, nonce=7), 5) == []
+    assert rules(tx_from(exchange, slow, 10**18, n=6, t=t0, nonce=5002), 6) == []
+    assert rules(tx_from(slow, None, 0, "0x6080", n=7, t=t0 + 25 * 3600, nonce=0), 7) == []
 
 
 def test_a_malformed_edge_is_dead_lettered():
