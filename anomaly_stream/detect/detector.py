@@ -184,6 +184,7 @@ def process_batch(
         if grants:
             at_risk.append((record, tx, now, grants))
     _judge(model, rows, may_learn, pending, partition, SENDER, result, clock, benign)
+    _forget_raised_sends(result)
     for record, tx, now, grants in at_risk:
         result.anomalies.extend(_grants_at_risk(record, tx.sender, tx.hash, now, grants, partition,
                                                 model.threshold, clock()))
@@ -198,14 +199,17 @@ def _sender_act(tx: Tx, profile: AddressProfile | None, now: float, market: FeeM
     known = profile.counterparties if profile is not None else ()
     fresh = flows.young(profile, now)
     funder = profile.funder if profile is not None else ""
-    hops = flows.relay_depth(profile, tx.value_wei / WEI_PER_ETH if call.kind == "eth_transfer" else 0.0, fresh)
+    eth_wei = tx.value_wei if call.kind == "eth_transfer" else 0
+    hops = flows.relay_depth(profile, eth_wei / WEI_PER_ETH, fresh)
     x, profile, new_counterparty = extract_sender(tx, call, profile, now, market)
     reasons = _sender_rules(tx, call, profile, known, new_counterparty, listed)
     spender, grants = _spender_rule(tx, call, profile, now)
     reasons.extend(spender)
     reasons.extend(_deployer_rule(tx, call, profile, now))
     reasons.extend(flows.followup_reason(profile, _moves_value(tx, call), now))
-    return call, x, profile, reasons, edges_of(tx, call, fresh, now, funder, hops), grants
+    edges = edges_of(tx, call, fresh, now, funder, hops, flows.trail_of(profile, tx.sender) if hops else ())
+    flows.extend_trail(profile, fresh, tx.hash, tx.sender, call.counterparty, eth_wei, now)
+    return call, x, profile, reasons, edges, grants
 
 
 def _moves_value(tx: Tx, call: Call) -> bool:
@@ -327,19 +331,30 @@ def _grants_at_risk(record: Record, spender: str, pull_hash: str, now: float, gr
     ]
 
 
+def _forget_raised_sends(result: BatchResult) -> None:
+    """Keep the sends the sending side raised out of the peel-chain trails, kept and carried (see `_forget`)."""
+    raised = {d["tx_hash"] for d in result.anomalies}
+    if not raised:
+        return
+    for d in result.anomalies:
+        _forget(result.profiles[d["address"]], d["tx_hash"])
+    result.edges = [e._replace(sender_trail=tuple(m for m in e.sender_trail if m[0] not in raised))
+                    if e.sender_trail else e for e in result.edges]
+
+
 def _forget(profile: AddressProfile, tx_hash: str) -> None:
-    """Drop a move the receiving side has raised from those kept to raise late."""
-    for name in ("src_first", "fan_first", "grants"):
+    """Drop a move its side has raised from those kept to raise late."""
+    for name in ("src_first", "fan_first", "grants", "trail"):
         kept = getattr(profile, name)
         if any(entry[0] == tx_hash for entry in kept):
             setattr(profile, name, tuple(entry for entry in kept if entry[0] != tx_hash))
 
 
 def _late_document(record: Record, edge: Edge, reason: dict, partition: int, threshold: float,
-                   detected_at: float) -> dict:
+                   detected_at: float, perspective: str = RECEIVER) -> dict:
     """An anomaly raised after the fact for an earlier event of `edge.receiver`, from the message that revealed it."""
     item = _Scored(record, edge, None, edge.receiver, [reason], edge.event_time)
-    return anomaly_document(item, partition, RECEIVER, 0.0, threshold, [reason], [], detected_at)
+    return anomaly_document(item, partition, perspective, 0.0, threshold, [reason], [], detected_at)
 
 
 def _spender_pulled(edge: Edge, profile: AddressProfile) -> bool:
@@ -380,7 +395,7 @@ def process_edges(
             result.dead_letters.append(DeadLetter(record, PROCESSING_ERROR, repr(exc)[:200]))
             continue
         reasons = flows.inflow_reasons(edge, profile, edge.event_time, warm)
-        earlier.extend((record, edge, reason, move) for reason, move in flows.take_earlier(profile, reasons))
+        earlier.extend((record, edge, reason, late) for reason, late in flows.take_earlier(edge, profile, reasons))
         if edge.role == "via":
             # A drainer contract moving a granting owner's tokens (semantics.PULLED_BY_TO).
             pulled, grants = _pulls(profile, receiver, edge.other, "spender",
@@ -410,14 +425,16 @@ def process_edges(
     raised = {d["tx_hash"] for d in result.anomalies}
     for d in result.anomalies:
         _forget(profiles[d["address"]], d["tx_hash"])
-    for record, edge, reason, (tx_hash, t, kind, token, value, sender) in earlier:
-        if tx_hash in raised:
+    for record, edge, reason, late in earlier:
+        if late.tx_hash in raised:
             continue
-        move = edge._replace(tx_hash=tx_hash, kind=kind, method="", token=token, value_wei=int(value),
-                             sender=sender, other=sender, event_time=t, block_number=None)
-        reason = {"rule": reason["rule"], "role": "receiver", "address": edge.receiver, "sender": sender,
+        move = edge._replace(tx_hash=late.tx_hash, receiver=late.address, other=late.other, kind=late.kind,
+                             method="", token=late.token, value_wei=late.value_wei, sender=late.sender,
+                             event_time=late.event_time, block_number=None, sender_trail=())
+        reason = {"rule": reason["rule"], "role": late.perspective, "address": late.address, "sender": late.sender,
                   "late": True, "revealed_by": edge.tx_hash}
-        result.anomalies.append(_late_document(record, move, reason, partition, model.threshold, clock()))
+        result.anomalies.append(_late_document(record, move, reason, partition, model.threshold, clock(),
+                                               late.perspective))
     for record, edge, grants in at_risk:
         result.anomalies.extend(d for d in _grants_at_risk(record, edge.receiver, edge.tx_hash, edge.event_time,
                                                            grants, partition, model.threshold, clock())

@@ -286,6 +286,9 @@ class AddressProfile:
     # address is fresh, and the fan-in's sweeps before the one it fires on.
     src_first: tuple = ()
     fan_first: tuple = ()
+    # The peel chain's moves that led here and were not raised (flows.Trail, at most
+    # flows.PEEL_TRAIL): raised late by the receiver that reveals the chain.
+    trail: tuple = ()
 
     def to_bytes(self) -> bytes:
         return compact(orjson.dumps((
@@ -296,7 +299,7 @@ class AddressProfile:
             self.run_to, self.run_n, self.run_t, self.created_at, self.pulled_at,
             self.src, self.src_n, self.src_eth, self.src_tokens, self.fresh_in, self.flow_at,
             self.funder, self.hops, self.fan_funder, self.fan_senders, self.flow_rule, self.grants,
-            self.src_first, self.fan_first,
+            self.src_first, self.fan_first, self.trail,
         )))
 
     @classmethod
@@ -320,6 +323,7 @@ class AddressProfile:
         profile.grants = tuple(map(tuple, profile.grants))
         profile.src_first = tuple(map(tuple, profile.src_first))
         profile.fan_first = tuple(map(tuple, profile.fan_first))
+        profile.trail = tuple(map(tuple, profile.trail))
         return profile
 
     def as_dict(self) -> dict:
@@ -541,6 +545,8 @@ class Edge(NamedTuple):
     sender_funder: str = ""
     sender_hops: int = 0
     sender_nonce: int = 0  # version 3: the transaction's nonce, how busy its sender is (0 before)
+    # Version 4: a relay's payment carries the chain's earlier moves (AddressProfile.trail).
+    sender_trail: tuple = ()
 
     def to_bytes(self) -> bytes:
         return orjson.dumps((EDGE_VERSION, *self[:7], str(self.value_wei), *self[8:]))
@@ -556,7 +562,8 @@ class Edge(NamedTuple):
                 or (len(fields), fields[0]) not in _EDGE_SHAPES):
             raise ValueError("not an edge of a known version")
         _, h, receiver, other, role, kind, method, token, value, sender, fresh, t, block, *provenance = fields
-        funder, hops, nonce = (provenance + [0])[:3] if provenance else ("", 0, 0)
+        # Missing in older versions: the nonce (before 3) and the trail (before 4).
+        funder, hops, nonce, trail = provenance + [0, []][len(provenance) - 2:] if provenance else ("", 0, 0, [])
         strings = (h, receiver, other, role, kind, method, sender, funder)
         if (not all(isinstance(v, str) for v in strings) or not (token is None or isinstance(token, str))
                 or not isinstance(value, str) or not value.isdigit() or len(value) > 40
@@ -565,21 +572,35 @@ class Edge(NamedTuple):
                 or not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops < 1 << 16
                 or not isinstance(nonce, int) or isinstance(nonce, bool) or not 0 <= nonce < 1 << 64
                 or len(funder) > DIGEST_LENGTH
-                or len(receiver) != 42 or len(other) != 42 or role not in EDGE_ROLES):
+                or len(receiver) != 42 or len(other) != 42 or role not in EDGE_ROLES
+                or not _valid_trail(trail)):
             raise ValueError("malformed edge fields")
         return cls(h, receiver, other, role, kind, method, token, int(value), sender, fresh, float(t), block,
-                   funder, hops if fields[0] >= 3 else 0, nonce)
+                   funder, hops if fields[0] >= 3 else 0, nonce, tuple(map(tuple, trail)))
+
+
+def _valid_trail(trail) -> bool:
+    """At most TRAIL_MOVES moves (tx hash, time, sender, receiver, wei as text, perspective)."""
+    return isinstance(trail, list) and len(trail) <= TRAIL_MOVES and all(
+        isinstance(m, list) and len(m) == 6 and isinstance(m[0], str) and len(m[0]) <= 66
+        and isinstance(m[1], (int, float)) and not isinstance(m[1], bool)
+        and isinstance(m[2], str) and len(m[2]) == 42 and isinstance(m[3], str) and len(m[3]) == 42
+        and isinstance(m[4], str) and m[4].isdigit() and len(m[4]) <= 40 and m[5] in (SENDER, RECEIVER)
+        for m in trail)
 
 
 # "to": the counterparty meets the sender (a spender its grantor); "owner": the owner
 # a call moves or grants from meets the counterparty; "via": a contract that spent
 # the owner's allowance inside the call (semantics.PULLED_BY_TO) meets the owner.
 EDGE_ROLES = frozenset({"to", "owner", "via"})
-EDGE_VERSION = 3
+EDGE_VERSION = 4
 # (field count, version) of the edges decoded: versions 1 (before the sender's
-# provenance) and 2 (another meaning of `sender_hops`, no nonce) stay readable
-# through a rolling upgrade.
-_EDGE_SHAPES = frozenset({(13, 1), (15, 2), (16, 3)})
+# provenance), 2 (another meaning of `sender_hops`, no nonce) and 3 (no trail)
+# stay readable through a rolling upgrade.
+_EDGE_SHAPES = frozenset({(13, 1), (15, 2), (16, 3), (17, 4)})
+# Moves a relay's payment carries at most (flows.PEEL_TRAIL, kept here so the
+# decoder needs no import of the rules).
+TRAIL_MOVES = 4
 
 
 # Only what moves value or grants rights reaches the receiving side: a call's
@@ -589,7 +610,8 @@ _EDGE_SHAPES = frozenset({(13, 1), (15, 2), (16, 3)})
 EDGE_KINDS = frozenset({"eth_transfer", "token_transfer", "approval", "withdrawal"})
 
 
-def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float, funder: str = "", hops: int = 0) -> list[Edge]:
+def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float, funder: str = "", hops: int = 0,
+             trail: tuple = ()) -> list[Edge]:
     """The edges a scored transaction sends to the receiving side.
 
     `sender_fresh` (`flows.young`: first seen within the hour, at most one
@@ -599,7 +621,8 @@ def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float, funder: str = "
     senders is 0.97 at p90); with the nonce only throwaway addresses remain.
     (Trace files carry no nonce: the reader's placeholder is 0.)
     `funder` is the sender's provenance (AddressProfile.funder), `hops` the
-    relays in a row this payment ends (`flows.relay_depth`).
+    relays in a row this payment ends (`flows.relay_depth`), `trail` the chain's
+    earlier moves a relay's payment carries (`flows.Trail`).
     """
     if call.kind not in EDGE_KINDS:
         return []
@@ -611,7 +634,8 @@ def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float, funder: str = "
         # a mixer's recipient the pool that pays it, whoever relays the withdrawal.
         grantor = owner if call.kind in ("approval", "withdrawal") and owner is not None else tx.sender
         out.append(Edge(tx.hash, counterparty, grantor, "to", call.kind, call.method, call.token,
-                        tx.value_wei, tx.sender, sender_fresh, now, tx.block_number, funder, hops, tx.nonce))
+                        tx.value_wei, tx.sender, sender_fresh, now, tx.block_number, funder, hops, tx.nonce,
+                        trail))
     if call.kind == "withdrawal":
         return out
     if owner is not None and owner != tx.sender and owner != counterparty and counterparty is not None:

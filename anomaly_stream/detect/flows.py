@@ -26,7 +26,8 @@ Rules in the style of Forta's bots, beside the trees:
   a line of fresh addresses, a little peeled off to exchanges at each step,
   look like this; a real payment forwarded once (a deposit address swept, a
   new wallet topped up from an older new one) is one relay. Its sends are
-  followed up.
+  followed up, and the chain's moves before it (the first relays' inflows
+  and peels, which no rule could name yet: `Trail`) are raised late.
 
 The profile also keeps `fresh_in` (value moves received only from young
 senders, `young`), which `benchmarks/calibration.py` reports: a fan-in rule
@@ -48,7 +49,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .features import INBOUND_WINDOW_SECONDS, RUN_SECONDS, AddressProfile, Edge
+from .features import INBOUND_WINDOW_SECONDS, RECEIVER, RUN_SECONDS, SENDER, TRAIL_MOVES, AddressProfile, Edge
 from .lookalike import digest
 from .schema import WEI_PER_ETH
 
@@ -108,12 +109,40 @@ RELAY_SHARE = 0.9
 # 4,741), two or more rare (2017: 1; 2024: 3, one chain four relays deep in
 # its five minutes; MEV blocks: none).
 PEEL_MIN_RELAYS = 2
+# The chain's moves before the peel rule can fire, raised late when it does: the
+# inflow and the sends of each of the PEEL_MIN_RELAYS relays (`Trail`).
+PEEL_TRAIL = TRAIL_MOVES
 
 DRAIN = "drain_to_fresh"
 FAN_IN = "fan_in_same_funder"
 PEEL = "peel_chain"
 RULES = (DRAIN, FAN_IN, PEEL)
 _TOKEN_ID = 10  # characters of a token address kept to tell tokens apart
+
+
+# Trail: the moves that led along a chain, carried in each relay's payment
+# (`Edge.sender_trail`) and kept by the young addresses on it
+# (`AddressProfile.trail`): the inflow a fresh address got from a young sender,
+# the ETH it passed on or peeled off while young. Each is (tx hash, time,
+# sender, receiver, wei as text, perspective): "receiver" for an inflow (its
+# receiving side judged it), "sender" for a send, so the side that already
+# raised a move drops it (detector._forget) and (tx_hash, perspective) stays
+# unique. At most PEEL_TRAIL, the newest; the receiver the rule fires on raises
+# them and keeps none, so a chain is reported once.
+
+
+class Late(NamedTuple):
+    """An earlier move a rule raises when it fires, as the side that saw it (`perspective`)."""
+
+    tx_hash: str
+    event_time: float
+    kind: str
+    token: str | None
+    value_wei: int
+    sender: str
+    address: str  # whose move: the receiver of an inflow, the sender of a relay's send
+    other: str
+    perspective: str
 
 
 class Inflow(NamedTuple):
@@ -199,6 +228,9 @@ def observe(edge: Edge, profile: AddressProfile, now: float) -> Inflow:
         # Provenance: the first ETH payment, and the relays in a row it came through.
         profile.funder = sender
         profile.hops = edge.sender_hops if edge.sender_fresh else 0
+        if edge.sender_fresh:
+            profile.trail = (edge.sender_trail + ((edge.tx_hash, now, edge.sender, edge.receiver,
+                                                   str(edge.value_wei), RECEIVER),))[-PEEL_TRAIL:]
     if fresh and edge.sender_fresh and edge.sender_funder and profile.fan_funder != "*":
         if profile.fan_funder in ("", edge.sender_funder):
             profile.fan_funder = edge.sender_funder
@@ -249,22 +281,62 @@ def inflow_reasons(edge: Edge, profile: AddressProfile, now: float, warm: bool =
     return reasons
 
 
-def take_earlier(profile: AddressProfile, reasons: list[dict]) -> list[tuple[dict, tuple]]:
-    """The earlier moves of a drain or fan-in that fired now, each with its reason; handed over once.
+def take_earlier(edge: Edge, profile: AddressProfile, reasons: list[dict]) -> list[tuple[dict, Late]]:
+    """The earlier moves of a drain, fan-in or peel chain that fired now on `edge`, each with its reason; handed over once.
 
     From the thief's side a drain's first transfer is one payment, a
-    fan-in's first sweeps are those of any new address: only the move the
-    rule fires on says what they were (AddressProfile.src_first, .fan_first).
+    fan-in's first sweeps are those of any new address, a peel chain's first
+    hops and peels those of new addresses paying each other: only the move
+    the rule fires on says what they were (AddressProfile.src_first,
+    .fan_first, the trail the edge carries).
     """
     out = []
     for reason in reasons:
         if reason["rule"] == DRAIN and profile.src_first:
-            out += [(reason, move) for move in profile.src_first]
+            out += [(reason, _late_inflow(edge.receiver, move)) for move in profile.src_first]
             profile.src_first = ()
         elif reason["rule"] == FAN_IN and profile.fan_first:
-            out += [(reason, move) for move in profile.fan_first]
+            out += [(reason, _late_inflow(edge.receiver, move)) for move in profile.fan_first]
             profile.fan_first = ()
+        elif reason["rule"] == PEEL:
+            out += [(reason, _late_trail(move)) for move in edge.sender_trail]
+            profile.trail = ()  # this address's own inflow is raised now: the chain was reported here
     return out
+
+
+def _late_inflow(receiver: str, move: tuple) -> Late:
+    tx_hash, t, kind, token, value, sender = move
+    return Late(tx_hash, t, kind, token, int(value), sender, receiver, sender, RECEIVER)
+
+
+def _late_trail(move: tuple) -> Late:
+    tx_hash, t, sender, receiver, value, perspective = move
+    address, other = (receiver, sender) if perspective == RECEIVER else (sender, receiver)
+    return Late(tx_hash, t, "eth_transfer", None, int(value), sender, address, other, perspective)
+
+
+def trail_of(profile: AddressProfile, address: str) -> tuple:
+    """The peel-chain moves that led to `address`, a young sender: its trail, else its first inflow if it was ETH."""
+    if profile.trail:
+        return profile.trail
+    if profile.src_first and profile.src_first[0][2] == "eth_transfer":
+        tx_hash, t, _, _, value, sender = profile.src_first[0]
+        return ((tx_hash, t, sender, address, value, RECEIVER),)
+    return ()
+
+
+def extend_trail(profile: AddressProfile, fresh: bool, tx_hash: str, sender: str, recipient: str | None,
+                 eth_wei: int, now: float) -> None:
+    """A young sender on a chain (a trail to extend) adds its ETH payment, unless a rule marked it already.
+
+    A marked address's sends are flagged as they happen (`followup_reason`).
+    """
+    if (not fresh or eth_wei <= 0 or recipient is None or profile.flow_at
+            or not (profile.trail or profile.src_first)):
+        return
+    trail = trail_of(profile, sender)
+    if trail:
+        profile.trail = (trail + ((tx_hash, now, sender, recipient, str(eth_wei), SENDER),))[-PEEL_TRAIL:]
 
 
 def followup_reason(profile: AddressProfile, moves: bool, now: float) -> list[dict]:

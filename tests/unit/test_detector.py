@@ -585,6 +585,37 @@ def test_funds_relayed_through_a_line_of_fresh_addresses_are_a_peel_chain_from_t
     assert fired[3] == ["peel_chain", "peel_chain"], "the marked address's send is followed up, its receiver fires"
 
 
+@pytest.mark.parametrize("listed_exchange", [False, True])
+def test_a_peel_chain_raises_its_first_hops_and_peels_late_once_it_is_revealed(listed_exchange):
+    """flows.Trail: what the relays before the revealing one received and peeled off comes with the chain.
+
+    A peel the sending side raised already (to a listed exchange) is not raised again.
+    """
+    receiver_model = PartitionModel(ModelConfig(warmup_events=10**6), features=PERSPECTIVE_FEATURES[RECEIVER])
+    receiver_model.since = 0.0
+    victim, a1, a2, a3, a4, exchange = ("0x" + f"{0x60 + i:02x}" * 20 for i in range(6))
+    listed = {exchange: {"ofac": "SDN"}}.get if listed_exchange else detector.nothing_listed
+    send_and_receive, profiles = _chain(receiver_model, listed)
+    t, eth = 1_700_000_000, 10**18
+    steps = [(victim, a1, 40 * eth, 9), (a1, exchange, eth, 0), (a1, a2, 38 * eth, 1), (a2, exchange, eth, 0),
+             (a2, a3, 36 * eth, 1), (a3, a4, 35 * eth, 0)]
+    results = [send_and_receive(tx_from(a, b, v, n=400 + i, t=t + 60 * i, nonce=nonce), i)
+               for i, (a, b, v, nonce) in enumerate(steps)]
+    hashes = ["0x" + f"{400 + i:064x}" for i in range(len(steps))]
+    late = [d for d in results[4][1].anomalies if d["reasons"][0].get("late")]
+    expected = [(hashes[0], "receiver", a1, victim), (hashes[1], "sender", a1, exchange),
+                (hashes[2], "receiver", a2, a1), (hashes[3], "sender", a2, exchange)]
+    if listed_exchange:
+        expected = [m for m in expected if m[1] == "receiver"]
+        assert all(any(r["rule"] == "watchlist" for r in results[i][0].anomalies[0]["reasons"]) for i in (1, 3))
+    assert [(d["tx_hash"], d["perspective"], d["address"], d["counterparty"]) for d in late] == expected
+    assert all(d["reasons"][0]["rule"] == "peel_chain" and d["reasons"][0]["revealed_by"] == hashes[4] for d in late)
+    live = {(d["tx_hash"], d["perspective"]) for d in results[4][1].anomalies if not d["reasons"][0].get("late")}
+    assert live == {(hashes[4], "receiver")}
+    assert profiles[a3].trail == (), "handed over once"
+    assert not any(d["reasons"][0].get("late") for d in results[5][1].anomalies), "the chain was reported at a3"
+
+
 def test_addresses_that_keep_most_of_what_they_got_are_no_relays():
     fired, profiles, addresses = _peel(0.5)
     assert not any(fired) and all(profiles[a].hops == 0 for a in addresses[1:])
@@ -610,7 +641,7 @@ def test_a_service_paying_a_fresh_address_twice_is_no_drain():
     assert not any(r["rule"] == "drain_to_fresh" for d in sent.anomalies + received.anomalies for r in d["reasons"])
 
 
-def _chain(receiver_model=None):
+def _chain(receiver_model=None, listed=detector.nothing_listed):
     """A sender and a receiver model and a send_and_receive that routes each batch's edges, as the worker does."""
     sender_model = PartitionModel(ModelConfig())
     if receiver_model is None:
@@ -618,7 +649,7 @@ def _chain(receiver_model=None):
     profiles = {}
 
     def send_and_receive(tx, offset):
-        sent = process_batch(sender_model, [keyed(tx, offset)], profiles.get, 0)
+        sent = process_batch(sender_model, [keyed(tx, offset)], profiles.get, 0, listed=listed)
         profiles.update(sent.profiles)
         recs = [Record(i, e.receiver.encode(), e.to_bytes(), 1.0) for i, e in enumerate(sent.edges)]
         received = process_edges(receiver_model, recs, profiles.get, 0)

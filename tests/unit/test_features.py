@@ -380,8 +380,16 @@ def test_edges_carry_the_senders_funder_and_a_version_1_edge_still_decodes():
     call = decode_call(tx.to, tx.value_wei, tx.input)
     [e] = edges_of(tx, call, True, T0, "ab" * 6, 2)
     assert (e.sender_funder, e.sender_hops) == ("ab" * 6, 2)
-    assert Edge.from_bytes(e.to_bytes()) == e and orjson.loads(e.to_bytes())[0] == 3
+    assert Edge.from_bytes(e.to_bytes()) == e and orjson.loads(e.to_bytes())[0] == 4
     assert e.sender_nonce == 0 and Edge.from_bytes(e._replace(sender_nonce=12_345).to_bytes()).sender_nonce == 12_345
+    move = ("0x" + "12" * 32, T0 - 60.0, addr(3), ME, str(10**18), "receiver")
+    assert Edge.from_bytes(e._replace(sender_trail=(move,)).to_bytes()).sender_trail == (move,)
+    for trail in ([move] * 5, [list(move[:5])], [[*move[:4], "-1", "receiver"]], [[*move[:5], "both"]]):
+        with pytest.raises(ValueError):
+            Edge.from_bytes(orjson.dumps(orjson.loads(e.to_bytes())[:16] + [trail]))
+    v3 = orjson.loads(e.to_bytes())[:16]
+    v3[0] = 3
+    assert Edge.from_bytes(orjson.dumps(v3)) == e, "version 3: no trail"
     v2 = orjson.loads(e.to_bytes())[:15]
     v2[0] = 2
     old2 = Edge.from_bytes(orjson.dumps(v2))
@@ -394,7 +402,7 @@ def test_edges_carry_the_senders_funder_and_a_version_1_edge_still_decodes():
         with pytest.raises(ValueError):
             Edge.from_bytes(orjson.dumps(bad))
     bad_hops = orjson.loads(e.to_bytes())
-    bad_hops[-1] = -1
+    bad_hops[14] = -1
     with pytest.raises(ValueError):
         Edge.from_bytes(orjson.dumps(bad_hops))
 
