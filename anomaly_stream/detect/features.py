@@ -286,7 +286,7 @@ class AddressProfile:
     # address is fresh, and the fan-in's sweeps before the one it fires on.
     src_first: tuple = ()
     fan_first: tuple = ()
-    # The peel chain's moves that led here and were not raised (flows.Trail, at most
+    # The peel chain's moves that led here and were not raised (flows.trail_of, at most
     # flows.PEEL_TRAIL): raised late by the receiver that reveals the chain.
     trail: tuple = ()
 
@@ -622,7 +622,7 @@ def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float, funder: str = "
     (Trace files carry no nonce: the reader's placeholder is 0.)
     `funder` is the sender's provenance (AddressProfile.funder), `hops` the
     relays in a row this payment ends (`flows.relay_depth`), `trail` the chain's
-    earlier moves a relay's payment carries (`flows.Trail`).
+    earlier moves a relay's payment carries (`flows.trail_of`).
     """
     if call.kind not in EDGE_KINDS:
         return []

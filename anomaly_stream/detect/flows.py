@@ -27,7 +27,7 @@ Rules in the style of Forta's bots, beside the trees:
   look like this; a real payment forwarded once (a deposit address swept, a
   new wallet topped up from an older new one) is one relay. Its sends are
   followed up, and the chain's moves before it (the first relays' inflows
-  and peels, which no rule could name yet: `Trail`) are raised late.
+  and peels, which no rule could name yet: the trail, `trail_of`) are raised late.
 
 The profile also keeps `fresh_in` (value moves received only from young
 senders, `young`), which `benchmarks/calibration.py` reports: a fan-in rule
@@ -110,7 +110,7 @@ RELAY_SHARE = 0.9
 # its five minutes; MEV blocks: none).
 PEEL_MIN_RELAYS = 2
 # The chain's moves before the peel rule can fire, raised late when it does: the
-# inflow and the sends of each of the PEEL_MIN_RELAYS relays (`Trail`).
+# inflow and the sends of each of the PEEL_MIN_RELAYS relays (the trail, `trail_of`).
 PEEL_TRAIL = TRAIL_MOVES
 
 DRAIN = "drain_to_fresh"
@@ -120,7 +120,7 @@ RULES = (DRAIN, FAN_IN, PEEL)
 _TOKEN_ID = 10  # characters of a token address kept to tell tokens apart
 
 
-# Trail: the moves that led along a chain, carried in each relay's payment
+# The trail: the moves that led along a chain, carried in each relay's payment
 # (`Edge.sender_trail`) and kept by the young addresses on it
 # (`AddressProfile.trail`): the inflow a fresh address got from a young sender,
 # the ETH it passed on or peeled off while young. Each is (tx hash, time,

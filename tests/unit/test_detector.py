@@ -587,7 +587,7 @@ def test_funds_relayed_through_a_line_of_fresh_addresses_are_a_peel_chain_from_t
 
 @pytest.mark.parametrize("listed_exchange", [False, True])
 def test_a_peel_chain_raises_its_first_hops_and_peels_late_once_it_is_revealed(listed_exchange):
-    """flows.Trail: what the relays before the revealing one received and peeled off comes with the chain.
+    """flows.trail_of: what the relays before the revealing one received and peeled off comes with the chain.
 
     A peel the sending side raised already (to a listed exchange) is not raised again.
     """
