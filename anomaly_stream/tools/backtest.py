@@ -66,7 +66,9 @@ DEFAULT_BATCH_SIZE = 500
 # can reach the receiving side; at 30 s a peel chain's hop 12-36 s after the
 # one before found its relay's funding not yet there (generated peel chains,
 # report seeds: 0.57 -> 0.77 of the hops and peels at 3 s). Real 2017 flags:
-# 0.740% at 30 s, 0.735% at 3 s, and the replay takes the same time.
+# 0.740% at 30 s, 0.735% at 3 s. The cost is smaller batches on dense traffic:
+# time in the worker's code, medians of 3, 2024 blocks 20.6k -> 17.4k tx/s,
+# generated 17.1k -> 14.6k, MEV blocks and 2017 unchanged.
 BATCH_SECONDS = 3.0
 
 
