@@ -573,15 +573,15 @@ class Edge(NamedTuple):
                 or not isinstance(nonce, int) or isinstance(nonce, bool) or not 0 <= nonce < 1 << 64
                 or len(funder) > DIGEST_LENGTH
                 or len(receiver) != 42 or len(other) != 42 or role not in EDGE_ROLES
-                or not _valid_trail(trail)):
+                or type(trail) is not list or (trail and not _valid_trail(trail))):
             raise ValueError("malformed edge fields")
         return cls(h, receiver, other, role, kind, method, token, int(value), sender, fresh, float(t), block,
                    funder, hops if fields[0] >= 3 else 0, nonce, tuple(map(tuple, trail)))
 
 
-def _valid_trail(trail) -> bool:
+def _valid_trail(trail: list) -> bool:
     """At most TRAIL_MOVES moves (tx hash, time, sender, receiver, wei as text, perspective)."""
-    return isinstance(trail, list) and len(trail) <= TRAIL_MOVES and all(
+    return len(trail) <= TRAIL_MOVES and all(
         isinstance(m, list) and len(m) == 6 and isinstance(m[0], str) and len(m[0]) <= 66
         and isinstance(m[1], (int, float)) and not isinstance(m[1], bool)
         and isinstance(m[2], str) and len(m[2]) == 42 and isinstance(m[3], str) and len(m[3]) == 42

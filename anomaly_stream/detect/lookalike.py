@@ -145,7 +145,7 @@ DIGEST_MIDDLE = slice(2 + 16, 2 + 20)
 # addresses collide at the random rate, above): the union doubles about one
 # false alert a day at 16M comparisons to about two.
 SUFFIX_ALONE = 6
-assert PREFIX <= DIGEST_HALF and SUFFIX <= DIGEST_HALF and SUFFIX_ALONE <= DIGEST_HALF
+assert PREFIX <= DIGEST_HALF and SUFFIX <= SUFFIX_ALONE <= DIGEST_HALF
 DIGEST_LENGTH = 2 * DIGEST_HALF + 4
 
 
@@ -157,6 +157,7 @@ def imitated(candidate: str, known: Iterable[str]) -> str | None:
     """The digest in `known` that the digest `candidate` imitates, or None."""
     head, tail, tail_alone = candidate[:PREFIX], candidate[-SUFFIX:], candidate[-SUFFIX_ALONE:]
     for d in known:
-        if d != candidate and ((d[:PREFIX] == head and d[-SUFFIX:] == tail) or d[-SUFFIX_ALONE:] == tail_alone):
+        # Both resemblances end in the last SUFFIX characters: almost every digest fails there.
+        if d.endswith(tail) and d != candidate and (d.startswith(head) or d.endswith(tail_alone)):
             return d
     return None
