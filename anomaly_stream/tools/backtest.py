@@ -61,11 +61,12 @@ from .shuttle import export_shuttle
 DEFAULT_BATCH_SIZE = 500
 # A batch holds at most this much event time (`replay`): a live worker fetches
 # each partition within seconds, so state written by one partition's batch is
-# there for the next batch of another. 3 s is the worker's own produce-to-anomaly
-# p99 at half its peak rate (README, "Performance": 3,208 ms), how late an edge
-# can reach the receiving side; at 30 s a peel chain's hop 12-36 s after the
-# one before found its relay's funding not yet there (generated peel chains,
-# report seeds: 0.57 -> 0.77 of the hops and peels at 3 s). Real 2017 flags:
+# there for the next batch of another. 3 s is about the worker's own produce-to-
+# anomaly p99 at half its peak rate (README, "Performance": 1.4-4.7 s between
+# runs), how late an edge can reach the receiving side; at 30 s a peel chain's
+# hop 12-36 s after the one before found its relay's funding not yet there
+# (generated peel chains, report seeds: 0.57 -> 0.77 of the hops and peels at
+# 3 s). Real 2017 flags:
 # 0.740% at 30 s, 0.735% at 3 s. The cost is smaller batches on dense traffic:
 # time in the worker's code, medians of 3, 2024 blocks 20.6k -> 17.4k tx/s,
 # generated 17.1k -> 14.6k, MEV blocks and 2017 unchanged.
