@@ -520,16 +520,17 @@ class Edge(NamedTuple):
     """One transaction as the receiving side sees it: what the edges topic carries.
 
     `receiver` is the address the edge is keyed (and partitioned) by: the
-    counterparty, or the owner a call moves or grants from. `other` is the
-    address the receiver meets in it: the sender for the counterparty, the
-    counterparty for the owner (a zero-value transferFrom(owner, lookalike, 0)
-    puts the look-alike into the owner's history).
+    counterparty, the owner a call moves or grants from, or the contract that
+    spent the owner's allowance inside a multicall. `other` is the address the
+    receiver meets in it: the sender for the counterparty, the counterparty
+    for the owner (a zero-value transferFrom(owner, lookalike, 0) puts the
+    look-alike into the owner's history), the owner for the contract.
     """
 
     tx_hash: str
     receiver: str
     other: str
-    role: str  # "to" or "owner"
+    role: str  # "to", "owner" or "via" (EDGE_ROLES)
     kind: str
     method: str
     token: str | None
