@@ -421,7 +421,7 @@ def process_edges(
         may_learn.append(not reasons)
         pending.append(_Scored(record, edge, None, receiver, reasons, edge.event_time))
     _judge(model, rows, may_learn, pending, partition, RECEIVER, result, clock, benign)
-    # A move raised already is not raised late again: (tx_hash, perspective) stays unique.
+    # A move this side raised already is not raised late again.
     raised = {d["tx_hash"] for d in result.anomalies}
     for d in result.anomalies:
         _forget(profiles[d["address"]], d["tx_hash"])

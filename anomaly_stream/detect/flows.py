@@ -126,9 +126,9 @@ _TOKEN_ID = 10  # characters of a token address kept to tell tokens apart
 # the ETH it passed on or peeled off while young. Each is (tx hash, time,
 # sender, receiver, wei as text, perspective): "receiver" for an inflow (its
 # receiving side judged it), "sender" for a send, so the side that already
-# raised a move drops it (detector._forget) and (tx_hash, perspective) stays
-# unique. At most PEEL_TRAIL, the newest; the receiver the rule fires on raises
-# them and keeps none, so a chain is reported once.
+# raised a move drops it (detector._forget) and no side raises a move twice.
+# At most PEEL_TRAIL, the newest; the receiver the rule fires on raises them
+# and keeps none, so a chain is reported once.
 
 
 class Late(NamedTuple):
