@@ -380,8 +380,9 @@ class Worker:
         items = []
         for document in anomalies:
             value = encode(document)
-            # A transaction flagged from both sides is two anomalies: one entry each.
-            suffix = "" if document["perspective"] == SENDER else ":" + document["perspective"]
+            # A transaction flagged from both sides is two anomalies, one entry each; on the
+            # receiving side one per address it reached (a transferFrom's recipient and owner).
+            suffix = "" if document["perspective"] == SENDER else f":{document['perspective']}:{document['address']}"
             key = (document["tx_hash"] + suffix, window)
             items.append((key, value))
             self.buffer_bound.touch(partition, key, document["detected_at"])

@@ -57,6 +57,11 @@ def browser(chromium):
     driver.quit()
 
 
+def row_key(d: dict) -> str:
+    """The dashboard's key of an anomaly's row (dashboard.js, keyOf): one per side, per address on the receiving one."""
+    return f"{d['tx_hash']}:sender" if d["perspective"] == "sender" else f"{d['tx_hash']}:{d['perspective']}:{d['address']}"
+
+
 def api(worker, path: str) -> dict:
     status, body = worker.get(path)
     assert status == 200, body
@@ -98,7 +103,7 @@ def test_dashboard_lists_filters_and_explains_the_flagged_anomalies(workers, bro
 
     items = api(worker, "/api/v1/anomalies?limit=500")["items"]
     assert 10 <= len(items) < 500, len(items)
-    keys = {f"{d['tx_hash']}:{d['perspective']}" for d in items}
+    keys = {row_key(d) for d in items}
     hit = next(d for d in items if d["tx_hash"] == hits[0]["hash"] and d["perspective"] == "sender")
 
     # An analyst's verdict: the summary shows the precision it gives.
@@ -129,7 +134,7 @@ def test_dashboard_lists_filters_and_explains_the_flagged_anomalies(workers, bro
 
     # A whole address goes to the API as its filter: the rows narrow to that address's anomalies.
     address = collections.Counter(d["address"] for d in items).most_common(1)[0][0]
-    expected = {f"{d['tx_hash']}:{d['perspective']}"
+    expected = {row_key(d)
                 for d in api(worker, f"/api/v1/anomalies?limit=500&address={address}")["items"]}
     assert 0 < len(expected) < len(items)
     browser.find_element(By.ID, "f-address").send_keys(address)
@@ -141,13 +146,13 @@ def test_dashboard_lists_filters_and_explains_the_flagged_anomalies(workers, bro
     wait.until(lambda d: row_keys() == keys)
 
     # Severity and reason are filtered in the page.
-    high = {f"{d['tx_hash']}:{d['perspective']}" for d in items if d["severity"] == "high"}
+    high = {row_key(d) for d in items if d["severity"] == "high"}
     assert hit["severity"] == "high" and len(high) < len(items)
     Select(browser.find_element(By.ID, "f-severity")).select_by_value("high")
     wait.until(lambda d: row_keys() == high)
     Select(browser.find_element(By.ID, "f-severity")).select_by_value("")
     Select(browser.find_element(By.ID, "f-reason")).select_by_value("watchlist")
-    listed = {f"{d['tx_hash']}:{d['perspective']}" for d in items
+    listed = {row_key(d) for d in items
               if any(r["rule"] == "watchlist" for r in d["reasons"])}
     wait.until(lambda d: row_keys() == listed)
     assert f"{hit['tx_hash']}:sender" in listed

@@ -62,9 +62,10 @@ def test_injected_outliers_reach_the_anomalies_topic(workers, env):
     # (a fresh-clone run saw 3.06% of the transactions here; 3% was the one-perspective bound).
     assert len(documents) < 0.04 * len(txs)
     # Keyed by the address each is about, no duplicates in normal operation (a transaction
-    # may be flagged once per perspective), and explained.
+    # may be flagged once per perspective, on the receiving side once per address it reached),
+    # and explained.
     assert all(r.key.decode() == orjson.loads(r.value)["address"] for r in records)
-    assert len({(d["tx_hash"], d["perspective"]) for d in documents}) == len(documents)
+    assert len({(d["tx_hash"], d["perspective"], d["address"]) for d in documents}) == len(documents)
     doc = next(d for d in documents if d["tx_hash"] in expected)
     assert doc["schema"] == "anomaly_stream.anomaly/v2"
     assert doc["score"] > doc["threshold"]

@@ -141,7 +141,7 @@ def test_any_replica_answers_any_query(workers):
     listed_a, listed_b = all_pages(a, 500), all_pages(b, 500)
     assert listed_a and listed_a == listed_b
     # Each replica lists its active partitions only, not the standby copies it also holds.
-    keys = [(d["tx_hash"], d["perspective"]) for d in listed_a]
+    keys = [(d["tx_hash"], d["perspective"], d["address"]) for d in listed_a]
     assert len(keys) == len(set(keys)), "an anomaly listed twice"
     assert {d["source"]["partition"] for d in listed_a} == {0, 1, 2, 3}
     for document in listed_a[:10]:

@@ -21,7 +21,7 @@
     stats: null,
     anomalies: [], // the last listing, newest first
     shownKey: null, // identity of the rows on screen, so an unchanged poll keeps them
-    selected: null, // "<tx_hash>:<perspective>"
+    selected: null, // keyOf the anomaly shown in detail
     listingSeq: 0,
   };
 
@@ -150,7 +150,8 @@
     return true;
   }
 
-  const keyOf = (d) => `${d.tx_hash}:${d.perspective}`;
+  // A transaction's receiving sides (a transferFrom's recipient and owner) may each raise it.
+  const keyOf = (d) => d.perspective === "sender" ? `${d.tx_hash}:sender` : `${d.tx_hash}:${d.perspective}:${d.address}`;
 
   // -- series --
 
