@@ -331,8 +331,7 @@ def extend_trail(profile: AddressProfile, fresh: bool, tx_hash: str, sender: str
 
     A marked address's sends are flagged as they happen (`followup_reason`).
     """
-    if (not fresh or eth_wei <= 0 or recipient is None or profile.flow_at
-            or not (profile.trail or profile.src_first)):
+    if not fresh or eth_wei <= 0 or recipient is None or profile.flow_at:
         return
     trail = trail_of(profile, sender)
     if trail:

@@ -316,9 +316,10 @@ def _inner_calls(raw: bytes, head: int, fields: int):
             raise ValueError
         target = _addr(raw, base)
         off = base + _uint(raw, base + 32 * (fields - 1))
-        if off + 32 > len(raw) or off + 32 + _uint(raw, off) > len(raw):
+        end = off + 32 + _uint(raw, off) if off + 32 <= len(raw) else len(raw) + 1
+        if end > len(raw):
             raise ValueError
-        yield target, raw[off + 32:off + 32 + _uint(raw, off)]
+        yield target, raw[off + 32:end]
 
 
 # Calls a multicall makes that move an owner's tokens with the allowance granted to the multicall.
