@@ -548,6 +548,8 @@ class Edge(NamedTuple):
     sender_nonce: int = 0  # version 3: the transaction's nonce, how busy its sender is (0 before)
     # Version 4: a relay's payment carries the chain's earlier moves (AddressProfile.trail).
     sender_trail: tuple = ()
+    # Version 5: a token transfer that left its owner none of the token (Tx.owner_token_balance 0).
+    sender_emptied: bool = False
 
     def to_bytes(self) -> bytes:
         return orjson.dumps((EDGE_VERSION, *self[:7], str(self.value_wei), *self[8:]))
@@ -563,8 +565,9 @@ class Edge(NamedTuple):
                 or (len(fields), fields[0]) not in _EDGE_SHAPES):
             raise ValueError("not an edge of a known version")
         _, h, receiver, other, role, kind, method, token, value, sender, fresh, t, block, *provenance = fields
-        # Missing in older versions: the nonce (before 3) and the trail (before 4).
-        funder, hops, nonce, trail = provenance + [0, []][len(provenance) - 2:] if provenance else ("", 0, 0, [])
+        # Missing in older versions: the provenance (before 2), the nonce (before 3), the trail
+        # (before 4) and the emptied flag (before 5).
+        funder, hops, nonce, trail, emptied = provenance + ["", 0, 0, [], False][len(provenance):]
         strings = (h, receiver, other, role, kind, method, sender, funder)
         if (not all(isinstance(v, str) for v in strings) or not (token is None or isinstance(token, str))
                 or not isinstance(value, str) or not value.isdigit() or len(value) > 40
@@ -574,10 +577,11 @@ class Edge(NamedTuple):
                 or not isinstance(nonce, int) or isinstance(nonce, bool) or not 0 <= nonce < 1 << 64
                 or len(funder) > DIGEST_LENGTH
                 or len(receiver) != 42 or len(other) != 42 or role not in EDGE_ROLES
-                or type(trail) is not list or (trail and not _valid_trail(trail))):
+                or type(trail) is not list or (trail and not _valid_trail(trail))
+                or not isinstance(emptied, bool)):
             raise ValueError("malformed edge fields")
         return cls(h, receiver, other, role, kind, method, token, int(value), sender, fresh, float(t), block,
-                   funder, hops if fields[0] >= 3 else 0, nonce, tuple(map(tuple, trail)))
+                   funder, hops if fields[0] >= 3 else 0, nonce, tuple(map(tuple, trail)), emptied)
 
 
 def _valid_trail(trail: list) -> bool:
@@ -594,11 +598,11 @@ def _valid_trail(trail: list) -> bool:
 # a call moves or grants from meets the counterparty; "via": a contract that spent
 # the owner's allowance inside the call (semantics.PULLED_BY_TO) meets the owner.
 EDGE_ROLES = frozenset({"to", "owner", "via"})
-EDGE_VERSION = 4
+EDGE_VERSION = 5
 # (field count, version) of the edges decoded: versions 1 (before the sender's
-# provenance), 2 (another meaning of `sender_hops`, no nonce) and 3 (no trail)
-# stay readable through a rolling upgrade.
-_EDGE_SHAPES = frozenset({(13, 1), (15, 2), (16, 3), (17, 4)})
+# provenance), 2 (another meaning of `sender_hops`, no nonce), 3 (no trail) and
+# 4 (no emptied flag) stay readable through a rolling upgrade.
+_EDGE_SHAPES = frozenset({(13, 1), (15, 2), (16, 3), (17, 4), (18, 5)})
 # Moves a relay's payment carries at most (flows.PEEL_TRAIL, kept here so the
 # decoder needs no import of the rules).
 TRAIL_MOVES = 4
@@ -634,9 +638,10 @@ def edges_of(tx: Tx, call: Call, sender_fresh: bool, now: float, funder: str = "
         # A spender meets whoever grants: the owner of a permit, which anyone may submit;
         # a mixer's recipient the pool that pays it, whoever relays the withdrawal.
         grantor = owner if call.kind in ("approval", "withdrawal") and owner is not None else tx.sender
+        emptied = call.kind == "token_transfer" and call.amount > 0 and tx.owner_token_balance == 0
         out.append(Edge(tx.hash, counterparty, grantor, "to", call.kind, call.method, call.token,
                         tx.value_wei, tx.sender, sender_fresh, now, tx.block_number, funder, hops, tx.nonce,
-                        trail))
+                        trail, emptied))
     if call.kind == "withdrawal":
         return out
     if owner is not None and owner != tx.sender and owner != counterparty and counterparty is not None:

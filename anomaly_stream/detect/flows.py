@@ -10,10 +10,12 @@ Rules in the style of Forta's bots, beside the trees:
 - **drain_to_fresh**: an address that has sent nothing, first seen within
   the last ten minutes, received every value move (ETH with value, token
   transfers) from ONE sender (no service: `DRAIN_MAX_SENDER_NONCE`), at least
-  two of them, adding up to 1+ ETH or to 2+ distinct tokens. A wallet
-  emptied into a new address in several transfers (a compromised key, a
-  drainer) looks like this from the new address; ordinary payouts come from
-  senders that pay many addresses. The moves before the one it fires on are
+  two of them, adding up to 1+ ETH or to 2+ distinct tokens, or one token
+  transfer that left its sender none of the token (`Edge.sender_emptied`:
+  the balance the ingester read, `ownerTokenBalance`). A wallet emptied
+  into a new address (a compromised key, a drainer) looks like this from
+  the new address; ordinary payouts come from senders that pay many
+  addresses. The moves before the one it fires on are
   raised late (`take_earlier`), as are a fan-in's first sweeps.
   An address it fired on is marked (`flow_at`): what it sends for the hour
   after is flagged on the sending side too (`followup_reason`).
@@ -268,11 +270,15 @@ def inflow_reasons(edge: Edge, profile: AddressProfile, now: float, warm: bool =
         profile.flow_at, profile.flow_rule = now, FAN_IN
     if not warm:
         return reasons
-    if (f.sole_source_moves >= 2 and edge.sender_nonce <= DRAIN_MAX_SENDER_NONCE
-            and (f.sole_source_eth >= DRAIN_MIN_ETH or f.sole_source_tokens >= DRAIN_MIN_TOKENS)):
-        reasons.append({"rule": DRAIN, "role": "receiver", "address": edge.receiver, "sender": edge.sender,
-                        "moves": f.sole_source_moves, "eth": round(f.sole_source_eth, 6),
-                        "tokens": f.sole_source_tokens})
+    emptied = f.sole_source_moves >= 1 and edge.sender_emptied
+    if edge.sender_nonce <= DRAIN_MAX_SENDER_NONCE and (emptied or (
+            f.sole_source_moves >= 2
+            and (f.sole_source_eth >= DRAIN_MIN_ETH or f.sole_source_tokens >= DRAIN_MIN_TOKENS))):
+        reason = {"rule": DRAIN, "role": "receiver", "address": edge.receiver, "sender": edge.sender,
+                  "moves": f.sole_source_moves, "eth": round(f.sole_source_eth, 6), "tokens": f.sole_source_tokens}
+        if emptied:
+            reason["emptied"] = edge.token
+        reasons.append(reason)
         profile.flow_at, profile.flow_rule = now, DRAIN
     if f.fresh_hop_depth >= PEEL_MIN_RELAYS:
         reasons.append({"rule": PEEL, "role": "receiver", "address": edge.receiver, "sender": edge.sender,

@@ -37,6 +37,7 @@ MAX_NONCE = 2**64 - 1
 MAX_BLOCK_NUMBER = 2**63 - 1
 MIN_TIMESTAMP, MAX_TIMESTAMP = 1_438_269_973, 4_102_444_800
 MAX_INPUT_BYTES = 1 << 20
+MAX_UINT256 = 2**256 - 1
 
 REASONS = (
     "malformed_json", "not_an_object", "missing_field", "bad_type",
@@ -75,6 +76,9 @@ class Tx(NamedTuple):
     block_timestamp: int | None
     gas_used: int | None
     status: int | None
+    # The token balance left to the owner of a token transfer (its `from`) at the end of the block,
+    # as the ingester read it (`ownerTokenBalance`, an eth_call of balanceOf); None: not read.
+    owner_token_balance: int | None = None
 
 
 def decode(raw: bytes) -> Tx:
@@ -112,7 +116,7 @@ def validate(obj: dict) -> Tx:
 
 _new = tuple.__new__  # NamedTuple's generated __new__ costs a Python frame per call
 _QUANTITY_FIELDS = ("value", "gas", "nonce", "gasPrice", "maxFeePerGas", "maxPriorityFeePerGas",
-                    "gasUsed", "status", "blockTimestamp", "blockNumber")
+                    "gasUsed", "status", "blockTimestamp", "blockNumber", "ownerTokenBalance")
 # The quantities present, joined by "|": each must be `_HEX_QUANTITY`. A value
 # holding "|" itself could pass as two, but then fails int() below.
 _HEX_QUANTITIES = re.compile(r"0x[0-9a-fA-F]{1,64}(?:\|0x[0-9a-fA-F]{1,64})*")
@@ -122,7 +126,7 @@ def _fast(obj: dict) -> Tx | None:
     """`_validate_exact`'s Tx for a message every rule accepts, with hex quantities; None otherwise."""
     get = obj.get
     raws = list(map(get, _QUANTITY_FIELDS))
-    value, gas, nonce, gas_price, max_fee, tip, gas_used, status, timestamp, block = raws
+    value, gas, nonce, gas_price, max_fee, tip, gas_used, status, timestamp, block, balance = raws
     try:
         # TypeError: a quantity that is no string (a JSON number, for `_validate_exact`).
         if value is None or gas is None or nonce is None or not _HEX_QUANTITIES.fullmatch(
@@ -143,6 +147,8 @@ def _fast(obj: dict) -> Tx | None:
             timestamp = int(timestamp, 16)
         if block is not None:
             block = int(block, 16)
+        if balance is not None:
+            balance = int(balance, 16)
     except (TypeError, ValueError):
         return None
     if (value > MAX_VALUE_WEI or gas > MAX_GAS or nonce > MAX_NONCE
@@ -168,7 +174,7 @@ def _fast(obj: dict) -> Tx | None:
     return _new(Tx, (
         tx_hash.lower(), sender.lower(), None if to is None else to.lower(), value, gas, gas_price,
         tip or 0, nonce, (len(data) - 2) // 2, data[:10].lower() if len(data) >= 10 else None, data,
-        block, timestamp, gas_used, status,
+        block, timestamp, gas_used, status, balance,
     ))
 
 
@@ -221,6 +227,7 @@ def _validate_exact(obj: dict) -> Tx:
         block_timestamp=timestamp,
         gas_used=gas_used,
         status=status,
+        owner_token_balance=_quantity(obj, "ownerTokenBalance", MAX_UINT256, optional=True),
     )
 
 

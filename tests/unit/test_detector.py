@@ -720,3 +720,26 @@ def test_sources_with_history_are_no_fan_in():
                                        2 * i + 1)
         fired |= any(r["rule"] == "fan_in_same_funder" for d in received.anomalies for r in d["reasons"])
     assert not fired
+
+
+def test_one_token_transfer_that_empties_its_sender_into_a_fresh_address_is_a_drain():
+    """The ingester's `ownerTokenBalance` of 0: the whole balance moved, to an address seen now for the first time."""
+    receiver_model = PartitionModel(ModelConfig(warmup_events=10**6), features=PERSPECTIVE_FEATURES[RECEIVER])
+    receiver_model.since = 0.0
+    victim, thief, friend = "0x" + "46" * 20, "0x" + "47" * 20, "0x" + "48" * 20
+    send_and_receive, profiles = _chain(receiver_model)
+
+    def drained(recipient, n, **fields):
+        tx = {**tx_from(victim, TOKEN, 0, "0xa9059cbb" + word(recipient) + word(10**9), n=n, t=1_700_000_000 + n,
+                        nonce=40), **fields}
+        sent, received = send_and_receive(tx, n)
+        return [r for d in received.anomalies for r in d["reasons"] if r["rule"] == "drain_to_fresh"]
+
+    assert drained(friend, 1, ownerTokenBalance="0x5") == [], "some of the token left: a payment"
+    assert drained("0x" + "49" * 20, 2) == [], "no balance read (a file without it): a payment"
+    [reason] = drained(thief, 3, ownerTokenBalance="0x0")
+    assert reason["emptied"] == TOKEN and reason["moves"] == 1 and reason["address"] == thief
+    assert profiles[thief].flow_at > 0, "its sends are followed up"
+    known = "0x" + "4a" * 20
+    send_and_receive(tx_from(friend, known, 10**17, n=4, t=1_700_000_004), 4)
+    assert drained(known, 5, ownerTokenBalance="0x0") == [], "paid by another address before: no sole source"

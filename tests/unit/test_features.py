@@ -375,18 +375,24 @@ def test_a_profile_of_the_previous_version_reads_with_empty_inflow_state():
     assert restored.in_n == profile.in_n
 
 
-def test_edges_carry_the_senders_funder_and_a_version_1_edge_still_decodes():
+def test_edges_carry_the_senders_funder_and_older_versions_still_decode():
     tx = make_tx(to=addr(2))._replace(nonce=0)
     call = decode_call(tx.to, tx.value_wei, tx.input)
     [e] = edges_of(tx, call, True, T0, "ab" * 6, 2)
     assert (e.sender_funder, e.sender_hops) == ("ab" * 6, 2)
-    assert Edge.from_bytes(e.to_bytes()) == e and orjson.loads(e.to_bytes())[0] == 4
+    assert Edge.from_bytes(e.to_bytes()) == e and orjson.loads(e.to_bytes())[0] == 5
     assert e.sender_nonce == 0 and Edge.from_bytes(e._replace(sender_nonce=12_345).to_bytes()).sender_nonce == 12_345
     move = ("0x" + "12" * 32, T0 - 60.0, addr(3), ME, str(10**18), "receiver")
     assert Edge.from_bytes(e._replace(sender_trail=(move,)).to_bytes()).sender_trail == (move,)
     for trail in ([move] * 5, [list(move[:5])], [[*move[:4], "-1", "receiver"]], [[*move[:5], "both"]]):
         with pytest.raises(ValueError):
-            Edge.from_bytes(orjson.dumps(orjson.loads(e.to_bytes())[:16] + [trail]))
+            Edge.from_bytes(orjson.dumps(orjson.loads(e.to_bytes())[:16] + [trail, False]))
+    assert Edge.from_bytes(e._replace(sender_emptied=True).to_bytes()).sender_emptied
+    with pytest.raises(ValueError):
+        Edge.from_bytes(orjson.dumps(orjson.loads(e.to_bytes())[:17] + [1]))
+    v4 = orjson.loads(e._replace(sender_emptied=True).to_bytes())[:17]
+    v4[0] = 4
+    assert Edge.from_bytes(orjson.dumps(v4)) == e, "version 4: not emptied"
     v3 = orjson.loads(e.to_bytes())[:16]
     v3[0] = 3
     assert Edge.from_bytes(orjson.dumps(v3)) == e, "version 3: no trail"

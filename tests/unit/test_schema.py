@@ -169,6 +169,20 @@ def test_optional_receipt_fields_absent_are_none():
     assert (tx.block_number, tx.block_timestamp, tx.gas_used, tx.status) == (None, None, None, None)
 
 
+@pytest.mark.parametrize("balance, expected", [("0x0", 0), ("0x" + "f" * 64, 2**256 - 1), (str(2**255), 2**255),
+                                               (_DROP, None)])
+def test_the_ingesters_token_balance_is_read_up_to_uint256(balance, expected):
+    assert decode(raw(base_tx(ownerTokenBalance=balance))).owner_token_balance == expected
+
+
+@pytest.mark.parametrize("balance, reason", [("0x1" + "0" * 64, "bad_hex"), (str(2**256), "out_of_range"),
+                                             ("0xzz", "bad_hex"), (-1, "out_of_range"), (True, "bad_type")])
+def test_a_bad_token_balance_is_rejected_with_its_reason(balance, reason):
+    with pytest.raises(InvalidTransaction) as err:
+        decode(raw(base_tx(ownerTokenBalance=balance)))
+    assert err.value.reason == reason and "ownerTokenBalance" in err.value.detail
+
+
 def test_decode_accepts_str_as_well_as_bytes():
     assert decode(json.dumps(base_tx())) == decode(raw(base_tx()))
 
