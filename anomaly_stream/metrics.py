@@ -110,6 +110,10 @@ INGEST_ORPHANED_BLOCKS = Counter(
     "ingest_orphaned_blocks_total", "Published blocks that a reorg later orphaned.")
 INGEST_INPUTS_TRUNCATED = Counter(
     "ingest_inputs_truncated_total", "Transactions whose calldata was cut to fit the input topic's message size.")
+INGEST_TOKEN_BALANCES = Counter(
+    "ingest_token_balances_total",
+    "Token balances read for token transfers (ownerTokenBalance), by result: read, unreadable (the call "
+    "reverted or answered no uint256), failed (the node did not answer; published without).", ["result"])
 
 # Alert delivery (`anomaly-stream notify`)
 NOTIFY_DELIVERIES = Counter(

@@ -7,7 +7,14 @@ receipts over JSON-RPC (web3's AsyncHTTPProvider, raw requests so the objects
 stay in wire form: hex quantities, lower-case addresses) and produces one
 message per transaction to the input topic, keyed by the sender, in the schema
 of `schema.py`: the node's transaction object plus `blockTimestamp` from the
-block and `gasUsed`, `status`, `contractAddress` from the receipt.
+block and `gasUsed`, `status`, `contractAddress` from the receipt, and for a
+successful token transfer (`semantics.decode_call`) `ownerTokenBalance`: the
+balance of the token its owner (the `from` of the move) holds at the end of the
+block, an `eth_call` of `balanceOf` at that block (`fetch_token_balances`).
+A drain takes everything, a payment seldom does: the detector's one-transfer
+drain rule reads it (`flows`). The read is best effort: a token whose
+balanceOf reverts or a node that does not answer leaves the field out
+(`ingest_token_balances_total{result}`), and ingestion goes on.
 
 Confirmation depth. Only blocks at or below `head - INGEST_CONFIRMATIONS` are
 published, so a reorg shallower than the depth is never seen downstream: the
@@ -46,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -61,8 +69,10 @@ from ..metrics import (
     INGEST_INPUTS_TRUNCATED,
     INGEST_ORPHANED_BLOCKS,
     INGEST_REORGS,
+    INGEST_TOKEN_BALANCES,
     INGEST_TRANSACTIONS_PUBLISHED,
 )
+from ..detect.semantics import decode_call
 from .rpc import RpcClient, RpcError, describe
 from ..settings import Settings
 
@@ -75,6 +85,8 @@ EXIT_DEEP_REORG = 3
 # default): a message a little under it leaves room for the key, headers and batch framing.
 MAX_MESSAGE_BYTES = 1_000_000
 NODE_RETRY_MAX_SECONDS = 30.0  # between steps that failed on the node, after RpcClient's own retries
+BALANCE_OF = "0x70a08231"  # balanceOf(address)
+_HEX_WORD = re.compile(r"0x[0-9a-fA-F]{64}")
 
 
 class DeepReorg(Exception):
@@ -103,8 +115,9 @@ class Position:
         return cls(next_block=int(value["number"]) + 1, recent=recent)
 
 
-def to_message(tx: dict, block: dict, receipt: dict) -> dict:
-    """The documented input schema: the node's transaction plus block time and receipt fields."""
+def to_message(tx: dict, block: dict, receipt: dict, balances: dict | None = None) -> dict:
+    """The documented input schema: the node's transaction plus block time, receipt fields and
+    the token balance its transfer left (`balances`: `fetch_token_balances`)."""
     msg = dict(tx)
     msg["from"] = tx["from"].lower()
     if tx.get("to"):
@@ -115,7 +128,30 @@ def to_message(tx: dict, block: dict, receipt: dict) -> dict:
         msg["status"] = receipt["status"]
     contract = receipt.get("contractAddress")
     msg["contractAddress"] = contract.lower() if contract else None
+    balance = (balances or {}).get(balance_read(tx, block, receipt))
+    if balance is not None:
+        msg["ownerTokenBalance"] = balance
     return msg
+
+
+def uint256(result) -> str | None:
+    """An eth_call's answer as a hex quantity if it is one 32-byte word (a balanceOf's uint256), else None."""
+    if isinstance(result, str) and len(result) == 66 and _HEX_WORD.fullmatch(result):
+        return hex(int(result, 16))
+    return None
+
+
+def balance_read(tx: dict, block: dict, receipt: dict) -> tuple[str, str, str] | None:
+    """(block number, token, owner) of a successful token transfer, whose balance the ingester reads."""
+    if receipt.get("status") == "0x0" or not tx.get("to"):
+        return None
+    try:
+        call = decode_call(tx["to"].lower(), int(tx.get("value") or "0x0", 16), tx.get("input") or "0x")
+    except (TypeError, ValueError):
+        return None
+    if call.kind != "token_transfer" or call.token is None:
+        return None
+    return block["number"], call.token, call.owner or tx["from"].lower()
 
 
 def encode_message(msg: dict) -> bytes:
@@ -199,7 +235,8 @@ class Ingester:
             await consumer.stop()
         return Position.from_checkpoint(last) if last else None
 
-    async def publish(self, pos: Position, blocks: list[dict], receipts: list[list[dict]]) -> None:
+    async def publish(self, pos: Position, blocks: list[dict], receipts: list[list[dict]],
+                      balances: dict | None = None) -> None:
         """One Kafka transaction: every transaction of the blocks, then the checkpoint."""
         sent = 0
         async with self.producer.transaction():
@@ -208,7 +245,7 @@ class Ingester:
                 orphan = pos.replaces.get(number)
                 headers = [("eth-reorg-replaces", orphan.encode())] if orphan else None
                 for tx, receipt in zip(block["transactions"], block_receipts):
-                    msg = to_message(tx, block, receipt)
+                    msg = to_message(tx, block, receipt, balances)
                     await self.producer.send(self.topic, encode_message(msg), key=msg["from"].encode(),
                                              headers=headers)  # fmt: skip
                     sent += 1
@@ -277,6 +314,30 @@ class Ingester:
                 return None
             out.append(receipts)
         return out
+
+    async def fetch_token_balances(self, blocks: list[dict], receipts: list[list[dict]]) -> dict:
+        """`balance_read` -> the balance as hex, for every token transfer of the blocks; best effort."""
+        reads = sorted({key for block, block_receipts in zip(blocks, receipts)
+                        for tx, receipt in zip(block["transactions"], block_receipts)
+                        if (key := balance_read(tx, block, receipt)) is not None})
+        calls = [("eth_call", [{"to": token, "data": BALANCE_OF + owner[2:].rjust(64, "0")}, number])
+                 for number, token, owner in reads]
+        chunks = [calls[i:i + RECEIPT_CHUNK] for i in range(0, len(calls), RECEIPT_CHUNK)]
+
+        async def chunk_balances(chunk):
+            async with self.receipt_slots:
+                return await self.rpc.batch_calls(chunk, errors_as_none=True)
+
+        try:
+            results = [r for part in await asyncio.gather(*map(chunk_balances, chunks)) for r in part]
+        except (RpcError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            INGEST_TOKEN_BALANCES.labels("failed").inc(len(reads))
+            log.warning("token_balances_not_read", error=describe(exc), transfers=len(reads))
+            return {}
+        balances = {key: balance for key, result in zip(reads, results) if (balance := uint256(result)) is not None}
+        INGEST_TOKEN_BALANCES.labels("read").inc(len(balances))
+        INGEST_TOKEN_BALANCES.labels("unreadable").inc(len(reads) - len(balances))
+        return balances
 
     async def find_fork_point(self, pos: Position) -> int:
         """Newest kept block still canonical; drops the orphaned ones from `pos`."""
@@ -374,7 +435,7 @@ class Ingester:
         if receipts is None:
             log.warning("receipts_mismatch_refetching", first_block=pos.next_block, last_block=last)
             return False
-        await self.publish(pos, blocks, receipts)
+        await self.publish(pos, blocks, receipts, await self.fetch_token_balances(blocks, receipts))
         ETH_BLOCKS_BEHIND_HEAD.set(max(head - (pos.next_block - 1), 0))
         log.debug("blocks_published", first_block=int(blocks[0]["number"], 16), last_block=pos.next_block - 1)
         return True

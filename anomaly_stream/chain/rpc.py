@@ -77,11 +77,12 @@ class RpcClient:
         """One JSON-RPC batch of the same method; results in request order."""
         return await self.batch_calls([(method, params) for params in params_list])
 
-    async def batch_calls(self, calls: list[tuple[str, list]]) -> list:
+    async def batch_calls(self, calls: list[tuple[str, list]], errors_as_none: bool = False) -> list:
         """One JSON-RPC batch of (method, params) calls; results in request order.
 
         Timed and counted as `batch:<method>` when every call is the same method,
-        as `batch` otherwise.
+        as `batch` otherwise. With `errors_as_none`, a call answered with an
+        error object (an eth_call that reverts) gives None and is not retried.
         """
         if not calls:
             return []
@@ -94,6 +95,8 @@ class RpcClient:
                 raise RpcError(name, isinstance(responses, dict) and responses.get("error") or "bad batch response")
             if len(responses) != len(calls):
                 raise RpcError(name, f"{len(responses)} answers to {len(calls)} requests")
+            if errors_as_none:
+                return [None if response.get("error") else response.get("result") for response in responses]
             for response in responses:
                 if response.get("error"):
                     raise RpcError(name, response["error"])

@@ -34,6 +34,8 @@ pytestmark = pytest.mark.integration
 ETH_URL = f"http://127.0.0.1:{os.environ.get('STACK_ETH_PORT', '18545')}"
 REVERTING_INIT_CODE = "0x60006000fd"  # PUSH1 0 PUSH1 0 REVERT: a creation that fails (status 0)
 RETURNING_INIT_CODE = "0x600a600c600039600a6000f3602a60005260206000f3"  # deploys a 10-byte contract
+# that answers every call with the word 42 (a balanceOf of 42, a transfer that succeeds);
+REVERTING_RUNTIME_INIT_CODE = "0x6005600c60003960056000f360006000fd"  # this one reverts every call
 
 
 class Ingester:
@@ -174,6 +176,29 @@ def test_ingests_blocks_in_the_documented_schema(ingesters, w3):
     checkpoints = messages(f"{env['KAFKA_INPUT_TOPIC']}-ingest-checkpoint", expect=1)
     cp = orjson.loads(checkpoints[-1].value)
     assert cp["number"] == last and cp["hash"] == w3.eth.get_block(last)["hash"].to_0x_hex()
+
+
+def test_a_token_transfer_carries_the_balance_its_owner_was_left(ingesters, w3):
+    first = w3.eth.block_number + 1
+    token, broken = (w3.eth.get_transaction_receipt(send(w3, 2, None, value=0, data=code))["contractAddress"]
+                     for code in (RETURNING_INIT_CODE, REVERTING_RUNTIME_INIT_CODE))
+    transfer = "0xa9059cbb" + w3.eth.accounts[5][2:].lower().rjust(64, "0") + hex(5)[2:].rjust(64, "0")
+    accounts = w3.eth.accounts
+    fees = {"from": accounts[3], "value": 0, "maxFeePerGas": 5 * 10**9, "maxPriorityFeePerGas": 10**9,
+            "data": transfer, "gas": 100_000}
+    paid = w3.eth.send_transaction({**fees, "to": token}).to_0x_hex()
+    refused = w3.eth.send_transaction({**fees, "to": broken}).to_0x_hex()
+    plain = send(w3, 3, 4)
+    last = w3.eth.block_number
+    env = ingest_env()
+    ingester = ingesters(env).start("--from-block", str(first), "--to-block", str(last))
+    assert ingester.wait() == 0, ingester.log_path.read_text()[-2000:]
+    by_hash = {orjson.loads(r.value)["hash"]: orjson.loads(r.value)
+               for r in messages(env["KAFKA_INPUT_TOPIC"], expect=len(chain_txs(w3, first, last)))}
+    assert by_hash[paid]["ownerTokenBalance"] == "0x2a", "balanceOf(sender) at the block: the contract's 42"
+    assert validate(by_hash[paid]).owner_token_balance == 42
+    assert by_hash[refused]["status"] == "0x0" and "ownerTokenBalance" not in by_hash[refused], "nothing moved"
+    assert "ownerTokenBalance" not in by_hash[plain], "no token transfer"
 
 
 def test_sigkill_and_restart_leave_no_gap_and_no_duplicate(ingesters, w3):
