@@ -48,7 +48,7 @@ from anomaly_stream.tools import plots
 from anomaly_stream.tools.backtest import replay
 from anomaly_stream.tools.evaluation import NORMAL, score_cut_at_fpr
 from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
-from anomaly_stream.tools.readers import read_transactions
+from anomaly_stream.tools.readers import read_transactions, with_trace_balances
 from anomaly_stream.tools.scenarios import KINDS, plant
 
 TRAFFIC = DATA / "traffic"
@@ -75,9 +75,13 @@ def backgrounds(short: bool) -> dict[str, tuple[list[dict], dict]]:
     under the flow rules' hour), so episodes planted there straddled the
     opening of the gate and lost the marks made before it. The real trace's
     first hour is its warm-up (8.7 hours; episodes start after its first 10%).
+    Neither has the ingester's `ownerTokenBalance`: both get the trace's own
+    stand-in (`readers.with_trace_balances`), so ordinary transfers that
+    empty a balance are in the background as they would be live.
     """
-    real = list(read_transactions(TRAFFIC / "mainnet-2017-ethereum-etl"))
-    generated = TrafficGenerator(GeneratorConfig(seed=7, scenario_rates={})).take(24_000 if short else 40_000)
+    real = with_trace_balances(read_transactions(TRAFFIC / "mainnet-2017-ethereum-etl"))
+    generated = with_trace_balances(
+        TrafficGenerator(GeneratorConfig(seed=7, scenario_rates={})).take(24_000 if short else 40_000))
     return {"mainnet-2017": (real[:12_000] if short else real, {}),
             "generated": (generated, {"start_window": (0.5, 1.0)})}
 

@@ -4,7 +4,8 @@
 
 Replays every file set of ../shared/data/traffic (ordinary traffic, bots
 included, no labels) through `tools.backtest.replay` (the worker's own code)
-at `Settings()` defaults with OFAC's list loaded, and prints per set: transactions, dead letters,
+at `Settings()` defaults with OFAC's list loaded, with the ingester's `ownerTokenBalance`
+stood in for by the trace's own ledger (`readers.with_trace_balances`), and prints per set: transactions, dead letters,
 the share flagged, the anomalies by reason, and the replay's speed. Writes
 benchmarks/results/real_traffic.json and a bar plot of the flag rates.
 """
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+
 from common import DATA, arguments, ofac_listed, write_result
 
 from anomaly_stream.settings import Settings
 from anomaly_stream.tools import plots
 from anomaly_stream.tools.backtest import replay, report
-from anomaly_stream.tools.readers import iter_records
+from anomaly_stream.tools.readers import read_transactions, with_trace_balances
 
 TRAFFIC = DATA / "traffic"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -32,7 +35,8 @@ def main() -> int:
     listed = ofac_listed()
     print(f"{'file set':<48}{'tx':>7}{'dead':>6}{'flagged':>9}  by reason")
     for name in SETS:
-        outcome = replay(iter_records(TRAFFIC / name), Settings(), partitions=8, listed=listed)
+        records = map(orjson.dumps, with_trace_balances(read_transactions(TRAFFIC / name)))
+        outcome = replay(records, Settings(), partitions=8, listed=listed)
         summary = report(outcome, labelled=False)
         summary["anomalies_by_reason"] = dict(sorted(outcome.reasons.items()))
         result[name] = summary

@@ -159,7 +159,9 @@ Kinds, after real incidents (sources in ../shared/data/README.md):
   sends `transfer(D, amount)` of `drain_tokens` different real tokens to
   one fresh address D, `drain_spacing_s` apart; each amount is at the
   `drain_amount_quantile` of the token's background amounts, times
-  `drain_amount_factor`.
+  `drain_amount_factor`, and is all the victim held of it: the message
+  carries `ownerTokenBalance` 0, as the ingester would read it (a drainer
+  transfers `balanceOf(victim)`).
 - large_eth_drain: a victim whose balance estimate (the larger of its total
   inbound ETH and its largest outbound payment in the background) is at least
   the `drain_victim_balance_quantile` of all senders' sends `drain_share_of_balance` of it in `drain_transfers`
@@ -731,6 +733,7 @@ class _Draft:
     sweep: int | None = None         # value = sweep - fee paid - a remainder of a few gwei's worth
     after: int = 0                   # insert after this many background rows at least
     gas_used: int | None = None
+    owner_balance: int | None = None  # the token left to its owner: the ingester's ownerTokenBalance
 
 
 @dataclass
@@ -1274,8 +1277,10 @@ class _Kind:
         for token in tokens:
             t += self.draw("drain_spacing_s") * scale
             amount = int(self.amount(token, self.p["drain_amount_quantile"]) * self.draw("drain_amount_factor"))
-            drafts.append(self.token_call(t, victim, token, "transfer", (thief, amount), "drain",
-                                          [_transfer_log(token, victim, thief, amount)]))
+            draft = self.token_call(t, victim, token, "transfer", (thief, amount), "drain",
+                                    [_transfer_log(token, victim, thief, amount)])
+            draft.owner_balance = 0  # a drain takes the whole balance, whatever the trace saw of it
+            drafts.append(draft)
         return drafts
 
     def large_eth_drain(self) -> list[_Draft] | None:
@@ -1329,6 +1334,8 @@ def _materialize(kb: _Kind, draft: _Draft, group: int, label: str, episode: str)
     tx["value"] = hex(value)
     tx["input"] = draft.data
     _set_receipt(tx, kb, template, draft, effective)
+    if draft.owner_balance is not None:
+        tx["ownerTokenBalance"] = hex(draft.owner_balance)
     tx["label"] = label
     tx["episode"] = episode
     tx["role"] = draft.role

@@ -79,7 +79,13 @@ def episodes(txs: list[dict], label: str, key: str) -> list[list[int]]:
 
 
 def test_every_field_has_json_rpc_format(boosted):
-    for tx in boosted:
+    emptied = 0
+    for tx in map(dict, boosted):
+        # A successful token transfer carries the ingester's ownerTokenBalance (0 when it moved everything).
+        balance = tx.pop("ownerTokenBalance", None)
+        if balance is not None:
+            assert tx["input"].startswith("0xa9059cbb") and tx["status"] == "0x1" and QUANTITY_RE.match(balance)
+            emptied += balance == "0x0"
         if tx["type"] == "0x2":
             assert set(tx) == EIP1559_KEYS
             assert QUANTITY_RE.match(tx["maxFeePerGas"])
@@ -101,6 +107,7 @@ def test_every_field_has_json_rpc_format(boosted):
         else:
             assert ADDRESS_RE.match(tx["to"])
             assert tx["contractAddress"] is None
+    assert emptied > 0
 
 
 def test_gas_accounting_is_consistent(boosted):
