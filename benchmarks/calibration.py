@@ -9,7 +9,9 @@ the 50/90/99/99.9th percentiles of every transformed feature (the values the
 limits in `anomaly_stream.detect.features` apply to) and of the burst count
 `detector.LEARN_CAP_PER_MINUTE` caps, and the quantities the flow rules of
 `anomaly_stream.detect.flows` apply their limits to (`flows.*`), and counts
-behind the rules' limits (`creations.*`, `spenders.*`). Writes benchmarks/results/calibration.json.
+behind the rules' limits (`creations.*`, `spenders.*`, `balances.*`: token
+transfers, those with a balance from `readers.with_trace_balances`, those that
+emptied it, and those into a fresh address from its sole sender). Writes benchmarks/results/calibration.json.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from anomaly_stream.detect import flows
 from anomaly_stream.detect.detector import fresh_deployer
 from anomaly_stream.detect.schema import WEI_PER_ETH, InvalidTransaction, decode
 from anomaly_stream.detect.semantics import decode_call
-from anomaly_stream.tools.readers import read_transactions
+from anomaly_stream.tools.readers import read_transactions, with_trace_balances
 
 SETS = ("mainnet-2017-ethereum-etl", "mainnet-2024-rpc-blocks", "mainnet-2020-22-mev-blocks")
 PERCENTILES = (50, 90, 99, 99.9)
@@ -39,8 +41,11 @@ def replay(path: Path) -> dict[str, list[float]]:
     granted: dict[str, set] = {}  # spender -> distinct owners that granted it
     spender_sends: dict[int, int] = {}  # owners granted before -> transactions the spender sent
     creations: dict[str, int] = {}  # all, nonce_0, by_fresh_deployer (detector.fresh_deployer)
+    # token transfers; with a balance (readers.with_trace_balances); emptied; emptied into a fresh
+    # receiver from its sole sender (the one-transfer drain_to_fresh, before its nonce cap and hour gate)
+    balances = dict.fromkeys(("token_transfers", "known", "emptied", "emptied_into_fresh"), 0)
     clock, start = 0.0, None
-    for obj in read_transactions(path):
+    for obj in with_trace_balances(read_transactions(path)):
         try:
             tx = decode(orjson.dumps(obj))
         except InvalidTransaction:
@@ -71,6 +76,10 @@ def replay(path: Path) -> dict[str, list[float]]:
             keys += ["by_fresh_deployer"] * fresh_deployer(tx, profiles[tx.sender], clock)
             for key in keys:
                 creations[key] = creations.get(key, 0) + 1
+        if call.kind == "token_transfer":
+            balances["token_transfers"] += 1
+            balances["known"] += tx.owner_token_balance is not None
+            balances["emptied"] += tx.owner_token_balance == 0
         if call.kind == "eth_transfer" and tx.value_wei > 0:
             columns.setdefault("flows.eth_transfer_value", []).append(tx.value_wei / WEI_PER_ETH)
         for edge in edges_of(tx, call, fresh, clock, funder, hops):
@@ -78,6 +87,7 @@ def replay(path: Path) -> dict[str, list[float]]:
             for name, value in zip(PERSPECTIVE_FEATURES[RECEIVER], raw):
                 columns.setdefault(f"{RECEIVER}.{name}", []).append(value)
             inflow = flows.observe(edge, profiles[edge.receiver], clock)
+            balances["emptied_into_fresh"] += edge.sender_emptied and inflow.sole_source_moves >= 1
             # At a trace's start every address is first seen, so "fresh within
             # the hour" holds for exchanges too; a running worker has seen them.
             # `flows_after_1h` leaves the trace's first hour out.
@@ -86,6 +96,8 @@ def replay(path: Path) -> dict[str, list[float]]:
                 columns.setdefault(f"flows.{name}", []).append(float(value))
                 if late:
                     columns.setdefault(f"flows_after_1h.{name}", []).append(float(value))
+    for key, count in balances.items():
+        columns[f"balances.{key}"] = [float(count)]
     for key in ("all", "nonce_0", "by_fresh_deployer"):
         columns[f"creations.{key}"] = [float(creations.get(key, 0))]
     columns["spenders.granted_by_2+"] = [float(sum(len(v) >= 2 for v in granted.values()))]

@@ -16,7 +16,9 @@ handed in batches to the worker's own `Worker.handle`, whose edges go to
 profiles and rules as the worker, with an in-memory sink. Messages that fail
 validation are the worker's dead letters and are counted as such.
 `--watchlist FILE:NAME` applies a list as `anomaly-stream watchlist load`
-would; `--scores OUT.csv` writes every score with its threshold.
+would; `--scores OUT.csv` writes every score with its threshold;
+`--trace-balances` stands in for the ingester's `ownerTokenBalance`, which
+exports lack, with the file's own ledger (`readers.with_trace_balances`).
 
 CSV numeric mode (`--features`): the named columns go straight to one
 `PartitionModel`, scaled into [0, 1] by a running min/max (`--scale online`,
@@ -55,7 +57,7 @@ from ..stream.worker import Store, Stores, Topics, Worker, collect_less, kafka_p
 from ..detect import flows, watchlist
 from ..settings import Settings
 from .evaluation import FPR_POINTS, NORMAL, evaluate
-from .readers import iter_records
+from .readers import iter_records, read_transactions, with_trace_balances
 from .shuttle import export_shuttle
 
 DEFAULT_BATCH_SIZE = 500
@@ -436,6 +438,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--features", help="CSV numeric mode: comma-separated columns fed to the model")
     parser.add_argument("--scale", choices=("online", "none"), default="online",
                         help="CSV mode: running min/max scaling (default) or columns already in [0, 1]")
+    parser.add_argument("--trace-balances", action="store_true",
+                        help="give token transfers the ownerTokenBalance the file's own ledger shows, as "
+                             "the ingester would read it from a node (readers.with_trace_balances)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N lines/rows")
     parser.add_argument("--warm-only", action="store_true", help="metrics only over events scored after warm-up")
     parser.add_argument("--export-shuttle", metavar="OUT.csv", help="write River's Shuttle data as CSV and exit")
@@ -451,7 +456,10 @@ def run(opts: argparse.Namespace, settings, partitions: int) -> Outcome:
             if opts.limit:
                 rows = (r for i, r in zip(range(opts.limit), rows))
             return replay_csv(rows, columns, _config(settings), opts.label_field, opts.scale, opts.batch_size)
-    lines = iter_records(opts.path, opts.format)
+    if opts.trace_balances:
+        lines = map(orjson.dumps, with_trace_balances(read_transactions(opts.path, opts.format)))
+    else:
+        lines = iter_records(opts.path, opts.format)
     if opts.limit:
         lines = (line for _, line in zip(range(opts.limit), lines))
     outcome = replay(lines, settings or Settings(), partitions, opts.batch_size, opts.label_field,

@@ -18,7 +18,7 @@ import pytest
 
 from anomaly_stream.detect.schema import InvalidTransaction, decode
 from anomaly_stream.tools.generate import GeneratorConfig, TrafficGenerator
-from anomaly_stream.tools.readers import detect_format, iter_records, read_transactions
+from anomaly_stream.tools.readers import detect_format, iter_records, read_transactions, with_trace_balances
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TRAFFIC = DATA / "traffic"
@@ -309,3 +309,23 @@ def test_malformed_files_raise_value_error_naming_the_file(tmp_path, name, conte
         path.write_text(content)
     with pytest.raises(ValueError, match=name.replace(".", r"\.")):
         list(iter_records(path, fmt))
+
+
+def _token_tx(sender: str, recipient: str, amount: int, token: str = "0x" + "77" * 20, **fields) -> dict:
+    data = "0xa9059cbb" + recipient[2:].rjust(64, "0") + hex(amount)[2:].rjust(64, "0")
+    return {"hash": "0x" + "12" * 32, "from": sender, "to": token, "value": "0x0", "input": data, **fields}
+
+
+def test_the_trace_ledger_gives_a_balance_only_where_the_trace_saw_the_holdings():
+    a, b, c = ("0x" + d * 20 for d in ("aa", "bb", "cc"))
+    rows = with_trace_balances([
+        _token_tx(a, b, 10),                       # a held the token from before: no field
+        _token_tx(b, c, 4),                        # b got 10 in the trace: 6 left
+        _token_tx(b, c, 6, status="0x0"),          # reverted: moved nothing
+        _token_tx(b, c, 6),                        # emptied
+        _token_tx(c, a, 11),                       # more than c was seen to get: held from before
+        _token_tx(c, a, 1, ownerTokenBalance="0x5"),  # a node's reading stays
+        _token_tx(b, c, 1, token="0x" + "78" * 20),  # another token: nothing seen
+        {"hash": "0x" + "34" * 32, "from": a, "to": b, "value": "0x5", "input": "0x"},
+    ])
+    assert [r.get("ownerTokenBalance") for r in rows] == [None, "0x6", None, "0x0", None, "0x5", None, None]
