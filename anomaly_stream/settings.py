@@ -36,6 +36,9 @@ class Settings:
     kafka_session_timeout_seconds: float = 30.0
     kafka_heartbeat_interval_seconds: float = 3.0
     kafka_max_poll_records: int = 5000
+    # A fetch waits up to this long for this much data (stream.consumer.ConsumerThread).
+    kafka_fetch_min_bytes: int = 262_144
+    kafka_fetch_max_wait_ms: int = 25
     kafka_producer_linger_ms: int = 20
     app_id: str = "anomaly-stream"
     processing_guarantee: str = "at_least_once"
@@ -180,7 +183,7 @@ class Settings:
         positive = [
             "kafka_input_partitions", "kafka_topic_replication_factor",
             "kafka_session_timeout_seconds", "kafka_heartbeat_interval_seconds",
-            "kafka_max_poll_records", "commit_interval_seconds",
+            "kafka_max_poll_records", "kafka_fetch_min_bytes", "kafka_fetch_max_wait_ms", "commit_interval_seconds",
             "anomaly_buffer_ttl_seconds", "anomaly_buffer_max_size",
             "address_state_ttl_seconds", "address_state_max_size",
             "state_sweep_interval_seconds", "liveness_stall_seconds", "model_n_trees", "model_height",

@@ -191,3 +191,18 @@ def test_a_batch_faust_skipped_is_not_acknowledged():
     consumer.handled(handled)
     assert consumer.ack(handled) is True
     assert consumer._acked[TP0] == [121] and not consumer._handled
+
+
+def test_the_worker_consumer_fetches_with_the_configured_size_and_wait():
+    """aiokafka reads both when it starts (AIOKafkaConsumer.start builds its Fetcher from them)."""
+    from anomaly_stream.settings import Settings
+    from anomaly_stream.stream.app import create_app
+    from anomaly_stream.stream.consumer import ConsumerThread
+
+    async def built():
+        app = create_app(Settings(kafka_fetch_min_bytes=12_345, kafka_fetch_max_wait_ms=7))
+        thread = ConsumerThread(app.consumer, loop=asyncio.get_running_loop(), beacon=app.consumer.beacon)
+        return thread._create_worker_consumer(app.transport)
+
+    consumer = asyncio.run(built())
+    assert (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms) == (12_345, 7)
