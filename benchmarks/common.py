@@ -215,18 +215,30 @@ def worker_throughput(messages: list[tuple[bytes, bytes]], log_dir: Path) -> flo
         worker.stop()
 
 
-def latency_run(messages: list[tuple[bytes, bytes]], rate: float, seconds: float, log_dir: Path) -> list[float]:
-    """Produce-to-anomaly latencies (s) of a fresh worker fed `messages` at `rate` for `seconds`."""
+# Seconds of feed before latencies count: a fresh worker starts behind (the feed begins
+# as it reports ready, before its first fetch) and catches up at what its capacity leaves
+# over. At 7,100 tx/s its p99 was 540-590 ms in the first 4 s, 170-250 ms up to 10 s,
+# 64-95 ms after (two-second windows, one worker, 4 partitions).
+LATENCY_WARMUP_SECONDS = 10.0
+
+
+def latency_run(messages: list[tuple[bytes, bytes]], rate: float, seconds: float, log_dir: Path,
+                warmup: float = LATENCY_WARMUP_SECONDS) -> list[float]:
+    """Produce-to-anomaly latencies (s) of a fresh worker fed `messages` at `rate` for `warmup` + `seconds`,
+    of the anomalies of the messages produced after the first `warmup` seconds."""
     env = fresh_deployment()
     worker = WorkerProcess(env, log_dir, "latency").start()
     try:
         worker.wait_ready()
-        return asyncio.run(_feed_and_time_anomalies(env, worker, messages, rate, seconds))
+        started, timed = asyncio.run(_feed_and_time_anomalies(env, worker, messages, rate, warmup + seconds))
+        return [latency for sent, latency in timed if sent >= started + warmup]
     finally:
         worker.stop()
 
 
-async def _feed_and_time_anomalies(env, worker: WorkerProcess, messages, rate: float, seconds: float) -> list[float]:
+async def _feed_and_time_anomalies(env, worker: WorkerProcess, messages, rate: float,
+                                   seconds: float) -> tuple[float, list[tuple[float, float]]]:
+    """When the feed started (Unix time), and (produce time, latency) of each anomaly, in seconds."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     consumer = AIOKafkaConsumer(env["KAFKA_ANOMALIES_TOPIC"], bootstrap_servers=KAFKA,
@@ -234,17 +246,19 @@ async def _feed_and_time_anomalies(env, worker: WorkerProcess, messages, rate: f
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, linger_ms=5)
     await consumer.start()
     await producer.start()
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []
 
     async def collect():
         while True:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 for r in records:
-                    latencies.append(r.timestamp / 1000.0 - orjson.loads(r.value)["source"]["timestamp"])
+                    sent = orjson.loads(r.value)["source"]["timestamp"]
+                    latencies.append((sent, r.timestamp / 1000.0 - sent))
 
     collector = asyncio.create_task(collect())
     try:
         n = min(int(rate * seconds), len(messages))
+        wall = time.time()
         started = time.monotonic()
         for i, (key, value) in enumerate(messages[:n]):
             await producer.send(env["KAFKA_INPUT_TOPIC"], value, key=key)
@@ -257,4 +271,4 @@ async def _feed_and_time_anomalies(env, worker: WorkerProcess, messages, rate: f
         collector.cancel()
         await consumer.stop()
         await producer.stop()
-    return latencies
+    return wall, latencies

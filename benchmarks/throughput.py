@@ -28,7 +28,8 @@ partitions as Kafka's partitioner gives them), per run:
 (3) and (4) need the local stack (`make up`); skipped with `--no-kafka` or
 when the broker does not answer. Ratios are taken within each run, medians
 over `--runs`. Then, unless `--no-latency`, produce-to-anomaly latency of a
-fresh worker fed at 50% of the median worker rate.
+fresh worker fed at 25%, 50% and 90% of the median worker rate, counted
+after its first `common.LATENCY_WARMUP_SECONDS` of feed.
 `--short`: 50k messages, one run, 10 s of latency.
 """
 
@@ -44,7 +45,8 @@ import time
 from pathlib import Path
 
 from common import (  # first: it puts the repository root on sys.path
-    KAFKA, MACHINE, PARTITIONS, arguments, backlog_deployment, generated, latency_run, percentile,
+    KAFKA, LATENCY_WARMUP_SECONDS, MACHINE, PARTITIONS, arguments, backlog_deployment, generated, latency_run,
+    percentile,
     bare_worker, worker_throughput, write_result,
 )
 
@@ -55,6 +57,7 @@ from anomaly_stream.detect.detector import Record  # noqa: E402
 from anomaly_stream.settings import Settings  # noqa: E402
 from anomaly_stream.stream.worker import MemorySink, Store, Stores, Topics, Worker, collect_less, kafka_partition  # noqa: E402
 
+LATENCY_SHARES = (0.25, 0.5, 0.9)  # of the worker's median backlog rate, its peak
 BATCH = 1000  # records per partition batch in the bare path (a getmany gives up to max_poll_records)
 MODEL_BATCH = 500
 
@@ -241,12 +244,18 @@ def main() -> int:
               "runs": rows, "median": median}
     print("median: " + ", ".join(f"{k} {v:,.2f}" if v < 100 else f"{k} {v:,.0f}" for k, v in median.items()))
     if kafka and not opts.no_latency:
-        rate = 0.5 * median["worker_tx_per_s"]
-        latencies = latency_run(messages, rate, opts.latency_seconds, log_dir)
-        result["latency"] = {"rate_tx_per_s": rate, "share_of_peak": 0.5, "anomalies": len(latencies),
-                             "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99)}
-        print(f"latency at {rate:,.0f} tx/s (50% of peak): {len(latencies)} anomalies, "
-              f"p50 {result['latency']['p50_ms']:.0f} ms, p99 {result['latency']['p99_ms']:.0f} ms")
+        result["latency"] = []
+        for share in LATENCY_SHARES:
+            rate = share * median["worker_tx_per_s"]
+            # latency_run feeds rate x (warm-up + seconds) messages: never more than the stream has.
+            seconds = min(opts.latency_seconds, 0.95 * len(messages) / rate - LATENCY_WARMUP_SECONDS)
+            latencies = latency_run(messages, rate, seconds, log_dir)
+            row = {"rate_tx_per_s": rate, "share_of_peak": share, "seconds": seconds, "anomalies": len(latencies),
+                   "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99)}
+            result["latency"].append(row)
+            print(f"latency at {rate:,.0f} tx/s ({share:.0%} of peak, {seconds:.0f} s after "
+                  f"{LATENCY_WARMUP_SECONDS:.0f} s of warm-up): {len(latencies)} anomalies, "
+                  f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms", flush=True)
     write_result(opts.json, result)
     if opts.plot:
         from anomaly_stream.tools.plots import bars
