@@ -117,7 +117,8 @@ def _edge_count(tx: dict) -> int:
 
 
 def test_a_drainer_contract_and_a_peel_chain_are_raised_with_their_earlier_moves(workers, env):
-    """Multicall pulls reach the contract's side (`via` edges), peel chains carry their trail (edges v4).
+    """Multicall pulls reach the contract's side (`via` edges), peel chains carry their trail (edges v4),
+    a token drained in one transfer says it emptied its sender (edges v5).
 
     Fed as a live chain would be, in order: each slice's edges are in before the next slice. A backlog
     read at once lets one partition's input run ahead of another's edges, and the flow rules then miss
@@ -125,8 +126,8 @@ def test_a_drainer_contract_and_a_peel_chain_are_raised_with_their_earlier_moves
     """
     background = TrafficGenerator(GeneratorConfig(seed=11, scenario_rates={})).take(16_000)
     # Episodes in the second half, where every partition's receiving side judges.
-    labelled = plant(background, ["approval_phishing", "peel_chain"], 3, 3,
-                     {"contract_spender_share": 1.0, "start_window": (0.5, 1.0)})
+    labelled = plant(background, ["approval_phishing", "peel_chain", "token_drain"], 3, 3,
+                     {"contract_spender_share": 1.0, "start_window": (0.5, 1.0), "drain_tokens": (1, 1)})
     txs = [{k: v for k, v in tx.items() if k not in ("episode", "role")} for tx in labelled]
     worker = workers(env)
     worker.wait_ready()
@@ -139,7 +140,7 @@ def test_a_drainer_contract_and_a_peel_chain_are_raised_with_their_earlier_moves
         worker.wait_metric("edges_processed_total", edges)
     documents = [orjson.loads(r.value) for r in run(consume_all(env["KAFKA_ANOMALIES_TOPIC"]))]
 
-    drains = {tx["hash"] for tx in labelled if tx.get("role") == "drain"}
+    drains = {tx["hash"] for tx in labelled if tx.get("role") == "drain" and tx["label"] == "approval_phishing"}
     by_contract = {d["tx_hash"] for d in documents if d["perspective"] == "receiver"
                    and any(r["rule"] == "spender_pulls" and r.get("role") == "spender" for r in d["reasons"])}
     assert len(drains & by_contract) >= 0.9 * len(drains), f"{len(drains & by_contract)} of {len(drains)} pulls"
@@ -150,5 +151,9 @@ def test_a_drainer_contract_and_a_peel_chain_are_raised_with_their_earlier_moves
     assert {p for _, p in peel_late} == {"sender", "receiver"} and {h for h, _ in peel_late} <= chain
     # A transaction may be raised by each side it reaches (a pull: the recipient, the owner, the
     # contract), each address once.
+    one_transfer = {tx["hash"] for tx in labelled if tx.get("label") == "token_drain"}
+    emptied = {d["tx_hash"] for d in documents if d["perspective"] == "receiver"
+               and any(r["rule"] == "drain_to_fresh" and r.get("emptied") for r in d["reasons"])}
+    assert len(one_transfer) == 3 and one_transfer <= emptied, f"{len(one_transfer & emptied)} of {len(one_transfer)}"
     identities = [(d["tx_hash"], d["perspective"], d["address"]) for d in documents]
     assert len(identities) == len(set(identities))
