@@ -117,7 +117,7 @@ class Position:
 
 def to_message(tx: dict, block: dict, receipt: dict, balances: dict | None = None) -> dict:
     """The documented input schema: the node's transaction plus block time, receipt fields and
-    the token balance its transfer left (`balances`: `fetch_token_balances`)."""
+    the token balance its transfer left (`balances`, by transaction hash: `fetch_token_balances`)."""
     msg = dict(tx)
     msg["from"] = tx["from"].lower()
     if tx.get("to"):
@@ -128,7 +128,7 @@ def to_message(tx: dict, block: dict, receipt: dict, balances: dict | None = Non
         msg["status"] = receipt["status"]
     contract = receipt.get("contractAddress")
     msg["contractAddress"] = contract.lower() if contract else None
-    balance = (balances or {}).get(balance_read(tx, block, receipt))
+    balance = (balances or {}).get(tx["hash"])
     if balance is not None:
         msg["ownerTokenBalance"] = balance
     return msg
@@ -316,10 +316,11 @@ class Ingester:
         return out
 
     async def fetch_token_balances(self, blocks: list[dict], receipts: list[list[dict]]) -> dict:
-        """`balance_read` -> the balance as hex, for every token transfer of the blocks; best effort."""
-        reads = sorted({key for block, block_receipts in zip(blocks, receipts)
-                        for tx, receipt in zip(block["transactions"], block_receipts)
-                        if (key := balance_read(tx, block, receipt)) is not None})
+        """Transaction hash -> the balance as hex, for every token transfer of the blocks; best effort."""
+        wanted = {tx["hash"]: key for block, block_receipts in zip(blocks, receipts)
+                  for tx, receipt in zip(block["transactions"], block_receipts)
+                  if (key := balance_read(tx, block, receipt)) is not None}
+        reads = sorted(set(wanted.values()))
         calls = [("eth_call", [{"to": token, "data": BALANCE_OF + owner[2:].rjust(64, "0")}, number])
                  for number, token, owner in reads]
         chunks = [calls[i:i + RECEIPT_CHUNK] for i in range(0, len(calls), RECEIPT_CHUNK)]
@@ -337,7 +338,7 @@ class Ingester:
         balances = {key: balance for key, result in zip(reads, results) if (balance := uint256(result)) is not None}
         INGEST_TOKEN_BALANCES.labels("read").inc(len(balances))
         INGEST_TOKEN_BALANCES.labels("unreadable").inc(len(reads) - len(balances))
-        return balances
+        return {tx_hash: balances[key] for tx_hash, key in wanted.items() if key in balances}
 
     async def find_fork_point(self, pos: Position) -> int:
         """Newest kept block still canonical; drops the orphaned ones from `pos`."""

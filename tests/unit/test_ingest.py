@@ -48,7 +48,7 @@ def test_a_token_transfer_reads_its_owners_balance_at_the_block():
     assert balance_read(pull, BLOCK, ok) == ("0x10", TOKEN, owner), "transferFrom: the owner it moves from"
     assert balance_read(transfer, BLOCK, failed) is None, "a reverted transfer moved nothing"
     assert balance_read({**message("0x"), "to": recipient, "value": "0x5"}, BLOCK, ok) is None
-    msg = to_message(transfer, BLOCK, ok, {("0x10", TOKEN, sender): "0x0"})
+    msg = to_message(transfer, BLOCK, ok, {transfer["hash"]: "0x0"})
     assert msg["ownerTokenBalance"] == "0x0" and decode(orjson.dumps(msg)).owner_token_balance == 0
     assert "ownerTokenBalance" not in to_message(transfer, BLOCK, ok, {})
 
