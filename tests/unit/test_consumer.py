@@ -91,11 +91,13 @@ def idle_consumer() -> BatchingConsumer:
     consumer.max_hole = 1
     consumer.suspend_flow = asyncio.Event()
 
-    async def wait_first(*awaitables):
+    async def wait_first(*awaitables):  # mode's Service.wait_first: the winners in `done`
         tasks = [asyncio.ensure_future(a) for a in awaitables]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done = [a for a, task in zip(awaitables, tasks) if task.done()]
         for task in tasks:
             task.cancel()
+        return SimpleNamespace(done=done)
 
     consumer.wait_first = wait_first
     return consumer
@@ -156,6 +158,80 @@ def test_a_finished_hand_over_records_the_delivery():
     asyncio.run(consumer._deliver_batch(TP0, records(100, 5), agent))
     assert consumer._read_offset.expected(TP0) == 105
     assert [r.offset for r in delivered[0].records] == [100, 101, 102, 103, 104]
+
+
+def test_a_seek_to_where_the_batch_starts_while_the_agent_takes_it_records_the_delivery():
+    consumer = idle_consumer()
+    consumer._read_offset[TP0] = 100
+
+    async def agent(message):
+        consumer._read_offset.update({TP0: 100})  # recovery's seek to the committed offset, meanwhile
+
+    asyncio.run(consumer._deliver_batch(TP0, records(100, 5), agent))
+    # Left at 100, the next fetch (from 105) looked like a hole, was sought back
+    # and 100-104 were scored twice.
+    assert consumer._read_offset.expected(TP0) == 105
+
+
+def test_a_seek_elsewhere_while_the_agent_takes_the_batch_keeps_the_seek():
+    consumer = idle_consumer()
+    consumer._read_offset[TP0] = 100
+
+    async def agent(message):
+        consumer._read_offset.update({TP0: 90})
+
+    asyncio.run(consumer._deliver_batch(TP0, records(100, 5), agent))
+    assert consumer._read_offset.expected(TP0) == 90
+
+
+# -- recovery's seek to the committed offsets ------------------------------------
+
+TP1 = TP(TP0.topic, 1)
+
+
+def seeking_consumer(committed: dict) -> BatchingConsumer:
+    consumer = idle_consumer()
+    consumer.flow_active = True
+
+    async def seek_to_committed():
+        return committed
+
+    consumer.seek_to_committed = seek_to_committed
+    return consumer
+
+
+def test_recovery_s_seek_does_not_rewind_a_batch_the_agent_already_has():
+    consumer = seeking_consumer({TP0: 100, TP1: 50})
+    consumer._read_offset[TP0] = 100
+    consumer._read_offset.delivered(TP0, 104)  # fetched after the resume, before the seek
+    consumer._read_offset[TP1] = 40  # positioned, nothing delivered
+    asyncio.run(consumer.perform_seek())
+    assert consumer._read_offset.expected(TP0) == 105, "100-104 would be read and scored again"
+    assert consumer._read_offset.expected(TP1) == 50
+    assert consumer._committed_offset[TP0] == 100
+
+
+def test_a_seek_with_the_flow_stopped_rewinds_to_the_committed_offset():
+    consumer = seeking_consumer({TP0: 100})
+    consumer.flow_active = False  # the agent may have skipped what it was handed
+    consumer._read_offset[TP0] = 100
+    consumer._read_offset.delivered(TP0, 104)
+    asyncio.run(consumer.perform_seek())
+    assert consumer._read_offset.expected(TP0) == 100
+
+
+def test_a_rebalance_during_the_seek_rewinds_to_the_committed_offset():
+    consumer = seeking_consumer({TP0: 100})
+    consumer._read_offset[TP0] = 100
+    consumer._read_offset.delivered(TP0, 104)
+
+    async def seek_to_committed():
+        consumer.app.consumer_generation_id = 2
+        return {TP0: 100}
+
+    consumer.seek_to_committed = seek_to_committed
+    asyncio.run(consumer.perform_seek())
+    assert consumer._read_offset.expected(TP0) == 100
 
 
 # -- only a handled batch's acknowledgement counts ------------------------------
