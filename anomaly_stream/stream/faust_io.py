@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 
 from ..settings import Settings
 from . import kafka
@@ -107,11 +109,47 @@ class FaustSink:
                                      transactional_id=self._transactional_id(source_partition))
 
     async def send_many(self, topic, messages, *, source_partition) -> None:
-        """`send` of each (key, value, partition), in order: the same producer calls, one transaction lookup."""
+        """`send` of each (key, value, partition), in order, as one record batch per partition.
+
+        A batch's edges and changelog writes are a few records per transaction;
+        through Faust's `send` each takes a lock, a signal and aiokafka's
+        per-record future. aiokafka's batch API appends them to a record batch
+        it hands to the accumulator whole, in the producer (and transaction)
+        `send` would use. Measured on the stack's broker, 20,000 records of
+        300 B, CPU time: 5.0-7.4 us a record through aiokafka's `send`, 1.8-2.1
+        us batched. A batch is closed once handed over, so it does not linger
+        (KAFKA_PRODUCER_LINGER_MS) waiting for records nobody will append.
+        """
         transactional_id = self._transactional_id(source_partition)
-        send = self.app.producer.send
+        faust_producer = self.app.producer
+        if transactional_id is None:
+            await send_batches(faust_producer._ensure_producer(), topic, messages)
+            return
+        producer = faust_producer._transaction_producers.get(transactional_id)
+        if producer is None:
+            raise ProducerSendError(f"No transaction producer found for : {transactional_id}")
+        async with faust_producer._trn_locks[transactional_id]:  # as Faust's send: not mid-commit
+            await send_batches(producer, topic, messages)
+
+
+async def send_batches(producer: Any, topic: str, messages: Any) -> None:
+    """Each (key, value, partition) of `messages` through an aiokafka producer, one record batch per partition."""
+    batches: dict[int, Any] = {}
+    try:
         for key, value, partition in messages:
-            await send(topic, key, value, partition, None, None, transactional_id=transactional_id)
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: hand it over, start another
+                batch.close()
+                await producer.send_batch(batch, topic, partition=partition)
+                batch = batches[partition] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        for partition, batch in batches.items():
+            batch.close()
+            await producer.send_batch(batch, topic, partition=partition)
+    except KafkaError as exc:
+        raise ProducerSendError(f"Error while sending: {exc!r}") from exc
 
 
 class TableStore(Store):
