@@ -21,7 +21,6 @@ from typing import Any, NamedTuple, Sequence
 
 import structlog
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.transport.consumer import ensure_TP
 from faust.types import TP
 from mode import Service
 
@@ -69,10 +68,6 @@ class ReadOffsets(defaultdict):
         """
         return self._moves[tp]
 
-    def was_delivered(self, tp: TP) -> bool:
-        """The entry is a delivery's, not a seek's: a batch went to the agent since the last positioning."""
-        return tp in self._delivered
-
     def positioned(self, tp: TP) -> bool:
         # perform_seek writes an entry (None when the group has no committed
         # offset) for every assigned partition; revocation removes it.
@@ -117,11 +112,15 @@ def decide(positioned: bool, expected: int | None, offsets: Sequence[int],
            known_hole: tuple[int, int] | None, max_hole: int) -> Step:
     """What to do with one partition's fetched records (their `offsets`, ascending).
 
-    - Not positioned: Faust resumes a newly assigned partition before it seeks
-      it to the committed offset. A batch fetched in between would be scored
-      now and again after the seek (under exactly_once the first pass's
-      transaction may then abort, and the model has already learned what it
-      flagged): REWIND the fetch position and wait for the seek.
+    - Not positioned (no seek since the assignment, or the rebalance not over):
+      Faust resumes the stream partitions before it seeks them to the
+      committed offsets, and resumes the flow after, which empties the
+      agents' queues (mode's FlowControlEvent.resume clears every queue made
+      with clear_on_resume, as streams' are). A batch fetched in between was
+      either taken by the agent, scored, and read again after the seek (the
+      exactly_once duplicates of 3 in 11 scale-in runs, 0.1-0.7 s apart), or
+      still queued and silently dropped: REWIND the fetch position and wait
+      for the seek.
     - Records before `expected` were delivered already (a re-fetch): dropped;
       nothing left is a SKIP.
     - A start past `expected` by more than `max_hole` (a transaction marker)
@@ -222,34 +221,6 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             await self.app.producer.buffer.flush()
         return await super()._commit_offsets(offsets, start_new_transaction)
 
-    async def perform_seek(self) -> None:
-        """Faust's seek of every partition to its committed offset, but not back over batches already handed over.
-
-        Recovery ends by resuming the stream partitions and only then seeking
-        them (faust/tables/recovery.py), so a fetch can come in between and
-        its batch reach the agent, uncommitted yet. Sought back to the
-        committed offset, the partition was read again from there and that
-        batch scored twice, both copies committed: the duplicates of 3 in 11
-        exactly_once scale-in runs, 0.1-0.7 s apart, one generation. A
-        partition delivered since its last positioning, in the generation and
-        with the flow that were current when the seek started, keeps its
-        position: the agent holds those records. (A flow stopped meanwhile may
-        have skipped them: those are sought back as Faust does.)
-        """
-        generation, flow_active = self.app.consumer_generation_id, self.flow_active
-        committed = await self.seek_to_committed()
-        keep = flow_active and self.flow_active and self.app.consumer_generation_id == generation
-        read_offset = self._read_offset
-        for tp, offset in committed.items():
-            offset = offset if offset is not None and offset >= 0 else None
-            expected = read_offset.expected(tp)
-            if (keep and offset is not None and read_offset.was_delivered(tp)
-                    and expected is not None and expected > offset):
-                continue
-            read_offset[tp] = offset
-        self._committed_offset.update({ensure_TP(tp): offset or None
-                                       for tp, offset in committed.items() if offset is not None})
-
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -289,10 +260,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             raise
 
     async def _deliver_batch(self, tp: TP, tp_records: list[Any], callback) -> None:
-        generation = self.app.consumer_generation_id
         expected = self._read_offset.expected(tp)
-        step = decide(self._read_offset.positioned(tp), expected, [r.offset for r in tp_records],
-                      self._holes.get(tp), self.max_hole)
+        positioned = self._read_offset.positioned(tp) and not self.app.rebalancing  # False once Faust resumed the flow
+        step = decide(positioned, expected, [r.offset for r in tp_records], self._holes.get(tp), self.max_hole)
         if step.action == REWIND:
             await self._seek(tp, tp_records[0].offset)
             return
@@ -316,17 +286,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         message = self._to_message(tp, last)
         message.key = None
         message.value = batch
-        put = callback(message)
-        waited = await self.wait_first(put, self.suspend_flow.wait())
-        if self._read_offset.moves(tp) == moves or (
-                put in waited.done and self.app.consumer_generation_id == generation
-                and self._read_offset.expected(tp) == fresh[0].offset):
-            # The second case: recovery's seek to the committed offset landed while
-            # the agent took this batch, and that offset is where the batch starts.
-            # The batch is in, so the next to read follows it; left at the seek's
-            # offset, the next fetch (this batch's successor) looked like a hole,
-            # was sought back and the batch read twice (duplicates under
-            # exactly_once in 3 of 11 scale-in runs).
+        await self.wait_first(callback(message), self.suspend_flow.wait())
+        if self._read_offset.moves(tp) == moves:
             self._read_offset.delivered(tp, last.offset)
 
     async def _deliver_each(self, tp: TP, tp_records: list[Any], callback) -> None:

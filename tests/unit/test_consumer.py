@@ -83,7 +83,7 @@ def test_an_aborted_transactions_hole_is_delivered_once_it_shows_again():
 def idle_consumer() -> BatchingConsumer:
     """The state `_deliver_batch` reads and writes, without Kafka or Faust's services."""
     consumer = object.__new__(BatchingConsumer)
-    consumer.app = SimpleNamespace(consumer_generation_id=1)
+    consumer.app = SimpleNamespace(consumer_generation_id=1, rebalancing=False)
     consumer._read_offset = ReadOffsets()
     consumer._holes = {}
     consumer._gap = defaultdict(IntervalTree)
@@ -91,13 +91,11 @@ def idle_consumer() -> BatchingConsumer:
     consumer.max_hole = 1
     consumer.suspend_flow = asyncio.Event()
 
-    async def wait_first(*awaitables):  # mode's Service.wait_first: the winners in `done`
+    async def wait_first(*awaitables):
         tasks = [asyncio.ensure_future(a) for a in awaitables]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        done = [a for a, task in zip(awaitables, tasks) if task.done()]
         for task in tasks:
             task.cancel()
-        return SimpleNamespace(done=done)
 
     consumer.wait_first = wait_first
     return consumer
@@ -160,77 +158,23 @@ def test_a_finished_hand_over_records_the_delivery():
     assert [r.offset for r in delivered[0].records] == [100, 101, 102, 103, 104]
 
 
-def test_a_seek_to_where_the_batch_starts_while_the_agent_takes_it_records_the_delivery():
+def test_a_batch_fetched_before_the_rebalance_ends_is_rewound_not_delivered():
     consumer = idle_consumer()
-    consumer._read_offset[TP0] = 100
+    consumer._read_offset[TP0] = 100  # positioned before the rebalance's recovery
+    consumer.app.rebalancing = True  # recovery has resumed the stream partitions, not yet the flow
+    sought, delivered = [], []
+
+    async def seek(tp, offset):
+        sought.append((tp, offset))
 
     async def agent(message):
-        consumer._read_offset.update({TP0: 100})  # recovery's seek to the committed offset, meanwhile
+        delivered.append(message)
 
+    consumer._seek = seek
     asyncio.run(consumer._deliver_batch(TP0, records(100, 5), agent))
-    # Left at 100, the next fetch (from 105) looked like a hole, was sought back
-    # and 100-104 were scored twice.
-    assert consumer._read_offset.expected(TP0) == 105
-
-
-def test_a_seek_elsewhere_while_the_agent_takes_the_batch_keeps_the_seek():
-    consumer = idle_consumer()
-    consumer._read_offset[TP0] = 100
-
-    async def agent(message):
-        consumer._read_offset.update({TP0: 90})
-
-    asyncio.run(consumer._deliver_batch(TP0, records(100, 5), agent))
-    assert consumer._read_offset.expected(TP0) == 90
-
-
-# -- recovery's seek to the committed offsets ------------------------------------
-
-TP1 = TP(TP0.topic, 1)
-
-
-def seeking_consumer(committed: dict) -> BatchingConsumer:
-    consumer = idle_consumer()
-    consumer.flow_active = True
-
-    async def seek_to_committed():
-        return committed
-
-    consumer.seek_to_committed = seek_to_committed
-    return consumer
-
-
-def test_recovery_s_seek_does_not_rewind_a_batch_the_agent_already_has():
-    consumer = seeking_consumer({TP0: 100, TP1: 50})
-    consumer._read_offset[TP0] = 100
-    consumer._read_offset.delivered(TP0, 104)  # fetched after the resume, before the seek
-    consumer._read_offset[TP1] = 40  # positioned, nothing delivered
-    asyncio.run(consumer.perform_seek())
-    assert consumer._read_offset.expected(TP0) == 105, "100-104 would be read and scored again"
-    assert consumer._read_offset.expected(TP1) == 50
-    assert consumer._committed_offset[TP0] == 100
-
-
-def test_a_seek_with_the_flow_stopped_rewinds_to_the_committed_offset():
-    consumer = seeking_consumer({TP0: 100})
-    consumer.flow_active = False  # the agent may have skipped what it was handed
-    consumer._read_offset[TP0] = 100
-    consumer._read_offset.delivered(TP0, 104)
-    asyncio.run(consumer.perform_seek())
-    assert consumer._read_offset.expected(TP0) == 100
-
-
-def test_a_rebalance_during_the_seek_rewinds_to_the_committed_offset():
-    consumer = seeking_consumer({TP0: 100})
-    consumer._read_offset[TP0] = 100
-    consumer._read_offset.delivered(TP0, 104)
-
-    async def seek_to_committed():
-        consumer.app.consumer_generation_id = 2
-        return {TP0: 100}
-
-    consumer.seek_to_committed = seek_to_committed
-    asyncio.run(consumer.perform_seek())
+    # Delivered now, the batch is scored and read again after the seek, or
+    # dropped from the agent's queue when Faust resumes the flow.
+    assert delivered == [] and sought == [(TP0, 100)]
     assert consumer._read_offset.expected(TP0) == 100
 
 
