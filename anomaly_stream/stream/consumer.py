@@ -261,7 +261,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
     async def _deliver_batch(self, tp: TP, tp_records: list[Any], callback) -> None:
         expected = self._read_offset.expected(tp)
-        positioned = self._read_offset.positioned(tp) and not self.app.rebalancing  # False once Faust resumed the flow
+        # Faust ends the rebalance (app.rebalancing) only after it has sought and resumed the flow.
+        positioned = self._read_offset.positioned(tp) and not self.app.rebalancing
         step = decide(positioned, expected, [r.offset for r in tp_records], self._holes.get(tp), self.max_hole)
         if step.action == REWIND:
             await self._seek(tp, tp_records[0].offset)
