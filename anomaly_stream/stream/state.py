@@ -117,7 +117,7 @@ async def write_through(sink: Any, store: Any, partition: int, items: Iterable[t
     if not items:
         return
     encode_key = store.encode_key
-    # One awaited `send_many` per batch (the sink still produces record by record).
+    # One awaited `send_many` per batch: the sink hands each partition's records over as one record batch.
     await sink.send_many(store.changelog, [(encode_key(key), value, partition) for key, value in items],
                          source_partition=partition)
 
